@@ -1,0 +1,56 @@
+# Two commands on a fresh machine:  make demo  |  make test
+# Everything else is a building block of those two.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STACK  := $(PY) devstack/stack.py
+PYTEST_ARGS ?=
+
+.PHONY: help venv stack-up stack-down stack-status test test-fast lint demo bench clean-stack
+
+help:
+	@echo "make demo          run the order saga demo on the local stack"
+	@echo "make test          install, start the stack, run the whole suite (what CI runs)"
+	@echo "make stack-up      start PostgreSQL, Kafka and Kafka Connect (idempotent)"
+	@echo "make stack-status  show what runs and where"
+	@echo "make stack-down    stop the stack"
+	@echo "make lint          ruff + mypy --strict"
+
+# The virtualenv is rebuilt when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+stack-up: venv
+	$(STACK) up
+
+stack-down:
+	@test -x $(PY) && $(STACK) down || $(PYTHON) devstack/stack.py down
+
+stack-status:
+	@$(PYTHON) devstack/stack.py status
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy .
+
+test: venv stack-up
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Skips the slow (kill -9, outage) tests: for the edit-test loop.
+test-fast: venv stack-up
+	$(VENV)/bin/pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: venv stack-up
+	$(PY) -m services.demo
+
+bench: venv stack-up
+	$(PY) bench/run_all.py
+
+clean-stack: stack-down
+	rm -rf .stack

@@ -1,0 +1,1 @@
+"""Debezium-compatible Kafka Connect configuration: render, validate, apply, status."""

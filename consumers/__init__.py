@@ -1,0 +1,1 @@
+"""The idempotent-consumer runtime: inbox dedupe, handler dispatch, retries, dead letters."""

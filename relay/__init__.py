@@ -1,0 +1,1 @@
+"""The relay daemon: claim unpublished outbox rows, produce them to Kafka, mark them published."""

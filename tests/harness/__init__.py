@@ -1,0 +1,1 @@
+"""Test harness: stack settings, per-test databases, unique topics, Kafka helpers."""

@@ -1,0 +1,85 @@
+"""Per-test PostgreSQL databases cloned from a template built once per session."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+# Builders add the toolkit's schema to the template (migrations, extensions ...). Each one
+# receives a libpq URL of the template database; the list is extended by the modules that
+# own a schema, so the template holds everything tests need and each test gets a copy.
+TemplateBuilder = Callable[[str], None]
+TEMPLATE_BUILDERS: list[TemplateBuilder] = []
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    params = conninfo_to_dict(url)
+    params["dbname"] = dbname
+    return make_conninfo("", **params)
+
+
+def admin_connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(with_dbname(url, "postgres"), autocommit=True, connect_timeout=3)
+
+
+def build_template(url: str, name: str) -> None:
+    """Create (or re-create) the template database ``name`` under an advisory lock.
+
+    Several pytest-xdist workers may race to build it: the lock makes one build while the
+    others wait and then find it present.
+    """
+    with admin_connect(url) as conn:
+        conn.execute("select pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            exists = conn.execute(
+                "select 1 from pg_database where datname = %s", (name,)
+            ).fetchone()
+            if exists:
+                return
+            building = f"{name}_building"
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(
+                sql.Identifier(building)))
+            conn.execute(sql.SQL("create database {}").format(sql.Identifier(building)))
+            for builder in TEMPLATE_BUILDERS:
+                builder(with_dbname(url, building))
+            conn.execute(sql.SQL("alter database {} rename to {}").format(
+                sql.Identifier(building), sql.Identifier(name)))
+            conn.execute(sql.SQL("alter database {} is_template true").format(
+                sql.Identifier(name)))
+        finally:
+            conn.execute("select pg_advisory_unlock(hashtext(%s))", (name,))
+
+
+def drop_template(url: str, name: str) -> None:
+    """Drop a template database (it must lose its template flag first)."""
+    with admin_connect(url) as conn:
+        conn.execute("select pg_advisory_lock(hashtext(%s))", (name,))
+        try:
+            exists = conn.execute(
+                "select 1 from pg_database where datname = %s", (name,)).fetchone()
+            if exists:
+                conn.execute(sql.SQL("alter database {} is_template false").format(
+                    sql.Identifier(name)))
+                conn.execute(sql.SQL("drop database {} with (force)").format(
+                    sql.Identifier(name)))
+        finally:
+            conn.execute("select pg_advisory_unlock(hashtext(%s))", (name,))
+
+
+def clone_database(url: str, template: str, prefix: str = "t") -> str:
+    """Create a fresh database from ``template``; returns its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin_connect(url) as conn:
+        conn.execute(sql.SQL("create database {} template {}").format(
+            sql.Identifier(name), sql.Identifier(template)))
+    return name
+
+
+def drop_database(url: str, name: str) -> None:
+    with admin_connect(url) as conn:
+        conn.execute(sql.SQL("drop database if exists {} with (force)").format(
+            sql.Identifier(name)))
