@@ -1,0 +1,114 @@
+"""Table definitions: the Debezium-compatible ``outbox`` table and the consumers' ``inbox``.
+
+Pinned columns (``../shared/DESIGN.md``) keep the names and types Debezium's outbox
+``EventRouter`` expects by default. The toolkit's bookkeeping columns come after them;
+Debezium ignores columns it is not told about.
+
+Schema and table names come from configuration and are checked as plain identifiers
+(:func:`outbox.settings.check_identifier`) before they reach SQL.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Computed,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    SmallInteger,
+    String,
+    Table,
+    Text,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from outbox.settings import Settings, check_identifier
+
+# Rows are spread over this many shards by a hash of the aggregate id, computed by
+# PostgreSQL itself (a generated column), so any writer, in any language, agrees. Relay
+# instances divide the shards between them; one shard is never owned by two instances,
+# which keeps per-aggregate order. Changing it requires a migration of the column.
+SHARD_COUNT = 256
+
+UTC_NOW = text("(now() at time zone 'utc')")
+
+
+def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = None) -> Table:
+    """The outbox table: one row per event, written in the service's own transaction."""
+    check_identifier(name, "outbox table name")
+    if schema is not None:
+        check_identifier(schema, "schema name")
+    return Table(
+        name,
+        metadata,
+        # --- pinned by DESIGN.md (Debezium outbox router defaults) ---
+        Column("id", UUID(as_uuid=True), primary_key=True,
+               comment="event id, UUIDv7 (time-ordered); Kafka header `id`"),
+        Column("aggregatetype", String(255), nullable=False,
+               comment="routes the event to a topic: order -> order-events"),
+        Column("aggregateid", String(255), nullable=False, comment="Kafka message key"),
+        Column("type", String(255), nullable=False, comment="event type; header `eventType`"),
+        Column("payload", JSONB, comment="Kafka message value"),
+        # Without time zone: Debezium maps timestamptz to a string and cannot use it as
+        # the record timestamp. Always UTC.
+        Column("created_at", DateTime(timezone=False), nullable=False, server_default=UTC_NOW),
+        Column("correlation_id", String(255)),
+        Column("causation_id", String(255)),
+        Column("traceparent", String(255)),
+        # --- the toolkit's bookkeeping ---
+        Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True,
+               comment="insert order; per aggregate it is commit order (see docs/ordering.md)"),
+        # hashtextextended is immutable, so PostgreSQL can store it as a generated column;
+        # the modulo comes before abs() so the result cannot overflow.
+        Column("shard", SmallInteger,
+               Computed(f"(abs(hashtextextended(aggregateid, 0) % {SHARD_COUNT}))::smallint",
+                        persisted=True),
+               nullable=False),
+        Column("published_at", DateTime(timezone=False),
+               comment="when Kafka acknowledged the record; null while pending"),
+        Column("attempts", Integer, nullable=False, server_default=text("0")),
+        Column("last_error", Text),
+        Column("failed_at", DateTime(timezone=False),
+               comment="set when the relay gave up on the row (see outbox status)"),
+        Index(f"ix_{name}_pending", "shard", "seq",
+              postgresql_where=text("published_at is null and failed_at is null")),
+        Index(f"ix_{name}_published_at", "published_at",
+              postgresql_where=text("published_at is not null")),
+        Index(f"ix_{name}_aggregate", "aggregatetype", "aggregateid", "seq"),
+        schema=schema,
+    )
+
+
+def inbox_table(metadata: MetaData, name: str = "inbox", schema: str | None = None) -> Table:
+    """The consumers' dedupe table: one row per (consumer group, event id) handled."""
+    check_identifier(name, "inbox table name")
+    if schema is not None:
+        check_identifier(schema, "schema name")
+    return Table(
+        name,
+        metadata,
+        Column("consumer_group", String(255), nullable=False),
+        Column("event_id", UUID(as_uuid=True), nullable=False),
+        Column("topic", String(255)),
+        Column("partition", Integer),
+        Column("offset", BigInteger),
+        Column("processed_at", DateTime(timezone=False), nullable=False,
+               server_default=UTC_NOW),
+        PrimaryKeyConstraint("consumer_group", "event_id", name=f"pk_{name}"),
+        Index(f"ix_{name}_processed_at", "processed_at"),
+        schema=schema,
+    )
+
+
+def tables_for(settings: Settings, metadata: MetaData | None = None) -> tuple[Table, Table]:
+    """The outbox and inbox tables named by ``settings``."""
+    metadata = metadata if metadata is not None else MetaData()
+    schema = settings.db_schema
+    return (outbox_table(metadata, settings.outbox_table, schema),
+            inbox_table(metadata, settings.inbox_table, schema))
