@@ -39,10 +39,12 @@ DEVSTACK = ROOT / "devstack"
 STACK = Path(os.environ.get("OUTBOX_STACK_DIR", ROOT / ".stack")).resolve()
 POM = DEVSTACK / "pom.xml"
 
-PG_PORT = int(os.environ.get("OUTBOX_STACK_PG_PORT", "55432"))
-KAFKA_PORT = int(os.environ.get("OUTBOX_STACK_KAFKA_PORT", "59092"))
-CONTROLLER_PORT = int(os.environ.get("OUTBOX_STACK_CONTROLLER_PORT", "59093"))
-CONNECT_PORT = int(os.environ.get("OUTBOX_STACK_CONNECT_PORT", "58083"))
+DEFAULT_PORTS = {"pg": 55432, "kafka": 59092, "controller": 59093, "connect": 58083}
+PG_PORT = int(os.environ.get("OUTBOX_STACK_PG_PORT", DEFAULT_PORTS["pg"]))
+KAFKA_PORT = int(os.environ.get("OUTBOX_STACK_KAFKA_PORT", DEFAULT_PORTS["kafka"]))
+CONTROLLER_PORT = int(os.environ.get("OUTBOX_STACK_CONTROLLER_PORT",
+                                     DEFAULT_PORTS["controller"]))
+CONNECT_PORT = int(os.environ.get("OUTBOX_STACK_CONNECT_PORT", DEFAULT_PORTS["connect"]))
 HOST = "127.0.0.1"
 
 PG_USER = "outbox"
