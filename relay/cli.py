@@ -1,0 +1,267 @@
+"""``outbox relay run | retry-failed | install-notify``, ``outbox status``, ``outbox purge``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import sys
+from collections import defaultdict
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+import click
+import psycopg
+
+from outbox.cli_options import fail, settings_options
+from outbox.errors import ConfigurationError
+from outbox.settings import Settings, redact_url
+from relay.loop import EXIT_CONFIG, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
+from relay.queries import Queries
+from relay.retention import purge as purge_rows
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message, and every ``extra`` (``action`` ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage()}
+        data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines that still carry the ``action`` key."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        action = getattr(record, "action", "-")
+        return f"{self.formatTime(record)} {record.levelname:<7} [{action}] {record.getMessage()}"
+
+
+def configure_logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` -> seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise click.BadParameter(f"{text!r} is not a duration: use e.g. 30s, 15m, 12h, 7d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[
+        match.group(2)]
+
+
+@click.group()
+def relay() -> None:
+    """The relay daemon that publishes outbox rows to Kafka."""
+
+
+@relay.command()
+@settings_options
+@click.option("--batch-size", default=2000, show_default=True, help="rows per claim")
+@click.option("--poll-interval", default=1.0, show_default=True,
+              help="seconds between polls when no NOTIFY arrives (the guarantee)")
+@click.option("--listen/--no-listen", default=True, show_default=True,
+              help="wake on LISTEN/NOTIFY (a hint; turn off behind PgBouncer)")
+@click.option("--pipeline-depth", default=2, show_default=True,
+              help="batches in flight at once (each on its own group of shards)")
+@click.option("--max-attempts", default=5, show_default=True,
+              help="permanent delivery failures before a row is parked (failed)")
+@click.option("--rebalance-interval", default=2.0, show_default=True,
+              help="seconds between shard ownership checks (takeover delay)")
+@click.option("--shutdown-timeout", default=30.0, show_default=True,
+              help="seconds to wait for in-flight deliveries on SIGTERM/SIGINT")
+@click.option("--metrics-port", type=int, default=None,
+              help="serve /metrics and /health on this port (off by default)")
+@click.option("--metrics-host", default="127.0.0.1", show_default=True)
+@click.option("--retention", default=None,
+              help="also purge rows published longer ago than this (e.g. 7d)")
+@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
+              show_default=True)
+@click.option("--log-level", default="info", show_default=True)
+def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bool,
+        pipeline_depth: int, max_attempts: int, rebalance_interval: float,
+        shutdown_timeout: float, metrics_port: int | None, metrics_host: str,
+        retention: str | None, log_format: str, log_level: str) -> None:
+    """Run the relay until SIGTERM/SIGINT (first: drain and exit 0; second: exit now).
+
+    Exit codes: 0 stopped cleanly, 1 unexpected error, 2 usage, 3 configuration,
+    4 stopped with deliveries unconfirmed (they are re-sent later), 130 second signal.
+    """
+    configure_logging(log_format, log_level)
+    log = logging.getLogger("outbox.relay")
+    try:
+        settings.require_database_url()
+    except ConfigurationError as exc:
+        log.error("%s", exc, extra={"action": "config_error"})
+        sys.exit(EXIT_CONFIG)
+    if batch_size < 1 or pipeline_depth < 1 or max_attempts < 1:
+        log.error("--batch-size, --pipeline-depth and --max-attempts must be at least 1 "
+                  "(got %d, %d, %d)", batch_size, pipeline_depth, max_attempts,
+                  extra={"action": "config_error"})
+        sys.exit(EXIT_CONFIG)
+    options = RelayOptions(
+        batch_size=batch_size, poll_interval=poll_interval, listen=listen,
+        pipeline_depth=pipeline_depth, max_attempts=max_attempts,
+        rebalance_interval=rebalance_interval, shutdown_timeout=shutdown_timeout,
+        retention_seconds=parse_duration(retention) if retention else None)
+    daemon = Relay(settings, options)
+    signals = {"count": 0}
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        signals["count"] += 1
+        if signals["count"] > 1:
+            log.warning("second signal: exiting now", extra={"action": "relay_abort"})
+            os._exit(EXIT_INTERRUPTED)  # no draining: the operator asked twice
+        log.info("signal %s: draining", signal.Signals(signum).name,
+                 extra={"action": "relay_signal"})
+        daemon.request_stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if metrics_port is not None:
+        from relay.metrics import serve
+
+        serve(daemon.metrics, daemon.health, metrics_host, metrics_port)
+        log.info("metrics on http://%s:%d/metrics and /health", metrics_host, metrics_port,
+                 extra={"action": "metrics_listening"})
+    log.info("database %s, Kafka %s", redact_url(settings.database_url),
+             settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
+    sys.exit(daemon.run())
+
+
+@relay.command("retry-failed")
+@settings_options
+@click.option("--aggregate-type", default=None, help="only rows of this aggregate type")
+@click.option("--aggregate-id", default=None, help="only rows of this aggregate id")
+def retry_failed(settings: Settings, aggregate_type: str | None,
+                 aggregate_id: str | None) -> None:
+    """Un-park failed rows (attempts reset) so the relay sends them again, in order."""
+    queries = Queries.for_settings(settings)
+    try:
+        with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
+            count = conn.execute(queries.retry_failed, {
+                "aggregatetype": aggregate_type, "aggregateid": aggregate_id}).rowcount
+    except (ConfigurationError, psycopg.Error) as exc:
+        raise fail(exc) from None
+    click.echo(f"{count} failed rows queued for another attempt")
+
+
+@relay.command("install-notify")
+@settings_options
+@click.option("--drop", is_flag=True, help="remove the trigger instead")
+def install_notify(settings: Settings, drop: bool) -> None:
+    """Add (or --drop) the statement-level trigger that NOTIFYs relays after inserts.
+
+    Optional: without it the relay finds rows by polling (--poll-interval).
+    """
+    queries = Queries.for_settings(settings)
+    try:
+        with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
+            conn.execute(queries.drop_notify_trigger if drop else queries.notify_trigger)
+    except (ConfigurationError, psycopg.Error) as exc:
+        raise fail(exc) from None
+    click.echo(f"notify trigger {'dropped from' if drop else 'installed on'} "
+               f"{queries.qualified} (channel {queries.channel})")
+
+
+def compress_ranges(numbers: list[int]) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2,5,7-8'."""
+    parts: list[str] = []
+    start = prev = None
+    for n in sorted(numbers):
+        if start is None:
+            start = prev = n
+        elif prev is not None and n == prev + 1:
+            prev = n
+        else:
+            parts.append(f"{start}-{prev}" if start != prev else str(start))
+            start = prev = n
+    if start is not None:
+        parts.append(f"{start}-{prev}" if start != prev else str(start))
+    return ",".join(parts)
+
+
+def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]:
+    """Backlog, oldest pending age, failed rows and shard owners, as plain data."""
+    queries = Queries.for_settings(settings)
+    with psycopg.connect(settings.libpq_url(), autocommit=True,
+                         application_name="outbox-status") as conn:
+        count, age = conn.execute(queries.backlog, {"shards": None}).fetchone() or (0, None)
+        failed_row = conn.execute(queries.failed_count).fetchone()
+        failed = conn.execute(queries.failed_rows, {"limit": failed_limit}).fetchall()
+        owners: dict[str, list[int]] = defaultdict(list)
+        for shard, pid, app in conn.execute(queries.shard_owners).fetchall():
+            owners[f"{app or 'unknown'} (pid {pid})"].append(int(shard))
+    return {
+        "table": queries.qualified,
+        "backlog": int(count),
+        "oldest_pending_age_seconds": float(age) if age is not None else None,
+        "failed": int(failed_row[0]) if failed_row else 0,
+        "failed_rows": [
+            {"seq": r[0], "id": str(r[1]), "aggregatetype": r[2], "aggregateid": r[3],
+             "type": r[4], "attempts": r[5], "failed_at": r[6].isoformat() if r[6] else None,
+             "last_error": r[7]} for r in failed],
+        "shard_owners": {k: compress_ranges(v) for k, v in sorted(owners.items())},
+        "shards_owned": sum(len(v) for v in owners.values()),
+    }
+
+
+@click.command()
+@settings_options
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+def status(settings: Settings, as_json: bool) -> None:
+    """Backlog, oldest unpublished age, failed rows, shard owners."""
+    try:
+        info = collect_status(settings)
+    except (ConfigurationError, psycopg.Error) as exc:
+        raise fail(ConfigurationError(first_line(exc))) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2, default=str))
+        return
+    age = info["oldest_pending_age_seconds"]
+    click.echo(f"table:            {info['table']}")
+    click.echo(f"backlog:          {info['backlog']} pending rows")
+    click.echo(f"oldest pending:   {'-' if age is None else f'{age:.1f}s'}")
+    click.echo(f"failed (parked):  {info['failed']}")
+    for row in info["failed_rows"]:
+        click.echo(f"  seq {row['seq']} {row['aggregatetype']}/{row['aggregateid']} "
+                   f"{row['type']} attempts={row['attempts']}: {row['last_error']}")
+    if info["failed"]:
+        click.echo("  fix the cause, then: outbox relay retry-failed [--aggregate-id ID]")
+    click.echo(f"shards owned:     {info['shards_owned']} of 256")
+    for owner, ranges in info["shard_owners"].items():
+        click.echo(f"  {owner}: {ranges}")
+
+
+@click.command()
+@settings_options
+@click.option("--older-than", required=True,
+              help="delete rows published longer ago than this (e.g. 7d, 12h, 30m)")
+@click.option("--batch-size", default=1000, show_default=True,
+              help="rows per delete (each its own short transaction)")
+def purge(settings: Settings, older_than: str, batch_size: int) -> None:
+    """Delete published outbox rows older than the retention, in small batches."""
+    seconds = parse_duration(older_than)
+    try:
+        total = purge_rows(settings, seconds, batch_size=batch_size)
+    except (ConfigurationError, psycopg.Error, ValueError) as exc:
+        raise fail(exc) from None
+    click.echo(f"purged {total} published rows older than {older_than}")

@@ -1,0 +1,504 @@
+"""The relay loop: claim pending rows of owned shards, produce them, mark them published.
+
+Pipelining: the owned shards are split into ``pipeline_depth`` groups (``shard % depth``).
+At most one batch per group is in flight, so while Kafka acknowledges group 0's batch the
+loop claims and produces group 1's. A shard is never in two batches at once, which is what
+makes it safe to claim again before the previous batch is marked: the claim of a group only
+runs after that group's last batch was settled, so it can never return a row that is still
+in flight, nor a row that would overtake an earlier one of its aggregate.
+
+Settling a batch (all delivery reports in): per aggregate, rows up to the first failed one
+are marked published in one ``UPDATE``; from the first failed row on, nothing of that
+aggregate is marked, so the next claim retries from the earliest failed row (later rows
+that Kafka did accept are sent again: duplicates, never a gap or an overtaking).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+import psycopg
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from outbox.record import OutboxRow, invalid_topic_reason, to_record
+from outbox.settings import Settings
+from relay.backoff import compute_backoff
+from relay.metrics import Health, RelayMetrics
+from relay.producer import is_permanent, make_producer, producer_config
+from relay.queries import Queries
+from relay.shards import ShardOwnership
+
+log = logging.getLogger("outbox.relay")
+
+# Process exit codes, so a supervisor can tell a clean stop from a problem.
+EXIT_OK = 0
+EXIT_ERROR = 1  # unexpected exception
+EXIT_CONFIG = 3  # configuration rejected at start
+EXIT_SHUTDOWN_INCOMPLETE = 4  # stopped with deliveries still unconfirmed (will be re-sent)
+EXIT_INTERRUPTED = 130  # second signal: stopped at once
+
+Row = tuple[object, ...]  # OutboxRow's 9 columns, then seq, shard, attempts
+AggregateKey = tuple[str, str]
+Headers = list[tuple[str, str | bytes | None]]
+AckHook = Callable[[uuid.UUID, float], None]
+
+
+@dataclass
+class RelayOptions:
+    """How the relay runs; every field has a CLI flag on ``outbox relay run``."""
+
+    batch_size: int = 2000
+    poll_interval: float = 1.0
+    listen: bool = True
+    pipeline_depth: int = 2
+    max_attempts: int = 5
+    rebalance_interval: float = 2.0
+    stats_interval: float = 5.0
+    shutdown_timeout: float = 30.0
+    retention_seconds: float | None = None
+    purge_interval: float = 60.0
+    purge_batch: int = 1000
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+
+@dataclass
+class Batch:
+    """Rows of one shard group produced together, and what Kafka said about each."""
+
+    group: int
+    rows: list[Row]
+    outstanding: int = 0
+    # row index -> (permanent?, message); a failed produce() or a failed delivery
+    errors: dict[int, tuple[bool, str]] = field(default_factory=dict)
+    fatal: bool = False
+
+
+class Relay:
+    """One relay instance. ``run()`` blocks until ``request_stop()``; returns an exit code."""
+
+    def __init__(self, settings: Settings, options: RelayOptions | None = None,
+                 on_ack: AckHook | None = None) -> None:
+        self.settings = settings
+        self.options = options or RelayOptions()
+        self.queries = Queries.for_settings(settings)
+        self.metrics = RelayMetrics()
+        self.health = Health()
+        self.on_ack = on_ack
+        self.shards = ShardOwnership(self.queries)
+        depth = max(1, self.options.pipeline_depth)
+        self.depth = depth
+        self.in_flight: list[Batch | None] = [None] * depth
+        self.dirty = [True] * depth
+        # aggregate -> (seq of its first parked row, shard): later rows are held back.
+        self.blocked: dict[AggregateKey, tuple[int, int]] = {}
+        self.conn: psycopg.Connection[Row] | None = None
+        self.producer: Producer | None = None
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.kafka_failures = 0
+        self.kafka_retry_at = 0.0
+        self.rotation = 0
+        self.template = settings.topic_template
+        self.first_claim_at: float | None = None
+        self.last_ack_at: float | None = None
+        self.published_total = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        """Finish in-flight deliveries, mark them, release the shards, return from run()."""
+        self.stopping.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        """The daemon: loop until asked to stop, surviving PostgreSQL and Kafka outages."""
+        opts = self.options
+        log.info("relay starting", extra={
+            "action": "relay_start", "instance": opts.instance_id,
+            "table": self.queries.qualified, "batch_size": opts.batch_size,
+            "listen": opts.listen, "poll_interval": opts.poll_interval})
+        if opts.listen:
+            threading.Thread(target=self._listen, name="relay-listen", daemon=True).start()
+        if opts.retention_seconds is not None:
+            threading.Thread(target=self._purge_loop, name="relay-purge", daemon=True).start()
+        db_failures = 0
+        while not self.stopping.is_set():
+            try:
+                if self.conn is None:
+                    self._connect()
+                if self.producer is None:
+                    self.producer = make_producer(producer_config(
+                        self.settings.producer_config(), f"outbox-relay-{opts.instance_id}"),
+                        error_cb=self._on_client_error)
+                self._tick()
+                db_failures = 0
+            except psycopg.OperationalError as exc:
+                db_failures += 1
+                self.health.database_ok = False
+                self.health.detail = f"database: {first_line(exc)}"
+                delay = compute_backoff(db_failures)
+                log.warning("database unavailable, retrying in %.1fs: %s", delay,
+                            first_line(exc), extra={"action": "db_unavailable",
+                                                    "attempt": db_failures})
+                self._lose_connection()
+                self.stopping.wait(delay)
+        return self._shutdown()
+
+    def _connect(self) -> None:
+        app = f"{self.queries.application_name}:{self.options.instance_id}"
+        self.conn = psycopg.connect(self.settings.libpq_url(), autocommit=True,
+                                    application_name=app, connect_timeout=5,
+                                    keepalives=1, keepalives_idle=5, keepalives_interval=2,
+                                    keepalives_count=3)
+        self.health.database_ok = True
+        self.health.detail = "running"
+        self.next_rebalance = 0.0
+        self.next_stats = 0.0
+        self.next_poll = 0.0
+        log.info("connected to the database", extra={"action": "db_connected"})
+
+    def _lose_connection(self) -> None:
+        """The session is gone and so are its shard locks: stop work that relied on them."""
+        if self.producer is not None:
+            # Deliveries still running are finished but not marked: the rows' next owner
+            # sends them again (duplicates), which is the price of never losing one.
+            self.producer.flush(self.options.shutdown_timeout)
+        dropped = sum(len(b.rows) for b in self.in_flight if b is not None)
+        self.in_flight = [None] * self.depth
+        self.dirty = [True] * self.depth
+        if self.shards.owned:
+            log.warning("lost %d shards with the database session (%d rows unmarked)",
+                        len(self.shards.owned), dropped, extra={"action": "shards_lost"})
+        self.shards.forget()
+        self.blocked.clear()
+        self.metrics.owned_shards.set(0)
+        if self.conn is not None:
+            with contextlib.suppress(psycopg.Error):  # already broken: best effort
+                self.conn.close()
+        self.conn = None
+
+    def _shutdown(self) -> int:
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        log.info("stopping: finishing in-flight deliveries", extra={"action": "relay_stopping"})
+        code = EXIT_OK
+        try:
+            while any(b is not None for b in self.in_flight) and time.monotonic() < deadline:
+                if self.producer is not None:
+                    self.producer.poll(0.05)
+                self._settle_completed()
+            if any(b is not None for b in self.in_flight):
+                code = EXIT_SHUTDOWN_INCOMPLETE
+                log.error("shutdown timeout: %d rows delivered-or-not but unmarked; the next "
+                          "owner re-sends them",
+                          sum(len(b.rows) for b in self.in_flight if b is not None),
+                          extra={"action": "shutdown_incomplete"})
+            if self.conn is not None:
+                self.shards.release_all(self.conn)
+                self.conn.close()
+        except psycopg.OperationalError as exc:
+            code = EXIT_SHUTDOWN_INCOMPLETE
+            log.error("database lost during shutdown: %s", first_line(exc),
+                      extra={"action": "shutdown_incomplete"})
+        log.info("relay stopped", extra={"action": "relay_stop", "exit_code": code,
+                                         "published": self.published_total})
+        return code
+
+    # ------------------------------------------------------------------ one iteration
+    def _tick(self) -> None:
+        assert self.conn is not None and self.producer is not None
+        now = time.monotonic()
+        if now >= self.next_rebalance:
+            self._rebalance()
+            self.next_rebalance = now + self.options.rebalance_interval
+        if now >= self.next_poll:
+            self.dirty = [True] * self.depth  # polling is the guarantee; NOTIFY is a hint
+            self.next_poll = now + self.options.poll_interval
+        if self.wake.is_set():
+            self.wake.clear()
+            self.dirty = [True] * self.depth
+        self.producer.poll(0)
+        self._settle_completed()
+        if now >= self.kafka_retry_at:
+            for group in range(self.depth):
+                if self.in_flight[group] is None and self.dirty[group]:
+                    self._claim_and_produce(group)
+        if now >= self.next_stats:
+            self._refresh_stats()
+            self.next_stats = now + self.options.stats_interval
+        self.health.last_loop = time.monotonic()
+        if any(b is not None for b in self.in_flight):
+            # Serves delivery reports; returns as soon as one arrives.
+            self.producer.poll(0.005)
+        elif not any(self.dirty) or time.monotonic() < self.kafka_retry_at:
+            wake_at = min(self.next_poll, self.next_rebalance, self.next_stats)
+            if time.monotonic() < self.kafka_retry_at:
+                wake_at = min(wake_at, self.kafka_retry_at)
+            self.wake.wait(max(0.0, wake_at - time.monotonic()))
+
+    def _rebalance(self) -> None:
+        assert self.conn is not None
+        acquired, released = self.shards.rebalance(
+            self.conn, lambda shard: self.in_flight[shard % self.depth] is None)
+        if released:
+            released_set = set(released)
+            self.blocked = {k: v for k, v in self.blocked.items()
+                            if v[1] not in released_set}
+            log.info("released %d shards (now %d)", len(released), len(self.shards.owned),
+                     extra={"action": "shards_released", "shards": len(released)})
+        if acquired:
+            rows = self.conn.execute(self.queries.blocked_aggregates,
+                                     {"shards": acquired}).fetchall()
+            for agg_type, agg_id, seq, shard in rows:
+                self.blocked[(str(agg_type), str(agg_id))] = (
+                    int(seq), int(shard))  # type: ignore[call-overload]
+            self.dirty = [True] * self.depth
+            log.info("acquired %d shards (now %d)", len(acquired), len(self.shards.owned),
+                     extra={"action": "shards_acquired", "shards": len(acquired)})
+        self.metrics.owned_shards.set(len(self.shards.owned))
+
+    def _refresh_stats(self) -> None:
+        assert self.conn is not None
+        owned = sorted(self.shards.owned)
+        row = self.conn.execute(self.queries.backlog, {"shards": owned}).fetchone()
+        if row is not None:
+            self.metrics.backlog.set(float(row[0]))  # type: ignore[arg-type]
+            self.metrics.oldest_age.set(float(row[1]) if row[1] is not None  # type: ignore[arg-type]
+                                        else 0.0)
+        self.metrics.in_flight.set(sum(len(b.rows) for b in self.in_flight if b is not None))
+
+    # ------------------------------------------------------------------ claim + produce
+    def _claim_and_produce(self, group: int) -> None:
+        assert self.conn is not None and self.producer is not None
+        shards = [s for s in sorted(self.shards.owned) if s % self.depth == group]
+        if not shards:
+            self.dirty[group] = False
+            return
+        # Rotate the starting shard so a busy shard early in the list cannot starve others.
+        self.rotation = (self.rotation + 1) % len(shards)
+        shards = shards[self.rotation:] + shards[:self.rotation]
+        limit = self.options.batch_size
+        rows: list[Row] = self.conn.execute(self.queries.claim,
+                                            {"shards": shards, "limit": limit}).fetchall()
+        self.dirty[group] = len(rows) >= limit
+        if not rows:
+            return
+        if self.first_claim_at is None:
+            self.first_claim_at = time.monotonic()
+        rows = self._hold_back_blocked(rows)
+        if not rows:
+            self.dirty[group] = True
+            return
+        batch = Batch(group=group, rows=rows)
+        self.in_flight[group] = batch
+        self._produce(batch)
+        self.producer.poll(0)
+
+    def _hold_back_blocked(self, rows: list[Row]) -> list[Row]:
+        """Park rows whose aggregate already has a parked (failed) earlier row."""
+        if not self.blocked:
+            return rows
+        keep: list[Row] = []
+        held: list[int] = []
+        for row in rows:
+            key = (str(row[1]), str(row[2]))
+            seq = int(row[9])  # type: ignore[call-overload]
+            head = self.blocked.get(key)
+            if head is None:
+                keep.append(row)
+            elif seq <= head[0]:
+                # The parked head itself is back (outbox relay retry-failed): unblock.
+                del self.blocked[key]
+                keep.append(row)
+            else:
+                held.append(seq)
+        if held:
+            assert self.conn is not None
+            self.conn.execute(self.queries.hold_back, {
+                "seqs": held, "error": "held back: an earlier event of this aggregate failed; "
+                                      "run `outbox relay retry-failed` after fixing it"})
+            self.metrics.parked.inc(len(held))
+            log.warning("held back %d rows behind failed rows of their aggregates", len(held),
+                        extra={"action": "rows_held_back", "rows": len(held)})
+        return keep
+
+    def _produce(self, batch: Batch) -> None:
+        assert self.producer is not None
+        producer = self.producer
+        stopped: set[AggregateKey] = set()
+        delivered = self._delivered
+        template = self.template
+        for index, row in enumerate(batch.rows):
+            key = (str(row[1]), str(row[2]))
+            if key in stopped:
+                continue  # an earlier row of this aggregate already failed in this batch
+            record = to_record(OutboxRow(*row[:9]), template)  # type: ignore[arg-type]
+            reason = invalid_topic_reason(record.topic)
+            if reason is not None:
+                batch.errors[index] = (True, reason)
+                stopped.add(key)
+                continue
+            callback = functools.partial(delivered, batch, index)
+            while True:
+                try:
+                    producer.produce(record.topic, record.value, record.key,
+                                     headers=cast(Headers, record.headers),
+                                     timestamp=record.timestamp_ms,
+                                     on_delivery=callback)
+                    batch.outstanding += 1
+                    break
+                except BufferError:
+                    producer.poll(0.05)  # local queue full: let deliveries drain it
+                except KafkaException as exc:
+                    err: KafkaError = exc.args[0]
+                    batch.errors[index] = (is_permanent(err), f"produce: {err.str()}")
+                    stopped.add(key)
+                    break
+
+    def _delivered(self, batch: Batch, index: int, err: KafkaError | None,
+                   msg: Message) -> None:
+        batch.outstanding -= 1
+        if err is not None:
+            batch.errors[index] = (is_permanent(err), f"delivery: {err.str()}")
+            batch.fatal = batch.fatal or err.fatal()
+            return
+        now = time.time()
+        self.last_ack_at = time.monotonic()
+        ts = msg.timestamp()[1]
+        if ts > 0:
+            self.metrics.latency.observe(max(0.0, now - ts / 1000.0))
+        if self.on_ack is not None:
+            self.on_ack(batch.rows[index][0], now)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ settle
+    def _settle_completed(self) -> None:
+        for group, batch in enumerate(self.in_flight):
+            if batch is not None and batch.outstanding <= 0:
+                self._settle(batch)
+                self.in_flight[group] = None
+
+    def _settle(self, batch: Batch) -> None:
+        assert self.conn is not None
+        stopped: set[AggregateKey] = set()
+        ok: list[int] = []
+        failures: list[tuple[Row, bool, str]] = []
+        for index, row in enumerate(batch.rows):
+            key = (str(row[1]), str(row[2]))
+            if key in stopped:
+                continue
+            error = batch.errors.get(index)
+            if error is None:
+                ok.append(int(row[9]))  # type: ignore[call-overload]
+            else:
+                stopped.add(key)
+                failures.append((row, *error))
+        if ok:
+            self.conn.execute(self.queries.mark_published, {"seqs": ok})
+            self.metrics.published.inc(len(ok))
+            self.published_total += len(ok)
+        transient = 0
+        for row, permanent, message in failures:
+            if permanent:
+                self._record_failure(row, message)
+            else:
+                transient += 1
+        if transient:
+            self.metrics.delivery_errors.labels("transient").inc(transient)
+            self.kafka_failures += 1
+            self.health.kafka_ok = False
+            delay = compute_backoff(self.kafka_failures)
+            self.kafka_retry_at = time.monotonic() + delay
+            log.warning("%d deliveries failed (%s), retrying in %.1fs", transient,
+                        failures[0][2], delay,
+                        extra={"action": "kafka_unavailable", "attempt": self.kafka_failures})
+        elif ok:
+            if self.kafka_failures:
+                log.info("Kafka deliveries succeed again", extra={"action": "kafka_recovered"})
+            self.kafka_failures = 0
+            self.health.kafka_ok = True
+        self.dirty[batch.group] = True
+        if batch.fatal:
+            # A fatal idempotent-producer state (e.g. fenced epoch) cannot be retried on the
+            # same producer: start a fresh one; unmarked rows are simply claimed again.
+            log.error("Kafka producer hit a fatal error; creating a new producer",
+                      extra={"action": "producer_reset"})
+            if self.producer is not None and not any(
+                    b is not None and b is not batch for b in self.in_flight):
+                self.producer = None
+
+    def _record_failure(self, row: Row, message: str) -> None:
+        assert self.conn is not None
+        seq = int(row[9])  # type: ignore[call-overload]
+        self.metrics.delivery_errors.labels("permanent").inc()
+        result = self.conn.execute(self.queries.record_failure, {
+            "seq": seq, "error": message[:2000], "max_attempts": self.options.max_attempts,
+        }).fetchone()
+        parked = bool(result and result[0])
+        key = (str(row[1]), str(row[2]))
+        log.warning("event %s (%s %s) failed: %s%s", row[0], key[0], key[1], message,
+                    " - parked" if parked else "",
+                    extra={"action": "row_parked" if parked else "row_failed",
+                           "event_id": str(row[0]), "seq": seq})
+        if parked:
+            self.metrics.parked.inc()
+            self.blocked[key] = (seq, int(row[10]))  # type: ignore[call-overload]
+        else:
+            # Retry the row after a pause rather than at once: it just failed for good reason.
+            self.kafka_retry_at = max(self.kafka_retry_at, time.monotonic() + compute_backoff(
+                int(row[11]) + 1))  # type: ignore[call-overload]
+
+    # ------------------------------------------------------------------ side threads
+    def _on_client_error(self, err: KafkaError) -> None:
+        # librdkafka reports broker connection trouble here; deliveries keep retrying.
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.health.kafka_ok = False
+        log.warning("Kafka client: %s", err.str(), extra={"action": "kafka_client_error"})
+
+    def _listen(self) -> None:
+        """Wake the loop on NOTIFY (a hint only: polling still finds every row)."""
+        failures = 0
+        app = f"outbox-relay-listen:{self.options.instance_id}"
+        while not self.stopping.is_set():
+            try:
+                with psycopg.connect(self.settings.libpq_url(), autocommit=True,
+                                     application_name=app, connect_timeout=5) as conn:
+                    conn.execute(f"listen {self.queries.channel}")
+                    failures = 0
+                    while not self.stopping.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.wake.set()
+            except psycopg.OperationalError as exc:
+                failures += 1
+                log.warning("LISTEN connection lost: %s", first_line(exc),
+                            extra={"action": "listen_unavailable"})
+                self.stopping.wait(compute_backoff(failures))
+
+    def _purge_loop(self) -> None:
+        assert self.options.retention_seconds is not None
+        from relay.retention import purge
+
+        failures = 0
+        while not self.stopping.wait(0 if failures == 0 else compute_backoff(failures)):
+            try:
+                purge(self.settings, self.options.retention_seconds,
+                      batch_size=self.options.purge_batch, stop=self.stopping)
+                failures = 0
+            except psycopg.OperationalError as exc:
+                failures += 1
+                log.warning("purge failed: %s", first_line(exc),
+                            extra={"action": "purge_failed"})
+                continue
+            if self.stopping.wait(self.options.purge_interval):
+                return
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (driver errors span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,98 @@
+"""Prometheus metrics and the ``/health`` endpoint of one relay process."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                   60, 300)
+
+
+class RelayMetrics:
+    """The relay's metrics, in a registry of their own (tests run several relays)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.published = Counter("outbox_relay_events_published",
+                                 "Outbox rows acknowledged by Kafka and marked published",
+                                 registry=r)
+        self.delivery_errors = Counter("outbox_relay_delivery_errors",
+                                       "Failed deliveries, by kind (permanent or transient)",
+                                       ["kind"], registry=r)
+        self.parked = Counter("outbox_relay_rows_parked",
+                              "Rows marked failed (bad row, or held back behind one)",
+                              registry=r)
+        self.latency = Histogram("outbox_relay_commit_to_ack_seconds",
+                                 "From the row's created_at to Kafka's acknowledgement",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.backlog = Gauge("outbox_relay_backlog", "Pending rows in this relay's shards",
+                             registry=r)
+        self.oldest_age = Gauge("outbox_relay_oldest_pending_age_seconds",
+                                "Age of the oldest pending row in this relay's shards",
+                                registry=r)
+        self.owned_shards = Gauge("outbox_relay_owned_shards", "Shards this relay owns",
+                                  registry=r)
+        self.in_flight = Gauge("outbox_relay_in_flight", "Rows produced, not yet marked",
+                               registry=r)
+        self.last_loop = Gauge("outbox_relay_last_loop_timestamp_seconds",
+                               "When the relay loop last completed an iteration", registry=r)
+
+
+class Health:
+    """What ``/health`` reports; updated by the relay loop, read by the HTTP thread."""
+
+    def __init__(self, stale_after: float = 30.0) -> None:
+        self.database_ok = False
+        self.kafka_ok = True
+        self.last_loop = time.monotonic()
+        self.stale_after = stale_after
+        self.detail = "starting"
+
+    def snapshot(self) -> tuple[bool, dict[str, object]]:
+        age = time.monotonic() - self.last_loop
+        ok = self.database_ok and self.kafka_ok and age < self.stale_after
+        return ok, {"status": "ok" if ok else "unhealthy", "database": self.database_ok,
+                    "kafka": self.kafka_ok, "loop_age_seconds": round(age, 3),
+                    "detail": self.detail}
+
+
+def serve(metrics: RelayMetrics, health: Health, host: str, port: int) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` and ``/health`` on a daemon thread; returns the server."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                body, ctype, code = (generate_latest(metrics.registry), CONTENT_TYPE_LATEST,
+                                     200)
+            elif self.path.startswith("/health"):
+                ok, info = health.snapshot()
+                body, ctype, code = (json.dumps(info).encode(), "application/json",
+                                     200 if ok else 503)
+            else:
+                body, ctype, code = b"not found: try /metrics or /health\n", "text/plain", 404
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            return  # scrapes every few seconds would drown the relay's own logs
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="relay-metrics", daemon=True).start()
+    return server

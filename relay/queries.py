@@ -1,0 +1,174 @@
+"""Every SQL statement the relay, ``outbox status`` and ``outbox purge`` send.
+
+One place for SQL, as in procrastinate's ``manager.py``. Table and schema names come from
+:class:`outbox.settings.Settings`, which accepts only plain identifiers, so formatting them
+into the text is safe; values are always bound parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
+from outbox.settings import Settings, check_identifier
+
+# The columns of outbox.record.OutboxRow, in its order, then the relay's bookkeeping.
+ROW_COLUMNS = ("id, aggregatetype, aggregateid, type, payload, created_at, correlation_id, "
+               "causation_id, traceparent, seq, shard, attempts")
+NOW_UTC = "(now() at time zone 'utc')"
+APPLICATION_PREFIX = "outbox-relay"
+
+
+@dataclass(frozen=True)
+class Queries:
+    """The SQL for one outbox table."""
+
+    schema: str
+    table: str
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Queries:
+        return cls(check_identifier(settings.db_schema, "schema name"),
+                   check_identifier(settings.outbox_table, "outbox table name"))
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.table}"
+
+    @property
+    def channel(self) -> str:
+        """The LISTEN/NOTIFY channel that wakes relays of this table."""
+        return f"outbox_{self.schema}_{self.table}"[:63]
+
+    @property
+    def application_name(self) -> str:
+        """Prefix of relay sessions' application_name, per table (to count live relays)."""
+        return f"{APPLICATION_PREFIX}:{self.qualified}"[:50]
+
+    # ------------------------------------------------------------------ the relay
+    @property
+    def claim(self) -> str:
+        """Pending rows of the given shards, each shard in seq order, at most %(limit)s.
+
+        One LATERAL index scan per shard on ``ix_<table>_pending (shard, seq)`` instead of
+        one ``order by seq`` over all shards: a large backlog is never sorted, and the scan
+        stops as soon as the limit is reached. Per-aggregate order only needs per-shard seq
+        order, since an aggregate always lives in one shard.
+        """
+        return (
+            f"select {', '.join('o.' + c.strip() for c in ROW_COLUMNS.split(','))} "
+            "from unnest(%(shards)s::smallint[]) with ordinality as s(shard, n) "
+            f"cross join lateral (select {ROW_COLUMNS} from {self.qualified} "
+            "  where shard = s.shard and published_at is null and failed_at is null "
+            "  order by seq limit %(limit)s) as o "
+            "limit %(limit)s")
+
+    @property
+    def mark_published(self) -> str:
+        return (f"update {self.qualified} set published_at = {NOW_UTC} "
+                "where seq = any(%(seqs)s) and published_at is null")
+
+    @property
+    def record_failure(self) -> str:
+        """One failed delivery: count it, keep the error, park the row at the limit."""
+        return (f"update {self.qualified} set attempts = attempts + 1, last_error = %(error)s, "
+                f"failed_at = case when attempts + 1 >= %(max_attempts)s then {NOW_UTC} end "
+                "where seq = %(seq)s and published_at is null returning failed_at is not null")
+
+    @property
+    def hold_back(self) -> str:
+        """Park rows whose aggregate has an earlier failed row (they must not overtake it)."""
+        return (f"update {self.qualified} set failed_at = {NOW_UTC}, last_error = %(error)s "
+                "where seq = any(%(seqs)s) and published_at is null")
+
+    @property
+    def blocked_aggregates(self) -> str:
+        """(aggregatetype, aggregateid, first parked seq, shard) of parked rows in these shards."""
+        return (f"select aggregatetype, aggregateid, min(seq), min(shard) from {self.qualified} "
+                "where shard = any(%(shards)s::smallint[]) and failed_at is not null "
+                "and published_at is null group by aggregatetype, aggregateid")
+
+    # ------------------------------------------------------------------ shards
+    @property
+    def shard_lock(self) -> str:
+        return f"select pg_try_advisory_lock({RELAY_SHARD_LOCK_NAMESPACE}, %(shard)s)"
+
+    @property
+    def shard_unlock(self) -> str:
+        return f"select pg_advisory_unlock({RELAY_SHARD_LOCK_NAMESPACE}, %(shard)s)"
+
+    @property
+    def live_relays(self) -> str:
+        """Relay sessions of this table connected to this database, this one included."""
+        return ("select count(distinct application_name) from pg_stat_activity "
+                "where datname = current_database() and application_name like %(pattern)s")
+
+    @property
+    def shard_owners(self) -> str:
+        """Every held relay shard lock of this database: (shard, pid, application_name)."""
+        return ("select l.objid::int, l.pid, coalesce(a.application_name, '') "
+                "from pg_locks l left join pg_stat_activity a on a.pid = l.pid "
+                "where l.locktype = 'advisory' and l.granted and l.objsubid = 2 "
+                f"and l.classid = {RELAY_SHARD_LOCK_NAMESPACE} "
+                "and l.database = (select oid from pg_database where datname = current_database()) "
+                "order by 1")
+
+    # ------------------------------------------------------------------ status
+    @property
+    def backlog(self) -> str:
+        """Pending rows and the age in seconds of the oldest, optionally for some shards."""
+        return (f"select count(*), extract(epoch from {NOW_UTC} - min(created_at))::float8 "
+                f"from {self.qualified} where published_at is null and failed_at is null "
+                "and (%(shards)s::smallint[] is null or shard = any(%(shards)s::smallint[]))")
+
+    @property
+    def failed_count(self) -> str:
+        return (f"select count(*) from {self.qualified} "
+                "where failed_at is not null and published_at is null")
+
+    @property
+    def failed_rows(self) -> str:
+        return (f"select seq, id, aggregatetype, aggregateid, type, attempts, failed_at, "
+                f"last_error from {self.qualified} "
+                "where failed_at is not null and published_at is null order by seq limit %(limit)s")
+
+    @property
+    def retry_failed(self) -> str:
+        """Un-park failed rows (optionally of one aggregate type / id) for a fresh start."""
+        return (f"update {self.qualified} set failed_at = null, attempts = 0 "
+                "where failed_at is not null and published_at is null "
+                "and (%(aggregatetype)s::text is null or aggregatetype = %(aggregatetype)s) "
+                "and (%(aggregateid)s::text is null or aggregateid = %(aggregateid)s)")
+
+    # ------------------------------------------------------------------ retention
+    @property
+    def purge_batch(self) -> str:
+        """Delete one small batch of rows published before the cutoff (oldest first).
+
+        Writers never touch published rows and the relay only updates pending ones, so the
+        short delete takes no lock anybody waits for.
+        """
+        return (f"delete from {self.qualified} where seq in ("
+                f"select seq from {self.qualified} where published_at is not null "
+                f"and published_at < {NOW_UTC} - make_interval(secs => %(older_than)s) "
+                "order by published_at limit %(limit)s)")
+
+    # ------------------------------------------------------------------ wake-up
+    @property
+    def notify_trigger(self) -> str:
+        """A statement-level trigger that NOTIFYs the relays' channel after inserts.
+
+        Statement-level: one notification per inserting statement, not per row, and
+        PostgreSQL folds identical notifications of one transaction into one.
+        """
+        fn = f"{self.schema}.{self.table}_notify_relay"
+        return (
+            f"create or replace function {fn}() returns trigger language plpgsql as $$ "
+            f"begin perform pg_notify('{self.channel}', ''); return null; end $$; "
+            f"create or replace trigger {self.table}_notify_relay after insert on "
+            f"{self.qualified} for each statement execute function {fn}();")
+
+    @property
+    def drop_notify_trigger(self) -> str:
+        return (f"drop trigger if exists {self.table}_notify_relay on {self.qualified}; "
+                f"drop function if exists {self.schema}.{self.table}_notify_relay();")

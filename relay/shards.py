@@ -1,0 +1,82 @@
+"""Which shards this relay instance owns: session-level advisory locks, fairly divided.
+
+Each shard (``outbox.shard``, 0..255) is owned by at most one relay: the one whose
+database session holds ``pg_try_advisory_lock(RELAY_SHARD_LOCK_NAMESPACE, shard)``. A relay
+that dies loses its session and with it its locks, so the others take its shards over at
+their next rebalance (every couple of seconds). Each relay aims at ``ceil(256 / live
+relays)`` shards, counting live relays by their sessions' ``application_name``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+
+import psycopg
+
+from outbox.tables import SHARD_COUNT
+from relay.queries import Queries
+
+log = logging.getLogger("outbox.relay")
+
+
+class ShardOwnership:
+    """The shards held by one relay session, and the rules for taking and giving them."""
+
+    def __init__(self, queries: Queries, shard_count: int = SHARD_COUNT) -> None:
+        self.queries = queries
+        self.shard_count = shard_count
+        self.owned: set[int] = set()
+
+    def target(self, live_relays: int) -> int:
+        """How many shards one of ``live_relays`` relays should own."""
+        return math.ceil(self.shard_count / max(1, live_relays))
+
+    def rebalance(self, conn: psycopg.Connection[tuple[object, ...]],
+                  can_release: Callable[[int], bool]) -> tuple[list[int], list[int]]:
+        """Take free shards up to the fair share, give back the excess; (acquired, released).
+
+        ``can_release`` says whether a shard has nothing in flight: a shard is only handed
+        over between batches, so the next owner never races this one on the same rows.
+        """
+        pattern = self.queries.application_name + ":%"
+        row = conn.execute(self.queries.live_relays, {"pattern": pattern}).fetchone()
+        live = int(row[0]) if row else 1  # type: ignore[call-overload]
+        target = self.target(live)
+        acquired: list[int] = []
+        released: list[int] = []
+        if len(self.owned) > target:
+            # Give back the highest shards first: deterministic, easy to read in status.
+            for shard in sorted(self.owned, reverse=True):
+                if len(self.owned) <= target:
+                    break
+                if can_release(shard):
+                    conn.execute(self.queries.shard_unlock, {"shard": shard})
+                    self.owned.discard(shard)
+                    released.append(shard)
+        elif len(self.owned) < target:
+            taken = {int(r[0]) for r in  # type: ignore[call-overload]
+                     conn.execute(self.queries.shard_owners).fetchall()}
+            free = [s for s in range(self.shard_count) if s not in taken]
+            # Random order: relays starting together do not fight over the same shards.
+            random.shuffle(free)
+            for shard in free:
+                if len(self.owned) >= target:
+                    break
+                got = conn.execute(self.queries.shard_lock, {"shard": shard}).fetchone()
+                if got and got[0]:
+                    self.owned.add(shard)
+                    acquired.append(shard)
+        return acquired, released
+
+    def release_all(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        """Unlock every owned shard (graceful shutdown)."""
+        for shard in sorted(self.owned):
+            conn.execute(self.queries.shard_unlock, {"shard": shard})
+        self.owned.clear()
+
+    def forget(self) -> None:
+        """The session is gone, and its locks with it."""
+        self.owned.clear()
