@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import conninfo_to_dict
 
 # Builders add the toolkit's schema to the template (migrations, extensions ...). Each one
 # receives a libpq URL of the template database; the list is extended by the modules that
@@ -17,9 +18,18 @@ TEMPLATE_BUILDERS: list[TemplateBuilder] = []
 
 
 def with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at database ``dbname``, as a ``postgresql://`` URL.
+
+    A URL (not a libpq keyword string) because the toolkit's settings, SQLAlchemy and the
+    CLI all take URLs.
+    """
     params = conninfo_to_dict(url)
-    params["dbname"] = dbname
-    return make_conninfo("", **params)
+    user = quote(str(params.get("user", "")), safe="")
+    password = params.get("password")
+    auth = f"{user}:{quote(str(password), safe='')}@" if password else (f"{user}@" if user else "")
+    host = params.get("host", "127.0.0.1")
+    port = params.get("port", 5432)
+    return f"postgresql://{auth}{host}:{port}/{quote(dbname, safe='')}"
 
 
 def admin_connect(url: str) -> psycopg.Connection[tuple[object, ...]]:
