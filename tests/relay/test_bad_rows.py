@@ -62,7 +62,8 @@ def test_bad_rows_are_parked_hold_back_their_aggregate_and_can_be_retried(
         # invalid topic name
         {"aggregatetype": "bad type", "aggregateid": "weird", "payload": {"n": 3}},
         # too large for the broker's topic limit only (random: lz4 must not shrink it)
-        {"aggregatetype": "small", "aggregateid": "s-1", "payload": {"x": base64.b64encode(os.urandom(6000)).decode()}},
+        {"aggregatetype": "small", "aggregateid": "s-1",
+         "payload": {"x": base64.b64encode(os.urandom(6000)).decode()}},
         {"aggregatetype": "small", "aggregateid": "s-1", "payload": {"n": 4}},
         {"aggregatetype": "small", "aggregateid": "s-2", "payload": {"n": 5}},
         {"aggregatetype": "order", "aggregateid": "good-2", "payload": {"n": 6}},
