@@ -1,0 +1,192 @@
+"""The relay as a real process: kill -9, several instances, graceful shutdown."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.harness.kafka import create_topic
+from tests.relay.conftest import (
+    check_kafka_order,
+    consume_topic,
+    expected_order,
+    insert_events,
+    kill_hard,
+    make_events,
+    pending,
+    spawn_relay,
+)
+
+
+class Writer(threading.Thread):
+    """Commits small transactions of events for a while, like a busy service."""
+
+    def __init__(self, url: str, transactions: int, per_txn: int = 25,
+                 aggregates: int = 60) -> None:
+        super().__init__(daemon=True)
+        self.url, self.transactions, self.per_txn = url, transactions, per_txn
+        self.aggregates = aggregates
+        self.written = 0
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            for n in range(self.transactions):
+                insert_events(self.url, make_events(self.per_txn, self.aggregates,
+                                                    start=n * self.per_txn))
+                self.written += self.per_txn
+                time.sleep(0.02)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            self.error = exc
+
+
+def wait_drained(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while pending(url):
+        assert time.monotonic() < deadline, f"{pending(url)} rows still pending"
+        time.sleep(0.2)
+
+
+def wait_started(log: Path, count: int, timeout: float = 30) -> None:
+    """Wait until ``count`` relays have logged their start (signal handlers are set)."""
+    deadline = time.monotonic() + timeout
+    while (log.read_text().count('"relay_start"') if log.exists() else 0) < count:
+        assert time.monotonic() < deadline, "relay did not start"
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_batch_repeatedly_loses_nothing_and_keeps_order(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    insert_events(outbox_url, make_events(20000, aggregates=60))  # a backlog to be mid-batch in
+    writer = Writer(outbox_url, transactions=80)
+    writer.start()
+    rng = random.Random(4)
+    log = tmp_path / "relay.log"
+    for n in range(6):
+        proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "200", log=log)
+        wait_started(log, n + 1)
+        time.sleep(rng.uniform(0.3, 1.0))
+        kill_hard(proc)
+    writer.join(120)
+    assert writer.error is None
+    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, log=log)
+    wait_started(log, 7)
+    try:
+        wait_drained(outbox_url)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    total = 20000 + writer.written
+    records = consume_topic(kafka_bootstrap, topic, total)
+    duplicates = check_kafka_order(records, expected_order(outbox_url))
+    assert len(records) == total + duplicates
+    print(f"kill -9 x6: {total} events, {duplicates} duplicates (re-sent unmarked rows)")
+
+
+@pytest.mark.slow
+def test_three_instances_with_random_kills(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    log = tmp_path / "relays.log"
+    insert_events(outbox_url, make_events(8000, aggregates=60, start=-8000))
+    procs = [spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "100", log=log)
+             for _ in range(3)]
+    wait_started(log, 3)
+    writer = Writer(outbox_url, transactions=120)
+    writer.start()
+    rng = random.Random(3)
+    started = 3
+    try:
+        for _ in range(6):
+            time.sleep(rng.uniform(0.8, 2.0))
+            victim = rng.randrange(3)
+            kill_hard(procs[victim])
+            procs[victim] = spawn_relay(outbox_url, kafka_bootstrap, prefix,
+                                        "--batch-size", "100", log=log)
+            started += 1
+            wait_started(log, started)
+        writer.join(120)
+        assert writer.error is None
+        wait_drained(outbox_url)
+        # All three share the shards once things settle.
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            with psycopg.connect(outbox_url) as conn:
+                owners = conn.execute(
+                    "select count(*) from pg_locks where locktype = 'advisory' "
+                    "and classid = 185335810 and objsubid = 2 "
+                    "and database = (select oid from pg_database "
+                    "where datname = current_database()) group by pid").fetchall()
+            counts = sorted(int(r[0]) for r in owners)
+            # Each aims at ceil(256 / 3) = 86, so the last one gets what is left (>= 84).
+            if len(counts) == 3 and sum(counts) == 256 and counts[-1] <= 86:
+                break
+            time.sleep(0.5)
+        assert len(counts) == 3 and sum(counts) == 256 and counts[-1] <= 86, counts
+    finally:
+        codes = [stop(p) for p in procs]
+    assert codes == [0, 0, 0], log.read_text()[-3000:]
+    total = 8000 + writer.written
+    records = consume_topic(kafka_bootstrap, topic, total)
+    duplicates = check_kafka_order(records, expected_order(outbox_url))
+    assert len(records) == total + duplicates
+    print(f"3 instances, 6 kills: {total} events, {duplicates} duplicates")
+
+
+@pytest.mark.slow
+def test_graceful_shutdown_leaves_nothing_produced_but_unmarked(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=3)
+    insert_events(outbox_url, make_events(20000, aggregates=100))
+    log = tmp_path / "relay.log"
+    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "500", log=log)
+    wait_started(log, 1)
+    deadline = time.monotonic() + 60
+    while pending(outbox_url) == 20000:  # stop it mid-stream, once it has started
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert stop(proc) == 0, log.read_text()[-3000:]
+    published = 20000 - pending(outbox_url)
+    assert 0 < published < 20000, "the relay should have been stopped mid-stream"
+    records = consume_topic(kafka_bootstrap, topic, published, timeout=30)
+    with psycopg.connect(outbox_url) as conn:
+        marked = {str(r[0]) for r in conn.execute(
+            "select id from outbox where published_at is not null")}
+    in_kafka = [(r.header("id") or b"").decode() for r in records]
+    assert set(in_kafka) == marked, "a row reached Kafka but was not marked (or vice versa)"
+    assert len(in_kafka) == len(marked), "duplicates after a graceful stop"
+    assert "relay_stop" in log.read_text()
+
+
+@pytest.mark.slow
+def test_second_signal_exits_at_once(outbox_url: str, kafka_bootstrap: str, prefix: str,
+                                     tmp_path: Path) -> None:
+    log = tmp_path / "relay.log"
+    # An unreachable broker: the first signal's drain would wait for the shutdown timeout.
+    proc = spawn_relay(outbox_url, "127.0.0.1:1", prefix, "--shutdown-timeout", "60", log=log)
+    insert_events(outbox_url, make_events(10, aggregates=2))
+    wait_started(log, 1)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert proc.poll() is None, "first signal should drain, not exit"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(10) == 130
+    assert time.monotonic() - started < 5
