@@ -22,6 +22,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -31,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from outbox.record import OutboxRow, invalid_topic_reason, to_record
 from outbox.settings import Settings
 from relay.backoff import compute_backoff
+from relay.marker import Marker
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config
 from relay.queries import Queries
@@ -79,6 +81,9 @@ class Batch:
     # row index -> (permanent?, message); a failed produce() or a failed delivery
     errors: dict[int, tuple[bool, str]] = field(default_factory=dict)
     fatal: bool = False
+    # set once the delivery reports are in and the mark UPDATE was handed to the Marker
+    marking: Future[int] | None = None
+    marked_count: int = 0
 
 
 class Relay:
@@ -97,11 +102,14 @@ class Relay:
         self.depth = depth
         self.in_flight: list[Batch | None] = [None] * depth
         self.dirty = [True] * depth
+        # whether the group's last claim came back full (a backlog: use the LATERAL claim)
+        self.backlogged = [True] * depth
         # aggregate -> (seq of its first parked row, shard): later rows are held back.
         self.blocked: dict[AggregateKey, tuple[int, int]] = {}
         self.conn: psycopg.Connection[Row] | None = None
         self.producer: Producer | None = None
         self.wake = threading.Event()
+        self.marker = Marker(settings, self.queries, self.options.instance_id)
         self.stopping = threading.Event()
         self.kafka_failures = 0
         self.kafka_retry_at = 0.0
@@ -170,6 +178,10 @@ class Relay:
             # Deliveries still running are finished but not marked: the rows' next owner
             # sends them again (duplicates), which is the price of never losing one.
             self.producer.flush(self.options.shutdown_timeout)
+        for batch in self.in_flight:
+            if batch is not None and batch.marking is not None:
+                with contextlib.suppress(Exception):  # its error is the one being handled
+                    batch.marking.result(self.options.shutdown_timeout)
         dropped = sum(len(b.rows) for b in self.in_flight if b is not None)
         self.in_flight = [None] * self.depth
         self.dirty = [True] * self.depth
@@ -199,6 +211,7 @@ class Relay:
                           "owner re-sends them",
                           sum(len(b.rows) for b in self.in_flight if b is not None),
                           extra={"action": "shutdown_incomplete"})
+            self.marker.close()
             if self.conn is not None:
                 self.shards.release_all(self.conn)
                 self.conn.close()
@@ -235,7 +248,7 @@ class Relay:
         self.health.last_loop = time.monotonic()
         if any(b is not None for b in self.in_flight):
             # Serves delivery reports; returns as soon as one arrives.
-            self.producer.poll(0.005)
+            self.producer.poll(0.002)
         elif not any(self.dirty) or time.monotonic() < self.kafka_retry_at:
             wake_at = min(self.next_poll, self.next_rebalance, self.next_stats)
             if time.monotonic() < self.kafka_retry_at:
@@ -284,9 +297,9 @@ class Relay:
         self.rotation = (self.rotation + 1) % len(shards)
         shards = shards[self.rotation:] + shards[:self.rotation]
         limit = self.options.batch_size
-        rows: list[Row] = self.conn.execute(self.queries.claim,
-                                            {"shards": shards, "limit": limit}).fetchall()
-        self.dirty[group] = len(rows) >= limit
+        query = self.queries.claim if self.backlogged[group] else self.queries.claim_small
+        rows: list[Row] = self.conn.execute(query, {"shards": shards, "limit": limit}).fetchall()
+        self.dirty[group] = self.backlogged[group] = len(rows) >= limit
         if not rows:
             return
         if self.first_claim_at is None:
@@ -379,11 +392,26 @@ class Relay:
     # ------------------------------------------------------------------ settle
     def _settle_completed(self) -> None:
         for group, batch in enumerate(self.in_flight):
-            if batch is not None and batch.outstanding <= 0:
+            if batch is None or batch.outstanding > 0:
+                continue
+            if batch.marking is None:
                 self._settle(batch)
-                self.in_flight[group] = None
+            if batch.marking is not None and not batch.marking.done():
+                continue
+            self.in_flight[group] = None
+            self.dirty[group] = True
+            if batch.marking is not None:
+                error = batch.marking.exception()
+                if error is not None:
+                    # Delivered but not recorded: claimed and sent again (duplicates).
+                    log.warning("marking %d rows published failed: %s", batch.marked_count,
+                                first_line(error), extra={"action": "mark_failed"})
+                else:
+                    self.metrics.published.inc(batch.marked_count)
+                    self.published_total += batch.marked_count
 
     def _settle(self, batch: Batch) -> None:
+        """All delivery reports are in: hand the good rows to the Marker, record failures."""
         assert self.conn is not None
         stopped: set[AggregateKey] = set()
         ok: list[int] = []
@@ -398,10 +426,13 @@ class Relay:
             else:
                 stopped.add(key)
                 failures.append((row, *error))
+        done: Future[int] = Future()
         if ok:
-            self.conn.execute(self.queries.mark_published, {"seqs": ok})
-            self.metrics.published.inc(len(ok))
-            self.published_total += len(ok)
+            batch.marked_count = len(ok)
+            batch.marking = self.marker.submit(ok)
+        else:
+            done.set_result(0)
+            batch.marking = done
         transient = 0
         for row, permanent, message in failures:
             if permanent:
@@ -422,7 +453,6 @@ class Relay:
                 log.info("Kafka deliveries succeed again", extra={"action": "kafka_recovered"})
             self.kafka_failures = 0
             self.health.kafka_ok = True
-        self.dirty[batch.group] = True
         if batch.fatal:
             # A fatal idempotent-producer state (e.g. fenced epoch) cannot be retried on the
             # same producer: start a fresh one; unmarked rows are simply claimed again.

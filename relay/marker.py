@@ -1,0 +1,61 @@
+"""Marks delivered rows published on a connection of its own, off the relay loop's path.
+
+The loop hands over one ``UPDATE ... where seq = any(...)`` per settled batch and carries
+on claiming and producing other shard groups meanwhile; the batch's group stays busy until
+the update has committed, so its next claim can never see those rows again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import psycopg
+
+from outbox.settings import Settings
+from relay.queries import Queries
+
+
+class Marker:
+    """A single worker thread with its own autocommit connection."""
+
+    def __init__(self, settings: Settings, queries: Queries, instance_id: str,
+                 on_done: threading.Event | None = None) -> None:
+        self.settings = settings
+        self.queries = queries
+        self.application_name = f"outbox-relay-mark:{instance_id}"
+        self.on_done = on_done
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
+        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+
+    def submit(self, seqs: list[int]) -> Future[int]:
+        """Mark ``seqs`` published; the future holds the row count or the database error."""
+        future = self._pool.submit(self._mark, seqs)
+        if self.on_done is not None:
+            event = self.on_done
+            future.add_done_callback(lambda _f: event.set())
+        return future
+
+    def _mark(self, seqs: list[int]) -> int:
+        try:
+            if self._conn is None:
+                self._conn = psycopg.connect(
+                    self.settings.libpq_url(), autocommit=True,
+                    application_name=self.application_name, connect_timeout=5)
+            return self._conn.execute(self.queries.mark_published, {"seqs": seqs}).rowcount
+        except psycopg.OperationalError:
+            # Reconnect on the next batch; this one stays unmarked and is sent again.
+            if self._conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    self._conn.close()
+            self._conn = None
+            raise
+
+    def close(self) -> None:
+        """Wait for submitted updates, then close the connection."""
+        self._pool.shutdown(wait=True)
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = None
