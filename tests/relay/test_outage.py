@@ -1,0 +1,135 @@
+"""Kafka stopped for a while, then started: the relay backs off, then drains the backlog.
+
+Runs a private single-node Kafka (its own ports and data directory) so that the shared
+stack broker other tests use is never stopped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from tests.harness.kafka import create_topic
+from tests.relay.conftest import (
+    check_kafka_order,
+    consume_topic,
+    expected_order,
+    insert_events,
+    make_events,
+    pending,
+    relay_settings,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_stack_module() -> ModuleType:
+    os.environ.setdefault("OUTBOX_STACK_KAFKA_HEAP", "384m")  # read when the module loads
+    spec = importlib.util.spec_from_file_location("devstack_stack_relay",
+                                                  ROOT / "devstack" / "stack.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def private_kafka() -> Iterator[Any]:
+    stack = load_stack_module()
+    broker = stack.Kafka(port=free_port(), controller_port=free_port(),
+                         name=f"kafka-relay-outage-{os.getpid()}")
+    try:
+        broker.up()
+    except Exception as exc:  # no jars / no java: cannot run a private broker here
+        pytest.skip(f"cannot start a private Kafka broker: {exc}")
+    try:
+        yield broker
+    finally:
+        broker.down()
+        shutil.rmtree(broker.home, ignore_errors=True)
+
+
+def wait_for(check: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_kafka_outage_backlog_drains_after_restart(
+        outbox_url: str, private_kafka: Any, prefix: str, start_relay: Any) -> None:
+    bootstrap = f"127.0.0.1:{private_kafka.port}"
+    topic = f"{prefix}-order"
+    create_topic(bootstrap, topic, partitions=3)
+    settings = relay_settings(outbox_url, bootstrap, prefix,
+                              kafka_config={"message.timeout.ms": "5000"})
+    handle = start_relay(settings, batch_size=100)
+    insert_events(outbox_url, make_events(500, aggregates=30))
+    wait_for(lambda: pending(outbox_url) == 0, 30, "first events not published")
+
+    private_kafka.down()
+    insert_events(outbox_url, make_events(500, aggregates=30, start=500))
+    time.sleep(8)  # longer than message.timeout.ms: deliveries fail and the relay backs off
+    assert pending(outbox_url) > 0
+    assert handle.thread.is_alive()
+    assert not handle.relay.health.kafka_ok
+    assert handle.relay.metrics.delivery_errors.labels("transient")._value.get() > 0
+
+    private_kafka.up()
+    insert_events(outbox_url, make_events(200, aggregates=30, start=1000))
+    wait_for(lambda: pending(outbox_url) == 0, 90, "backlog did not drain after restart")
+    assert handle.relay.health.kafka_ok
+    assert handle.stop() == 0
+    records = consume_topic(bootstrap, topic, 1200)
+    duplicates = check_kafka_order(records, expected_order(outbox_url))
+    assert len(records) == 1200 + duplicates
+
+
+def test_metrics_and_health_endpoint(outbox_url: str, kafka_bootstrap: str, prefix: str,
+                                     start_relay: Any) -> None:
+    from relay.metrics import serve
+
+    handle = start_relay(relay_settings(outbox_url, kafka_bootstrap, prefix), stats_interval=0.2)
+    port = free_port()
+    server = serve(handle.relay.metrics, handle.relay.health, "127.0.0.1", port)
+    try:
+        insert_events(outbox_url, make_events(30, aggregates=3))
+        wait_for(lambda: pending(outbox_url) == 0, 30, "events not published")
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+            assert resp.status == 200
+            assert b'"status": "ok"' in resp.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        assert "outbox_relay_events_published_total 30.0" in text
+        assert "outbox_relay_owned_shards 256.0" in text
+        assert "outbox_relay_backlog 0.0" in text
+        assert "outbox_relay_commit_to_ack_seconds_count 30.0" in text
+        assert "outbox_relay_oldest_pending_age_seconds" in text
+        handle.stop()
+        handle.relay.health.last_loop -= 60  # a stopped loop is reported unhealthy
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+        assert err.value.code == 503
+    finally:
+        server.shutdown()
