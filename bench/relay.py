@@ -21,7 +21,9 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -41,6 +43,7 @@ from sqlalchemy import MetaData, create_engine
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE  # noqa: E402
 from outbox.record import OutboxRow, to_record  # noqa: E402
 from outbox.settings import load_settings  # noqa: E402
 from outbox.tables import outbox_table  # noqa: E402
@@ -196,6 +199,66 @@ def bench_raw(db_url: str, bootstrap: str, topic_prefix: str) -> dict[str, float
     return {"events": len(records), "seconds": elapsed, "rate": len(records) / elapsed}
 
 
+def bench_relay_processes(db_url: str, bootstrap: str, prefix: str, events: int,
+                          aggregates: int, size: int, batch: int, instances: int
+                          ) -> dict[str, float]:
+    """``instances`` relay processes (``outbox relay run``) sharing the shards.
+
+    The backlog is written in one transaction that commits only once the relays own all
+    256 shards between them; the clock runs from that commit to the last row marked
+    published (slightly longer than to the last ack).
+    """
+    env = {**os.environ, "OUTBOX_DATABASE_URL": db_url,
+           "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+           "OUTBOX_TOPIC_TEMPLATE": prefix + "-{aggregatetype}",
+           "OUTBOX_KAFKA_CONFIG": json.dumps(EXTRA_KAFKA)}
+    cmd = [str(ROOT / ".venv" / "bin" / "outbox"), "relay", "run", "--no-listen",
+           "--poll-interval", "0.05", "--batch-size", str(batch),
+           "--pipeline-depth", str(TUNING["pipeline_depth"]), "--log-level", "warning"]
+    writer = psycopg.connect(db_url)
+    with writer.cursor() as cur:
+        for base in range(0, events, 5000):
+            rows = []
+            for n in range(base, min(events, base + 5000)):
+                agg = f"order-{n % aggregates}"
+                rows.append((uuid.uuid4(), agg, Jsonb(payload(n, agg, size)), agg))
+            cur.executemany(INSERT, rows)
+    procs = [subprocess.Popen(cmd, env=env) for _ in range(instances)]
+    try:
+        share = -(-256 // instances)
+        with psycopg.connect(db_url, autocommit=True) as watch:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                counts = [int(r[0]) for r in watch.execute(
+                    "select count(*) from pg_locks where locktype = 'advisory' and "
+                    "objsubid = 2 and classid = %s and database = (select oid from "
+                    "pg_database where datname = current_database()) group by pid",
+                    (RELAY_SHARD_LOCK_NAMESPACE,)).fetchall()]
+                if len(counts) == instances and sum(counts) == 256 and max(counts) <= share:
+                    break
+                time.sleep(0.1)
+            else:
+                raise RuntimeError(f"relays did not share the shards: {counts}")
+            started = time.perf_counter()
+            writer.commit()
+            query = ("select count(*) from outbox where published_at is null "
+                     "and failed_at is null")
+            while True:
+                row = watch.execute(query).fetchone()
+                if row is not None and row[0] == 0:
+                    break
+                time.sleep(0.02)
+            elapsed = time.perf_counter() - started
+    finally:
+        writer.close()
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
+    return {"events": events, "instances": instances, "seconds": elapsed,
+            "rate": events / elapsed}
+
+
 def steady_writer(db_url: str, rate: float, seconds: float, aggregates: int, size: int,
                   out: Any) -> None:
     """Commit one event per transaction at ``rate``/s; send {id: commit time} back."""
@@ -270,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline-depth", type=int, default=RelayOptions.pipeline_depth)
     parser.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
                         help="extra producer property for relay and raw producer alike")
+    parser.add_argument("--instances", type=int, default=0,
+                        help="also measure this many relay processes sharing the shards "
+                             "(0: skip)")
     parser.add_argument("--rate", type=float, default=1000.0, help="latency phase events/s")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--skip-throughput", action="store_true")
@@ -314,6 +380,21 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep_db:
                 drop_database(url, db_url)
+        if args.instances > 0:
+            db_url = create_database(url)
+            try:
+                multi_prefix = f"bench-multi-{uuid.uuid4().hex[:6]}"
+                create_topic(bootstrap, f"{multi_prefix}-bench", args.partitions)
+                multi = bench_relay_processes(
+                    db_url, bootstrap, multi_prefix, args.events, args.aggregates,
+                    args.payload_bytes, args.batch_size, args.instances)
+                report["relay_processes"] = multi
+                report["ratio_processes"] = multi["rate"] / report["raw"]["rate"]
+                print(f"relay x{args.instances} processes: {multi['rate']:.0f} events/s",
+                      file=sys.stderr)
+            finally:
+                if not args.keep_db:
+                    drop_database(url, db_url)
     if not args.skip_latency:
         db_url = create_database(url)
         try:

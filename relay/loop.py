@@ -347,12 +347,15 @@ class Relay:
         stopped: set[AggregateKey] = set()
         delivered = self._delivered
         template = self.template
+        topic_problems: dict[str, str | None] = {}
         for index, row in enumerate(batch.rows):
             key = (str(row[1]), str(row[2]))
             if key in stopped:
                 continue  # an earlier row of this aggregate already failed in this batch
             record = to_record(OutboxRow(*row[:9]), template)  # type: ignore[arg-type]
-            reason = invalid_topic_reason(record.topic)
+            reason = topic_problems.get(record.topic, "?")
+            if reason == "?":
+                reason = topic_problems[record.topic] = invalid_topic_reason(record.topic)
             if reason is not None:
                 batch.errors[index] = (True, reason)
                 stopped.add(key)
