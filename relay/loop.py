@@ -507,6 +507,8 @@ class Relay:
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
                             self.wake.set()
             except psycopg.OperationalError as exc:
+                if self.stopping.is_set():
+                    return  # the database went away during shutdown: nothing to wake
                 failures += 1
                 log.warning("LISTEN connection lost: %s", first_line(exc),
                             extra={"action": "listen_unavailable"})
