@@ -289,8 +289,8 @@ def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds
         conn.execute(Queries.for_settings(settings).notify_trigger)
     acks: dict[str, float] = {}
 
-    def on_ack(event_id: uuid.UUID, at: float) -> None:
-        acks[str(event_id)] = at
+    def on_ack(event_id: str, at: float) -> None:
+        acks[event_id] = at
 
     relay = Relay(settings, RelayOptions(batch_size=batch, listen=True, poll_interval=1.0,
                                          stats_interval=3600,

@@ -36,7 +36,7 @@ _TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 class OutboxRow(NamedTuple):
     """The columns of an outbox row that make up its Kafka record (pinned order)."""
 
-    id: uuid.UUID
+    id: uuid.UUID | str  # the relay reads it as text
     aggregatetype: str
     aggregateid: str
     type: str

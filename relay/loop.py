@@ -24,7 +24,8 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import cast
+from datetime import datetime
+from typing import Any, cast
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
@@ -47,10 +48,11 @@ EXIT_CONFIG = 3  # configuration rejected at start
 EXIT_SHUTDOWN_INCOMPLETE = 4  # stopped with deliveries still unconfirmed (will be re-sent)
 EXIT_INTERRUPTED = 130  # second signal: stopped at once
 
-Row = tuple[object, ...]  # OutboxRow's 9 columns, then seq, shard, attempts
+# OutboxRow's 9 columns (id as text), then seq, shard, attempts: see queries.ROW_COLUMNS
+Row = tuple[str, str, str, str, Any, datetime, str | None, str | None, str | None, int, int, int]
 AggregateKey = tuple[str, str]
 Headers = list[tuple[str, str | bytes | None]]
-AckHook = Callable[[uuid.UUID, float], None]
+AckHook = Callable[[str, float], None]
 
 
 @dataclass
@@ -106,7 +108,7 @@ class Relay:
         self.backlogged = [True] * depth
         # aggregate -> (seq of its first parked row, shard): later rows are held back.
         self.blocked: dict[AggregateKey, tuple[int, int]] = {}
-        self.conn: psycopg.Connection[Row] | None = None
+        self.conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self.producer: Producer | None = None
         self.wake = threading.Event()
         self.marker = Marker(settings, self.queries, self.options.instance_id)
@@ -270,7 +272,7 @@ class Relay:
                                      {"shards": acquired}).fetchall()
             for agg_type, agg_id, seq, shard in rows:
                 self.blocked[(str(agg_type), str(agg_id))] = (
-                    int(seq), int(shard))  # type: ignore[call-overload]
+                    int(seq), int(shard))
             self.dirty = [True] * self.depth
             log.info("acquired %d shards (now %d)", len(acquired), len(self.shards.owned),
                      extra={"action": "shards_acquired", "shards": len(acquired)})
@@ -281,9 +283,8 @@ class Relay:
         owned = sorted(self.shards.owned)
         row = self.conn.execute(self.queries.backlog, {"shards": owned}).fetchone()
         if row is not None:
-            self.metrics.backlog.set(float(row[0]))  # type: ignore[arg-type]
-            self.metrics.oldest_age.set(float(row[1]) if row[1] is not None  # type: ignore[arg-type]
-                                        else 0.0)
+            self.metrics.backlog.set(float(row[0]))
+            self.metrics.oldest_age.set(float(row[1]) if row[1] is not None else 0.0)
         self.metrics.in_flight.set(sum(len(b.rows) for b in self.in_flight if b is not None))
 
     # ------------------------------------------------------------------ claim + produce
@@ -298,7 +299,8 @@ class Relay:
         shards = shards[self.rotation:] + shards[:self.rotation]
         limit = self.options.batch_size
         query = self.queries.claim if self.backlogged[group] else self.queries.claim_small
-        rows: list[Row] = self.conn.execute(query, {"shards": shards, "limit": limit}).fetchall()
+        rows = cast(list[Row], self.conn.execute(
+            query, {"shards": shards, "limit": limit}).fetchall())
         self.dirty[group] = self.backlogged[group] = len(rows) >= limit
         if not rows:
             return
@@ -320,8 +322,8 @@ class Relay:
         keep: list[Row] = []
         held: list[int] = []
         for row in rows:
-            key = (str(row[1]), str(row[2]))
-            seq = int(row[9])  # type: ignore[call-overload]
+            key = (row[1], row[2])
+            seq = row[9]
             head = self.blocked.get(key)
             if head is None:
                 keep.append(row)
@@ -349,10 +351,10 @@ class Relay:
         template = self.template
         topic_problems: dict[str, str | None] = {}
         for index, row in enumerate(batch.rows):
-            key = (str(row[1]), str(row[2]))
+            key = (row[1], row[2])
             if key in stopped:
                 continue  # an earlier row of this aggregate already failed in this batch
-            record = to_record(OutboxRow(*row[:9]), template)  # type: ignore[arg-type]
+            record = to_record(OutboxRow(*row[:9]), template)
             reason = topic_problems.get(record.topic, "?")
             if reason == "?":
                 reason = topic_problems[record.topic] = invalid_topic_reason(record.topic)
@@ -390,7 +392,7 @@ class Relay:
         if ts > 0:
             self.metrics.latency.observe(max(0.0, now - ts / 1000.0))
         if self.on_ack is not None:
-            self.on_ack(batch.rows[index][0], now)  # type: ignore[arg-type]
+            self.on_ack(batch.rows[index][0], now)
 
     # ------------------------------------------------------------------ settle
     def _settle_completed(self) -> None:
@@ -420,12 +422,12 @@ class Relay:
         ok: list[int] = []
         failures: list[tuple[Row, bool, str]] = []
         for index, row in enumerate(batch.rows):
-            key = (str(row[1]), str(row[2]))
+            key = (row[1], row[2])
             if key in stopped:
                 continue
             error = batch.errors.get(index)
             if error is None:
-                ok.append(int(row[9]))  # type: ignore[call-overload]
+                ok.append(row[9])
             else:
                 stopped.add(key)
                 failures.append((row, *error))
@@ -467,24 +469,24 @@ class Relay:
 
     def _record_failure(self, row: Row, message: str) -> None:
         assert self.conn is not None
-        seq = int(row[9])  # type: ignore[call-overload]
+        seq = row[9]
         self.metrics.delivery_errors.labels("permanent").inc()
         result = self.conn.execute(self.queries.record_failure, {
             "seq": seq, "error": message[:2000], "max_attempts": self.options.max_attempts,
         }).fetchone()
         parked = bool(result and result[0])
-        key = (str(row[1]), str(row[2]))
+        key = (row[1], row[2])
         log.warning("event %s (%s %s) failed: %s%s", row[0], key[0], key[1], message,
                     " - parked" if parked else "",
                     extra={"action": "row_parked" if parked else "row_failed",
                            "event_id": str(row[0]), "seq": seq})
         if parked:
             self.metrics.parked.inc()
-            self.blocked[key] = (seq, int(row[10]))  # type: ignore[call-overload]
+            self.blocked[key] = (seq, row[10])
         else:
             # Retry the row after a pause rather than at once: it just failed for good reason.
             self.kafka_retry_at = max(self.kafka_retry_at, time.monotonic() + compute_backoff(
-                int(row[11]) + 1))  # type: ignore[call-overload]
+                row[11] + 1))
 
     # ------------------------------------------------------------------ side threads
     def _on_client_error(self, err: KafkaError) -> None:
