@@ -42,14 +42,13 @@ def pg_url() -> str:
 
 @pytest.fixture(scope="session")
 def template_db(pg_url: str) -> str:
-    """A template database with the toolkit's schema, built once per test session.
+    """A template database with the toolkit's schema, built once and reused.
 
-    Dropped first so that a changed schema is never served from an old template.
+    Its name carries a digest of everything that shapes the schema, so a changed schema
+    gets a new template while concurrent test sessions (xdist workers, other checkouts)
+    keep using theirs; nothing is dropped under anyone's feet.
     """
-    worker = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")
-    name = f"{TEMPLATE_DB}_{worker[:8]}" if worker else TEMPLATE_DB
-    if not worker:
-        db.drop_template(pg_url, name)
+    name = f"{TEMPLATE_DB}_{db.schema_digest()}"
     db.build_template(pg_url, name)
     return name
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote
 
 import psycopg
@@ -15,6 +17,24 @@ from psycopg.conninfo import conninfo_to_dict
 # own a schema, so the template holds everything tests need and each test gets a copy.
 TemplateBuilder = Callable[[str], None]
 TEMPLATE_BUILDERS: list[TemplateBuilder] = []
+
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_SOURCES = ("outbox/tables.py", "outbox/migrations", "tests/harness/db.py",
+                  "tests/conftest.py")
+
+
+def schema_digest() -> str:
+    """A short digest of the files that shape the test template's schema."""
+    digest = hashlib.sha256()
+    for source in SCHEMA_SOURCES:
+        path = ROOT / source
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for file in files:
+            if file.exists():
+                digest.update(str(file.relative_to(ROOT)).encode())
+                digest.update(file.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def with_dbname(url: str, dbname: str) -> str:

@@ -1,0 +1,216 @@
+"""``publish()``: add events to the caller's open transaction.
+
+The event rows commit or roll back with the caller's business rows; nothing here commits.
+Many events in one call are one round trip: a single statement that first takes the
+per-aggregate advisory locks (sorted, so two publishers cannot deadlock on each other's
+aggregates) and then inserts every row. Taking the lock before the row draws its ``seq``
+is what makes ``seq`` order equal commit order per aggregate (docs/ordering.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel
+from sqlalchemy.engine import Connection as SAConnection
+from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import Session
+
+from outbox.errors import EventValidationError, PayloadTooLargeError
+from outbox.locks import AGGREGATE_LOCK_NAMESPACE
+from outbox.settings import Settings
+from outbox.uuid7 import uuid7
+
+MAX_FIELD_LENGTH = 255
+
+# The locks come first: the insert's rows are only produced once the InitPlan
+# `(select count(*) from locks)` has run, i.e. once every lock is held.
+INSERT_EVENTS = """
+with locks as (
+    select pg_advisory_xact_lock(%(namespace)s, key)
+      from (select distinct hashtext(k) as key
+              from unnest(%(lock_keys)s::text[]) as k
+             order by 1) as sorted_keys
+)
+insert into {table}
+       (id, aggregatetype, aggregateid, type, payload, created_at,
+        correlation_id, causation_id, traceparent)
+select e.id, e.aggregatetype, e.aggregateid, e.type, e.payload::jsonb, e.created_at,
+       e.correlation_id, e.causation_id, e.traceparent
+  from unnest(%(ids)s::uuid[], %(aggregatetypes)s::text[], %(aggregateids)s::text[],
+              %(types)s::text[], %(payloads)s::text[], %(created)s::timestamp[],
+              %(correlation_ids)s::text[], %(causation_ids)s::text[],
+              %(traceparents)s::text[])
+       as e(id, aggregatetype, aggregateid, type, payload, created_at,
+            correlation_id, causation_id, traceparent)
+ where (select count(*) from locks) >= 0
+"""
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One event for the outbox. ``id`` (UUIDv7) and ``created_at`` (naive UTC) default to now."""
+
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: Mapping[str, Any] | BaseModel | None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+    id: uuid.UUID = field(default_factory=uuid7)
+    created_at: dt.datetime = field(default_factory=_utc_now)
+
+
+@functools.cache
+def _default_settings() -> Settings:
+    # Read the environment once: publish() sits on every business transaction's path.
+    return Settings()
+
+
+@functools.cache
+def _insert_sql(schema: str, table: str) -> str:
+    # Both names passed Settings' identifier check, so quoting them is enough.
+    return INSERT_EVENTS.format(table=f'"{schema}"."{table}"')
+
+
+def _check_text(name: str, value: str | None, required: bool) -> None:
+    if value is None:
+        if required:
+            raise EventValidationError(name, "is missing")
+        return
+    if not isinstance(value, str):
+        raise EventValidationError(name, f"must be a string, got {type(value).__name__}")
+    if required and not value.strip():
+        raise EventValidationError(name, "is empty")
+    if len(value) > MAX_FIELD_LENGTH:
+        raise EventValidationError(
+            name, f"is {len(value)} characters long; the limit is {MAX_FIELD_LENGTH}")
+    _check_encodable(name, value)
+
+
+def _check_encodable(name: str, value: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise EventValidationError(
+            name, f"is not valid UTF-8 (lone surrogate at position {exc.start})") from None
+    if "\x00" in value:
+        raise EventValidationError(name, "contains a NUL character, which PostgreSQL refuses")
+
+
+def _encode_payload(event: Event, limit: int) -> str | None:
+    payload = event.payload
+    if payload is None:
+        return None
+    if isinstance(payload, BaseModel):
+        text = payload.model_dump_json(by_alias=True)
+    else:
+        if not isinstance(payload, Mapping):
+            raise EventValidationError(
+                "payload", f"must be a JSON object (a mapping or a pydantic model), got "
+                           f"{type(payload).__name__}")
+        try:
+            text = json.dumps(payload, ensure_ascii=False, allow_nan=False,
+                              separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise EventValidationError("payload", f"is not JSON-serialisable: {exc}") from None
+    _check_encodable("payload", text)
+    if "\\u0000" in text:
+        raise EventValidationError("payload", "contains a NUL character (\\u0000), which "
+                                              "PostgreSQL's jsonb refuses")
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLargeError(
+            "payload", f"is {size} bytes as JSON; the limit is {limit} bytes "
+                       "(OUTBOX_MAX_PAYLOAD_BYTES)")
+    return text
+
+
+def _params(events: Sequence[Event], limit: int) -> dict[str, Any]:
+    for ev in events:
+        if not isinstance(ev, Event):
+            raise TypeError(f"publish() takes Event objects, got {type(ev).__name__}")
+        _check_text("aggregate_type", ev.aggregate_type, required=True)
+        _check_text("aggregate_id", ev.aggregate_id, required=True)
+        _check_text("event_type", ev.event_type, required=True)
+        _check_text("correlation_id", ev.correlation_id, required=False)
+        _check_text("causation_id", ev.causation_id, required=False)
+        _check_text("traceparent", ev.traceparent, required=False)
+    return {
+        "namespace": AGGREGATE_LOCK_NAMESPACE,
+        "lock_keys": [f"{e.aggregate_type}:{e.aggregate_id}" for e in events],
+        "ids": [e.id for e in events],
+        "aggregatetypes": [e.aggregate_type for e in events],
+        "aggregateids": [e.aggregate_id for e in events],
+        "types": [e.event_type for e in events],
+        "payloads": [_encode_payload(e, limit) for e in events],
+        "created": [e.created_at.astimezone(dt.UTC).replace(tzinfo=None)
+                    if e.created_at.tzinfo else e.created_at for e in events],
+        "correlation_ids": [e.correlation_id for e in events],
+        "causation_ids": [e.causation_id for e in events],
+        "traceparents": [e.traceparent for e in events],
+    }
+
+
+def _prepare(events: Sequence[Event], settings: Settings | None) -> tuple[str, dict[str, Any]]:
+    s = settings if settings is not None else _default_settings()
+    return _insert_sql(s.db_schema, s.outbox_table), _params(events, s.max_payload_bytes)
+
+
+SyncTarget = Session | SAConnection | psycopg.Connection[Any]
+AsyncTarget = AsyncSession | SAAsyncConnection | psycopg.AsyncConnection[Any]
+
+
+def publish(target: SyncTarget, event: Event, *more: Event,
+            settings: Settings | None = None) -> list[Event]:
+    """Add events to ``target``'s open transaction (Session, Connection or psycopg connection).
+
+    Never commits: the events commit or roll back with the caller's transaction. Raises
+    :class:`~outbox.errors.EventValidationError` (nothing written) for an invalid event.
+    """
+    events = [event, *more]
+    query, params = _prepare(events, settings)
+    if isinstance(target, Session):
+        target.connection().exec_driver_sql(query, params)
+    elif isinstance(target, SAConnection):
+        target.exec_driver_sql(query, params)
+    elif isinstance(target, psycopg.Connection):
+        target.execute(query, params)
+    else:
+        raise TypeError(f"publish() needs a SQLAlchemy Session or Connection or a psycopg "
+                        f"Connection, got {type(target).__name__}")
+    return events
+
+
+async def publish_async(target: AsyncTarget, event: Event, *more: Event,
+                        settings: Settings | None = None) -> list[Event]:
+    """:func:`publish` for an ``AsyncSession``, async ``Connection`` or psycopg async one."""
+    events = [event, *more]
+    query, params = _prepare(events, settings)
+    if isinstance(target, AsyncSession):
+        conn = await target.connection()
+        await conn.exec_driver_sql(query, params)
+    elif isinstance(target, SAAsyncConnection):
+        await target.exec_driver_sql(query, params)
+    elif isinstance(target, psycopg.AsyncConnection):
+        await target.execute(query, params)
+    else:
+        raise TypeError(f"publish_async() needs an AsyncSession, an async Connection or a "
+                        f"psycopg AsyncConnection, got {type(target).__name__}")
+    return events
+
+
+__all__ = ["Event", "publish", "publish_async"]
