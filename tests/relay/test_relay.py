@@ -192,3 +192,32 @@ def test_status_purge_and_cli(outbox_url: str, kafka_bootstrap: str, prefix: str
     assert out.exit_code == 0 and "purged 10 " in out.output, out.output
     out = runner.invoke(purge, ["--database-url", outbox_url, "--older-than", "soon"])
     assert out.exit_code != 0 and "'soon' is not a duration" in out.output
+
+
+def test_retention_inside_the_daemon_purges_published_rows(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any) -> None:
+    insert_events(outbox_url, make_events(50, aggregates=5))
+    handle = start_relay(relay_settings(outbox_url, kafka_bootstrap, prefix),
+                         retention_seconds=0.0, purge_interval=0.2, purge_batch=7)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with psycopg.connect(outbox_url) as conn:
+            row = conn.execute("select count(*) from outbox").fetchone()
+        if row is not None and row[0] == 0:
+            break
+        time.sleep(0.2)
+    assert row is not None and row[0] == 0, "published rows were not purged"
+    assert handle.stop() == 0
+
+
+def test_run_without_database_url_exits_with_the_configuration_code(tmp_path: Any) -> None:
+    import os
+    import subprocess
+
+    from tests.relay.conftest import OUTBOX_BIN
+
+    env = {k: v for k, v in os.environ.items() if k != "OUTBOX_DATABASE_URL"}
+    result = subprocess.run([str(OUTBOX_BIN), "relay", "run"], env=env, capture_output=True,
+                            text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 3
+    assert "OUTBOX_DATABASE_URL" in result.stderr and '"action": "config_error"' in result.stderr
