@@ -19,7 +19,7 @@ import psycopg
 from outbox.cli_options import fail, settings_options
 from outbox.errors import ConfigurationError
 from outbox.settings import Settings, redact_url
-from relay.loop import EXIT_CONFIG, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
+from relay.loop import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
 from relay.queries import Queries
 from relay.retention import purge as purge_rows
 
@@ -144,7 +144,12 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
                  extra={"action": "metrics_listening"})
     log.info("database %s, Kafka %s", redact_url(settings.database_url),
              settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
-    sys.exit(daemon.run())
+    try:
+        code = daemon.run()
+    except Exception:
+        log.exception("relay crashed", extra={"action": "relay_crash"})
+        code = EXIT_ERROR
+    sys.exit(code)
 
 
 @relay.command("retry-failed")

@@ -144,9 +144,16 @@ class Relay:
                 if self.conn is None:
                     self._connect()
                 if self.producer is None:
-                    self.producer = make_producer(producer_config(
-                        self.settings.producer_config(), f"outbox-relay-{opts.instance_id}"),
-                        error_cb=self._on_client_error)
+                    try:
+                        self.producer = make_producer(producer_config(
+                            self.settings.producer_config(),
+                            f"outbox-relay-{opts.instance_id}"), error_cb=self._on_client_error)
+                    except KafkaException as exc:
+                        log.error("the Kafka producer configuration was rejected: %s; check "
+                                  "OUTBOX_KAFKA_CONFIG / --kafka-config", exc.args[0].str(),
+                                  extra={"action": "config_error"})
+                        self._lose_connection()
+                        return EXIT_CONFIG
                 self._tick()
                 db_failures = 0
             except psycopg.OperationalError as exc:

@@ -221,3 +221,18 @@ def test_run_without_database_url_exits_with_the_configuration_code(tmp_path: An
                             text=True, timeout=60, cwd=tmp_path)
     assert result.returncode == 3
     assert "OUTBOX_DATABASE_URL" in result.stderr and '"action": "config_error"' in result.stderr
+
+
+def test_rejected_kafka_configuration_exits_with_the_configuration_code(
+        outbox_url: str, tmp_path: Any) -> None:
+    import os
+    import subprocess
+
+    from tests.relay.conftest import OUTBOX_BIN
+
+    env = {**os.environ, "OUTBOX_DATABASE_URL": outbox_url}
+    result = subprocess.run([str(OUTBOX_BIN), "relay", "run", "--no-listen", "--kafka-config",
+                             "no.such.property=1"], env=env, capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert "no.such.property" in result.stderr
