@@ -48,13 +48,16 @@ def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = 
         name,
         metadata,
         # --- pinned by DESIGN.md (Debezium outbox router defaults) ---
-        Column("id", UUID(as_uuid=True), primary_key=True,
-               comment="event id, UUIDv7 (time-ordered); Kafka header `id`"),
-        Column("aggregatetype", String(255), nullable=False,
-               comment="routes the event to a topic: order -> order-events"),
-        Column("aggregateid", String(255), nullable=False, comment="Kafka message key"),
-        Column("type", String(255), nullable=False, comment="event type; header `eventType`"),
-        Column("payload", JSONB, comment="Kafka message value"),
+        # id: the event id, UUIDv7 (time-ordered); Kafka header `id`.
+        Column("id", UUID(as_uuid=True), primary_key=True),
+        # aggregatetype routes the event to a topic (order -> order-events).
+        Column("aggregatetype", String(255), nullable=False),
+        # aggregateid is the Kafka message key.
+        Column("aggregateid", String(255), nullable=False),
+        # type is the event type; Kafka header `eventType`.
+        Column("type", String(255), nullable=False),
+        # payload is the Kafka message value.
+        Column("payload", JSONB),
         # Without time zone: Debezium maps timestamptz to a string and cannot use it as
         # the record timestamp. Always UTC.
         Column("created_at", DateTime(timezone=False), nullable=False, server_default=UTC_NOW),
@@ -62,20 +65,20 @@ def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = 
         Column("causation_id", String(255)),
         Column("traceparent", String(255)),
         # --- the toolkit's bookkeeping ---
-        Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True,
-               comment="insert order; per aggregate it is commit order (see docs/ordering.md)"),
+        # seq: insert order; per aggregate it is commit order (docs/ordering.md).
+        Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),
         # hashtextextended is immutable, so PostgreSQL can store it as a generated column;
         # the modulo comes before abs() so the result cannot overflow.
         Column("shard", SmallInteger,
                Computed(f"(abs(hashtextextended(aggregateid, 0) % {SHARD_COUNT}))::smallint",
                         persisted=True),
                nullable=False),
-        Column("published_at", DateTime(timezone=False),
-               comment="when Kafka acknowledged the record; null while pending"),
+        # published_at: when Kafka acknowledged the record; null while pending.
+        Column("published_at", DateTime(timezone=False)),
         Column("attempts", Integer, nullable=False, server_default=text("0")),
         Column("last_error", Text),
-        Column("failed_at", DateTime(timezone=False),
-               comment="set when the relay gave up on the row (see outbox status)"),
+        # failed_at: set when the relay gave up on the row (shown by `outbox status`).
+        Column("failed_at", DateTime(timezone=False)),
         Index(f"ix_{name}_pending", "shard", "seq",
               postgresql_where=text("published_at is null and failed_at is null")),
         Index(f"ix_{name}_published_at", "published_at",

@@ -24,6 +24,17 @@ load_stack_env()
 TEMPLATE_DB = "outbox_test_template"
 
 
+def _toolkit_schema(url: str) -> None:
+    """Template builder: the toolkit's own migrations, default schema and table names."""
+    from outbox import migrate
+    from outbox.settings import Settings
+
+    migrate.upgrade(Settings(database_url=url))
+
+
+db.TEMPLATE_BUILDERS.append(_toolkit_schema)
+
+
 @pytest.fixture(scope="session")
 def pg_url() -> str:
     """libpq URL of the stack's database (``OUTBOX_DATABASE_URL``)."""

@@ -1,0 +1,140 @@
+"""Apply, inspect and check the toolkit's migrations (the API behind ``outbox db``).
+
+The migrations live in ``outbox/migrations`` and are shipped in the package. They keep
+their own version table (:data:`VERSION_TABLE`) in the configured schema and create only
+the toolkit's tables, so they can run in any existing database.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from contextlib import redirect_stdout
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import MetaData, create_engine, pool
+
+from outbox.settings import Settings
+from outbox.tables import tables_for
+
+VERSION_TABLE = "outbox_alembic_version"
+SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
+
+
+def target_metadata(settings: Settings) -> MetaData:
+    """The toolkit's tables as models, named by ``settings``."""
+    metadata = MetaData()
+    tables_for(settings, metadata)
+    return metadata
+
+
+def include_toolkit_objects(settings: Settings) -> Callable[..., bool]:
+    """An Alembic ``include_object`` filter: only the toolkit's two tables and their parts."""
+    ours = {settings.outbox_table, settings.inbox_table}
+
+    def include(obj: Any, name: str | None, type_: str, reflected: bool,
+                compare_to: Any) -> bool:
+        if type_ == "table":
+            return name in ours and obj.schema in (settings.db_schema, None)
+        table = getattr(obj, "table", None)
+        return table is None or table.name in ours
+
+    return include
+
+
+def alembic_config(settings: Settings, connection: Any = None) -> Config:
+    """An Alembic ``Config`` for the toolkit's migrations, with ``settings`` attached."""
+    config = Config()
+    config.set_main_option("script_location", str(SCRIPT_LOCATION))
+    config.attributes["settings"] = settings
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> str:
+    """Upgrade to ``revision``; with ``sql`` returns the SQL instead of running it."""
+    return _run(command.upgrade, settings, revision, sql)
+
+
+def downgrade(settings: Settings, revision: str = "-1", sql: bool = False) -> str:
+    """Downgrade to ``revision`` (``-1``: one step, ``base``: remove the tables)."""
+    if sql and revision == "-1":
+        revision = "head:-1"  # offline mode needs an explicit starting point
+    return _run(command.downgrade, settings, revision, sql)
+
+
+def _run(fn: Callable[..., None], settings: Settings, revision: str, sql: bool) -> str:
+    config = alembic_config(settings)
+    if not sql:
+        fn(config, revision)
+        return ""
+    out = io.StringIO()
+    config.output_buffer = out
+    with redirect_stdout(io.StringIO()):
+        fn(config, revision, sql=True)
+    return out.getvalue()
+
+
+def head() -> str:
+    """The newest revision shipped with this version of the toolkit."""
+    script = ScriptDirectory(str(SCRIPT_LOCATION))
+    current_head = script.get_current_head()
+    assert current_head is not None
+    return current_head
+
+
+def current(settings: Settings) -> str | None:
+    """The revision the database is at, or ``None`` if the toolkit's tables are not there."""
+    engine = create_engine(settings.sqlalchemy_url(), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={
+                "version_table": VERSION_TABLE, "version_table_schema": settings.db_schema})
+            return ctx.get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def check(settings: Settings) -> list[str]:
+    """Problems with the database's toolkit schema; an empty list means all is well."""
+    at = current(settings)
+    if at is None:
+        return [f"the toolkit's tables are not installed in schema {settings.db_schema!r}: "
+                "run `outbox db upgrade`"]
+    problems = []
+    if at != head():
+        problems.append(f"the database is at revision {at}, this toolkit expects {head()}: "
+                        "run `outbox db upgrade`")
+    engine = create_engine(settings.sqlalchemy_url(), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={
+                "include_schemas": True,
+                "include_object": include_toolkit_objects(settings),
+                "compare_server_default": False,
+            })
+            diffs = compare_metadata(ctx, target_metadata(settings))
+    finally:
+        engine.dispose()
+    problems += [f"schema differs from the toolkit's models: {describe(d)}" for d in diffs]
+    return problems
+
+
+def describe(diff: Any) -> str:
+    """One line for an Alembic autogenerate difference."""
+    if isinstance(diff, list):
+        return "; ".join(describe(d) for d in diff)
+    kind, *rest = diff
+    names = [getattr(r, "name", None) or str(r) for r in rest if r is not None][:3]
+    return f"{kind} {' '.join(str(n) for n in names)}"
+
+
+__all__ = ["VERSION_TABLE", "alembic_config", "check", "current", "downgrade", "head",
+           "include_toolkit_objects", "target_metadata", "upgrade"]

@@ -1,0 +1,205 @@
+"""The toolkit's Alembic migrations against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.config import Config
+from click.testing import CliRunner
+
+from outbox import migrate
+from outbox.cli import main
+from outbox.settings import Settings
+
+
+def tables(url: str, schema: str = "public") -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute(
+            "select table_name from information_schema.tables where table_schema = %s",
+            (schema,))}
+
+
+@pytest.fixture
+def empty_db(pg_url: str) -> Iterator[str]:
+    """A database without the toolkit's tables (the template has them: remove them)."""
+    from tests.harness import db
+
+    name = db.clone_database(pg_url, "template0", prefix="mig")
+    url = db.with_dbname(pg_url, name)
+    yield url
+    db.drop_database(pg_url, name)
+
+
+def test_upgrade_downgrade_upgrade_on_an_empty_database(empty_db: str) -> None:
+    settings = Settings(database_url=empty_db)
+    assert migrate.current(settings) is None
+    migrate.upgrade(settings)
+    assert {"outbox", "inbox", "outbox_alembic_version"} <= tables(empty_db)
+    assert migrate.current(settings) == migrate.head()
+    assert migrate.check(settings) == []
+    migrate.downgrade(settings, "base")
+    assert tables(empty_db) == {"outbox_alembic_version"}
+    migrate.upgrade(settings)
+    assert migrate.check(settings) == []
+
+
+def test_existing_application_tables_and_alembic_version_are_untouched(empty_db: str) -> None:
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("create table customers (id int primary key, name text)")
+        conn.execute("insert into customers values (1, 'Ada')")
+        conn.execute("create table alembic_version (version_num varchar(32) primary key)")
+        conn.execute("insert into alembic_version values ('app_0042')")
+    settings = Settings(database_url=empty_db)
+    migrate.upgrade(settings)
+    migrate.downgrade(settings, "base")
+    migrate.upgrade(settings)
+    with psycopg.connect(empty_db) as conn:
+        assert conn.execute("select * from customers").fetchall() == [(1, "Ada")]
+        assert conn.execute("select * from alembic_version").fetchall() == [("app_0042",)]
+    assert migrate.check(settings) == []
+
+
+def test_custom_schema_and_table_names(empty_db: str) -> None:
+    settings = Settings(database_url=empty_db, db_schema="billing", outbox_table="events_out",
+                        inbox_table="events_seen")
+    migrate.upgrade(settings)
+    assert tables(empty_db, "billing") == {"events_out", "events_seen",
+                                           "outbox_alembic_version"}
+    assert tables(empty_db) == set()
+    assert migrate.check(settings) == []
+    # A second schema is independent of the first (the saga runs one per service).
+    other = Settings(database_url=empty_db, db_schema="shipping")
+    migrate.upgrade(other)
+    assert migrate.check(other) == []
+
+
+def test_no_drift_between_migrations_and_models(database_url: str) -> None:
+    # database_url comes from the template, which the migrations built.
+    assert migrate.check(Settings(database_url=database_url)) == []
+
+
+def test_drift_is_reported(empty_db: str) -> None:
+    settings = Settings(database_url=empty_db)
+    migrate.upgrade(settings)
+    with psycopg.connect(empty_db) as conn:
+        conn.execute("alter table outbox drop column traceparent")
+    problems = migrate.check(settings)
+    assert problems
+    assert "traceparent" in " ".join(problems)
+
+
+def test_offline_sql_for_a_dba(empty_db: str) -> None:
+    result = CliRunner().invoke(main, ["db", "upgrade", "--sql", "--database-url", empty_db,
+                                       "--schema", "dba"])
+    assert result.exit_code == 0, result.output
+    assert 'create schema if not exists "dba"' in result.output
+    assert "CREATE TABLE dba.outbox" in result.output
+    assert "CREATE TABLE dba.outbox_alembic_version" in result.output
+    assert tables(empty_db, "dba") == set()  # nothing ran
+
+
+def test_cli_upgrade_current_check_downgrade(empty_db: str) -> None:
+    runner = CliRunner()
+    env = {"OUTBOX_DATABASE_URL": empty_db}
+    result = runner.invoke(main, ["db", "check"], env=env)
+    assert result.exit_code == 1
+    assert "run `outbox db upgrade`" in result.output
+    result = runner.invoke(main, ["db", "upgrade"], env=env)
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["db", "current"], env=env).output.strip() == migrate.head()
+    result = runner.invoke(main, ["db", "check"], env=env)
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("ok:")
+    result = runner.invoke(main, ["db", "downgrade", "base"], env=env)
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(main, ["db", "current"], env=env).output.strip() == "none"
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("", "no database URL: set OUTBOX_DATABASE_URL"),
+    ("mysql://u:p@h/db", "is not a PostgreSQL URL"),
+])
+def test_missing_or_malformed_database_url_is_one_clear_line(url: str, message: str) -> None:
+    result = CliRunner().invoke(main, ["db", "current"], env={"OUTBOX_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unreachable_database_hides_the_password() -> None:
+    result = CliRunner().invoke(main, ["db", "current"], env={
+        "OUTBOX_DATABASE_URL": "postgresql://me:hunter2@127.0.0.1:1/db"})
+    assert result.exit_code == 1
+    assert "hunter2" not in result.output
+    assert "me:***@127.0.0.1:1" in result.output
+
+
+def test_invalid_table_name_from_configuration_is_refused() -> None:
+    result = CliRunner().invoke(main, ["db", "upgrade", "--outbox-table", "outbox; drop table x",
+                                       "--database-url", "postgresql://u@h/db"])
+    assert result.exit_code == 1
+    assert "is not a plain SQL identifier" in result.output
+
+
+def test_an_application_alembic_history_can_include_the_toolkit_tables(
+        empty_db: str, tmp_path: Path) -> None:
+    """The recipe of docs/migrations.md: call the toolkit's DDL from your own migration."""
+    app = tmp_path / "app_migrations"
+    (app / "versions").mkdir(parents=True)
+    (app / "env.py").write_text(textwrap.dedent("""
+        from alembic import context
+        from sqlalchemy import create_engine
+        url = context.config.get_main_option("sqlalchemy.url")
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            context.configure(connection=conn)
+            with context.begin_transaction():
+                context.run_migrations()
+            conn.commit()
+    """))
+    (app / "script.py.mako").write_text("")
+    (app / "versions" / "a1_customers.py").write_text(textwrap.dedent("""
+        import sqlalchemy as sa
+        from alembic import op
+        revision, down_revision, branch_labels, depends_on = "a1", None, None, None
+        def upgrade():
+            op.create_table("customers", sa.Column("id", sa.Integer, primary_key=True))
+        def downgrade():
+            op.drop_table("customers")
+    """))
+    (app / "versions" / "a2_outbox.py").write_text(textwrap.dedent("""
+        from alembic import op
+        from alembic.operations import Operations
+        from outbox.migrations.ddl import create_schema_v1, drop_schema_v1
+        revision, down_revision, branch_labels, depends_on = "a2", "a1", None, None
+        def upgrade():
+            create_schema_v1(Operations(op.get_context()), schema="public")
+        def downgrade():
+            drop_schema_v1(Operations(op.get_context()), schema="public")
+    """))
+    config = Config()
+    config.set_main_option("script_location", str(app))
+    config.set_main_option("sqlalchemy.url",
+                           empty_db.replace("postgresql://", "postgresql+psycopg://"))
+    command.upgrade(config, "head")
+    assert {"customers", "outbox", "inbox", "alembic_version"} <= tables(empty_db)
+    # The tables match the toolkit's models exactly (checked without the toolkit's own
+    # version table, which this application does not use).
+    settings = Settings(database_url=empty_db)
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+    from sqlalchemy import create_engine
+
+    engine = create_engine(settings.sqlalchemy_url())
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={
+            "include_object": migrate.include_toolkit_objects(settings)})
+        assert compare_metadata(ctx, migrate.target_metadata(settings)) == []
+    engine.dispose()
+    command.downgrade(config, "a1")
+    assert "outbox" not in tables(empty_db)
