@@ -55,6 +55,19 @@ select e.id, e.aggregatetype, e.aggregateid, e.type, e.payload::jsonb, e.created
 """
 
 
+# One event (the common case) skips the arrays: the lock function is the statement's only
+# FROM item, so it runs before the single row reaches the insert. Measured about three
+# times cheaper in the database than the unnest form for one row (bench/publish.py).
+INSERT_ONE_EVENT = """
+insert into {table}
+       (id, aggregatetype, aggregateid, type, payload, created_at,
+        correlation_id, causation_id, traceparent)
+select %(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s, %(payload)s::jsonb,
+       %(created)s, %(correlation_id)s, %(causation_id)s, %(traceparent)s
+  from pg_advisory_xact_lock(%(namespace)s, hashtext(%(lock_key)s))
+"""
+
+
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -81,9 +94,10 @@ def _default_settings() -> Settings:
 
 
 @functools.cache
-def _insert_sql(schema: str, table: str) -> str:
+def _insert_sql(schema: str, table: str, single: bool) -> str:
     # Both names passed Settings' identifier check, so quoting them is enough.
-    return INSERT_EVENTS.format(table=f'"{schema}"."{table}"')
+    template = INSERT_ONE_EVENT if single else INSERT_EVENTS
+    return template.format(table=f'"{schema}"."{table}"')
 
 
 def _check_text(name: str, value: str | None, required: bool) -> None:
@@ -140,15 +154,10 @@ def _encode_payload(event: Event, limit: int) -> str | None:
 
 
 def _params(events: Sequence[Event], limit: int) -> dict[str, Any]:
+    if len(events) == 1:
+        return _one_event_params(events[0], limit)
     for ev in events:
-        if not isinstance(ev, Event):
-            raise TypeError(f"publish() takes Event objects, got {type(ev).__name__}")
-        _check_text("aggregate_type", ev.aggregate_type, required=True)
-        _check_text("aggregate_id", ev.aggregate_id, required=True)
-        _check_text("event_type", ev.event_type, required=True)
-        _check_text("correlation_id", ev.correlation_id, required=False)
-        _check_text("causation_id", ev.causation_id, required=False)
-        _check_text("traceparent", ev.traceparent, required=False)
+        _validate(ev)
     return {
         "namespace": AGGREGATE_LOCK_NAMESPACE,
         "lock_keys": [f"{e.aggregate_type}:{e.aggregate_id}" for e in events],
@@ -157,17 +166,49 @@ def _params(events: Sequence[Event], limit: int) -> dict[str, Any]:
         "aggregateids": [e.aggregate_id for e in events],
         "types": [e.event_type for e in events],
         "payloads": [_encode_payload(e, limit) for e in events],
-        "created": [e.created_at.astimezone(dt.UTC).replace(tzinfo=None)
-                    if e.created_at.tzinfo else e.created_at for e in events],
+        "created": [_naive_utc(e.created_at) for e in events],
         "correlation_ids": [e.correlation_id for e in events],
         "causation_ids": [e.causation_id for e in events],
         "traceparents": [e.traceparent for e in events],
     }
 
 
+def _validate(ev: Event) -> None:
+    if not isinstance(ev, Event):
+        raise TypeError(f"publish() takes Event objects, got {type(ev).__name__}")
+    _check_text("aggregate_type", ev.aggregate_type, required=True)
+    _check_text("aggregate_id", ev.aggregate_id, required=True)
+    _check_text("event_type", ev.event_type, required=True)
+    _check_text("correlation_id", ev.correlation_id, required=False)
+    _check_text("causation_id", ev.causation_id, required=False)
+    _check_text("traceparent", ev.traceparent, required=False)
+
+
+def _naive_utc(value: dt.datetime) -> dt.datetime:
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _one_event_params(ev: Event, limit: int) -> dict[str, Any]:
+    _validate(ev)
+    return {
+        "namespace": AGGREGATE_LOCK_NAMESPACE,
+        "lock_key": f"{ev.aggregate_type}:{ev.aggregate_id}",
+        "id": ev.id,
+        "aggregatetype": ev.aggregate_type,
+        "aggregateid": ev.aggregate_id,
+        "type": ev.event_type,
+        "payload": _encode_payload(ev, limit),
+        "created": _naive_utc(ev.created_at),
+        "correlation_id": ev.correlation_id,
+        "causation_id": ev.causation_id,
+        "traceparent": ev.traceparent,
+    }
+
+
 def _prepare(events: Sequence[Event], settings: Settings | None) -> tuple[str, dict[str, Any]]:
     s = settings if settings is not None else _default_settings()
-    return _insert_sql(s.db_schema, s.outbox_table), _params(events, s.max_payload_bytes)
+    query = _insert_sql(s.db_schema, s.outbox_table, len(events) == 1)
+    return query, _params(events, s.max_payload_bytes)
 
 
 SyncTarget = Session | SAConnection | psycopg.Connection[Any]

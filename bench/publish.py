@@ -1,0 +1,125 @@
+"""Cost of adding one outbox event to a small business transaction.
+
+    .venv/bin/python bench/publish.py                # 20 rounds x 250 transactions each way
+    .venv/bin/python bench/publish.py --rounds 4     # a quick look
+
+Baseline: a SQLAlchemy ``Session`` transaction that inserts one order row and commits.
+With outbox: the same transaction plus ``publish()`` of one ``OrderCreated`` event
+(~300-byte payload). Both run in the same process against the same database, in
+alternating rounds so that drift of this shared machine hits both alike. Reported: the
+median per-transaction time of each and the ratio (target <= 1.15). A third variant, the
+business insert plus one *plain* insert into a bare audit table, shows the floor that any
+second statement costs (one more round trip), so the outbox's own share can be read off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from outbox import migrate  # noqa: E402
+from outbox.publish import Event, publish  # noqa: E402
+from outbox.settings import Settings  # noqa: E402
+
+
+def load_env() -> None:
+    env = ROOT / ".stack" / "env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            key, _, value = line.partition("=")
+            os.environ.setdefault(key, value)
+
+
+def fresh_database(admin_url: str) -> str:
+    name = f"bench_publish_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_database(admin_url: str, url: str) -> None:
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+INSERT_ORDER = text("insert into orders (id, customer_id, amount, status) "
+                    "values (:id, :customer, :amount, 'PENDING')")
+
+
+INSERT_AUDIT = text("insert into audit (order_id, note) values (:id, 'created')")
+
+
+def one_round(engine: Engine, n: int, variant: str) -> list[float]:
+    timings = []
+    for i in range(n):
+        order_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        with Session(engine) as session, session.begin():
+            session.execute(INSERT_ORDER, {"id": order_id, "customer": f"c-{i % 97}",
+                                           "amount": 42.5})
+            if variant == "audit":
+                session.execute(INSERT_AUDIT, {"id": order_id})
+            elif variant == "outbox":
+                publish(session, Event("order", order_id, "OrderCreated", {
+                    "eventType": "OrderCreated", "orderId": order_id,
+                    "correlationId": order_id, "customerId": f"c-{i % 97}",
+                    "items": [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-7", "quantity": 1}],
+                    "amount": "42.50", "currency": "EUR",
+                    "occurredAt": "2026-11-25T10:00:00.000+00:00"}))
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--per-round", type=int, default=250)
+    args = parser.parse_args()
+    load_env()
+    admin = os.environ["OUTBOX_DATABASE_URL"]
+    url = fresh_database(admin)
+    try:
+        settings = Settings(database_url=url)
+        migrate.upgrade(settings)
+        engine = create_engine(settings.sqlalchemy_url(), pool_size=1)
+        with engine.begin() as conn:
+            conn.execute(text("create table orders (id uuid primary key, customer_id text, "
+                              "amount numeric(12,2), status text, "
+                              "created_at timestamp default now())"))
+            conn.execute(text("create table audit (order_id uuid, note text)"))
+        variants = ["base", "outbox", "audit"]
+        timings: dict[str, list[float]] = {v: [] for v in variants}
+        for variant in variants:  # warm-up: connections, prepared plans, caches
+            one_round(engine, 200, variant)
+        for r in range(args.rounds):
+            # Rotate which goes first so none always gets the warmer cache.
+            for variant in variants[r % 3:] + variants[:r % 3]:
+                timings[variant].extend(one_round(engine, args.per_round, variant))
+        engine.dispose()
+    finally:
+        drop_database(admin, url)
+    b, o, a = (statistics.median(timings[v]) for v in variants)
+    print(f"transactions per variant: {len(timings['base'])}")
+    print(f"business transaction alone:             median {b * 1000:.3f} ms")
+    print(f"business transaction + publish():       median {o * 1000:.3f} ms")
+    print(f"business transaction + a plain insert:  median {a * 1000:.3f} ms")
+    print(f"ratio with/without outbox: {o / b:.3f}  (target <= 1.15)")
+    print(f"ratio of a plain second insert (the floor of any extra statement): {a / b:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
