@@ -17,6 +17,7 @@ import psycopg
 import pytest
 from sqlalchemy import MetaData, create_engine, insert
 
+from outbox.publish import Event, publish
 from outbox.settings import Settings, load_settings
 from outbox.tables import outbox_table
 from relay.loop import Relay, RelayOptions
@@ -27,7 +28,8 @@ OUTBOX_BIN = ROOT / ".venv" / "bin" / "outbox"
 
 
 def ensure_outbox(url: str) -> None:
-    """The outbox table (the migrations create it once they land; until then, create_all)."""
+    """The outbox table: the template database has it from the migrations; create_all
+    (checkfirst) keeps these tests independent of how the template is built."""
     engine = create_engine("postgresql+psycopg://" + url[len("postgresql://"):])
     metadata = MetaData()
     outbox_table(metadata)
@@ -52,8 +54,25 @@ def relay_settings(url: str, bootstrap: str, prefix: str, **extra: Any) -> Setti
                          topic_template=prefix + "-{aggregatetype}", **extra)
 
 
-def insert_events(url: str, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Insert events with SQLAlchemy Core, one transaction per call; returns them with ids."""
+def insert_events(url: str, events: list[dict[str, Any]], *,
+                  raw: bool = False) -> list[dict[str, Any]]:
+    """Commit ``events`` in one transaction with ``publish()``; returns them with their ids.
+
+    ``raw=True`` inserts with SQLAlchemy Core instead, for rows ``publish()`` would refuse
+    (a payload over its limit ...) but another writer, in another language, could store:
+    the relay must cope with those too.
+    """
+    if not raw:
+        published = [Event(aggregate_type=e["aggregatetype"], aggregate_id=e["aggregateid"],
+                           event_type=e.get("type", "Happened"), payload=e.get("payload", {}),
+                           correlation_id=e.get("correlation_id"),
+                           causation_id=e.get("causation_id"),
+                           traceparent=e.get("traceparent"))
+                     for e in events]
+        with psycopg.connect(url) as conn:  # commits on leaving the block
+            publish(conn, *published)
+        return [{**e, "id": ev.id, "type": ev.event_type} for e, ev in zip(events, published,
+                                                                             strict=True)]
     engine = create_engine("postgresql+psycopg://" + url[len("postgresql://"):])
     table = outbox_table(MetaData())
     rows = []

@@ -68,7 +68,7 @@ def test_bad_rows_are_parked_hold_back_their_aggregate_and_can_be_retried(
         {"aggregatetype": "small", "aggregateid": "s-2", "payload": {"n": 5}},
         {"aggregatetype": "order", "aggregateid": "good-2", "payload": {"n": 6}},
     ]
-    ids = [str(e["id"]) for e in insert_events(outbox_url, events)]
+    ids = [str(e["id"]) for e in insert_events(outbox_url, events, raw=True)]
     settings = relay_settings(outbox_url, kafka_bootstrap, prefix)
     handle = start_relay(settings, max_attempts=2)
 
