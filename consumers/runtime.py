@@ -1,0 +1,380 @@
+"""The idempotent consumer: handlers per topic and event type, exactly-once effects.
+
+For each batch of messages, in **one** database transaction, each message gets a
+savepoint in which its inbox row (group, event id) is inserted and, if the row is new,
+its handler runs with the same session — so the handler's writes and any events it
+``publish()``-es commit together with the inbox row, or not at all. Kafka offsets are
+committed only after that commit. A crash in between redelivers the batch; the inbox
+rows make the redelivery a no-op.
+
+Failures, in order of what they mean:
+
+- the database is unreachable: not the message's fault. The batch is rewound (seek) and
+  retried after a backoff, forever, without counting attempts.
+- the message is poison (see :mod:`consumers.message`), has an unknown event type with no
+  fallback handler, or fails its payload model: dead-lettered at once.
+- the handler raised: the messages before it in the batch are committed; it is rewound
+  and retried with backoff; after ``max_attempts`` it is dead-lettered. Later messages of
+  its partition wait, so per-key order holds; no message blocks its partition forever.
+
+Dead letters are acknowledged by Kafka before the offset moves past them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import FrameType
+
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from pydantic import BaseModel, ValidationError
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session
+
+from consumers.dlq import Failure, dead_letter_headers, dlq_topic
+from consumers.errors import is_connection_lost
+from consumers.inbox import InboxStore
+from consumers.message import IncomingEvent, PoisonMessageError, decode
+from consumers.metrics import ConsumerMetrics
+from outbox.backoff import compute_backoff
+from outbox.settings import Settings
+
+log = logging.getLogger("outbox.consumer")
+
+Handler = Callable[[Session, IncomingEvent], None]
+Position = tuple[str, int, int]  # topic, partition, offset
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+@dataclass
+class Registration:
+    """A handler and the payload model it validates against (if any)."""
+
+    handler: Handler
+    model: type[BaseModel] | None = None
+
+
+@dataclass
+class ConsumerOptions:
+    """Tuning; every field has a sensible default."""
+
+    max_attempts: int = 5
+    batch_size: int = 200
+    poll_timeout: float = 0.5
+    dedupe: bool = True
+    backoff_base: float = 0.2
+    backoff_cap: float = 10.0
+    shutdown_timeout: float = 30.0
+    kafka_config: dict[str, str] = field(default_factory=dict)
+
+
+class _Rewind(Exception):  # noqa: N818 - control flow, never escapes the module
+    """Stop this batch: nothing of it was settled; consume it again after ``delay``."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+
+class Consumer:
+    """An idempotent consumer group member.
+
+    >>> app = Consumer(settings, group="inventory-service-group")
+    >>> @app.handler("order-events", "OrderCreated")
+    ... def reserve(session: Session, event: IncomingEvent) -> None: ...
+    >>> app.run()
+    """
+
+    def __init__(self, settings: Settings, group: str, *, engine: Engine | None = None,
+                 options: ConsumerOptions | None = None) -> None:
+        self.settings = settings
+        self.group = group
+        self.options = options or ConsumerOptions()
+        self.engine = engine or create_engine(settings.sqlalchemy_url(), pool_pre_ping=True,
+                                              pool_size=2)
+        self.inbox = InboxStore(settings)
+        self.metrics = ConsumerMetrics()
+        self.handlers: dict[tuple[str, str | None], Registration] = {}
+        self.attempts: dict[Position, int] = {}
+        self.stopping = threading.Event()
+        self.kafka: KafkaConsumer | None = None
+        self.producer: Producer | None = None
+        self.db_failures = 0
+        self._signals = 0
+
+    # ------------------------------------------------------------------ registration
+    def handler(self, topic: str, event_type: str | None = None,
+                model: type[BaseModel] | None = None) -> Callable[[Handler], Handler]:
+        """Decorator: handle ``event_type`` on ``topic`` (``None``: any type, a fallback)."""
+
+        def register(fn: Handler) -> Handler:
+            self.add_handler(topic, event_type, fn, model)
+            return fn
+
+        return register
+
+    def add_handler(self, topic: str, event_type: str | None, fn: Handler,
+                    model: type[BaseModel] | None = None) -> None:
+        """Register ``fn`` for ``event_type`` on ``topic``; ``model`` validates the payload."""
+        self.handlers[(topic, event_type)] = Registration(fn, model)
+
+    @property
+    def topics(self) -> list[str]:
+        """The topics this consumer subscribes to."""
+        return sorted({topic for topic, _ in self.handlers})
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self) -> None:
+        """Finish the current batch, commit, leave the group, return from :meth:`run`."""
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT drains; a second one exits at once."""
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            self._signals += 1
+            if self._signals > 1:
+                log.warning("second signal: exiting now", extra={"action": "consumer_kill"})
+                os._exit(EXIT_INTERRUPTED)
+            log.info("signal %d: finishing the current batch", signum,
+                     extra={"action": "consumer_stopping"})
+            self.request_stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def run(self) -> int:
+        """Consume until :meth:`request_stop`; returns a process exit code."""
+        if not self.handlers:
+            raise ValueError("no handlers registered: add one with @consumer.handler(...)")
+        self.kafka = KafkaConsumer({
+            "bootstrap.servers": self.settings.kafka_bootstrap_servers,
+            **self.settings.kafka_config,
+            "group.id": self.group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            **self.options.kafka_config,
+        })
+        self.producer = Producer({
+            **self.settings.producer_config(), "enable.idempotence": True, "acks": "all",
+            "partitioner": "murmur2_random", "linger.ms": 1})
+        self.kafka.subscribe(self.topics, on_revoke=self._on_revoke)
+        log.info("consumer started", extra={"action": "consumer_start", "group": self.group,
+                                            "topics": self.topics})
+        try:
+            while not self.stopping.is_set():
+                messages = self.kafka.consume(self.options.batch_size, self.options.poll_timeout)
+                batch = [m for m in messages if self._usable(m)]
+                if batch:
+                    self._process(batch)
+        finally:
+            self._close()
+        return EXIT_OK
+
+    def _close(self) -> None:
+        if self.producer is not None:
+            self.producer.flush(self.options.shutdown_timeout)
+        if self.kafka is not None:
+            self.kafka.close()  # leaves the group, so its partitions move on at once
+            self.kafka = None
+        log.info("consumer stopped", extra={"action": "consumer_stopped", "group": self.group})
+
+    def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
+        # Offsets are committed synchronously after every batch, so nothing is owed here;
+        # forget attempt counts of partitions that are no longer ours.
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.attempts = {k: v for k, v in self.attempts.items() if (k[0], k[1]) not in gone}
+
+    def _usable(self, msg: Message) -> bool:
+        err = msg.error()
+        if err is None:
+            return True
+        if err.code() != KafkaError._PARTITION_EOF:
+            log.warning("consumer error: %s", err.str(), extra={"action": "kafka_error"})
+        return False
+
+    # ------------------------------------------------------------------ a batch
+    def _process(self, batch: list[Message]) -> None:
+        remaining = batch
+        while remaining and not self.stopping.is_set():
+            try:
+                settled, retry_in = self._apply(remaining)
+            except _Rewind as rewind:
+                settled, retry_in = 0, rewind.delay
+            remaining = remaining[settled:]
+            if retry_in is not None:
+                self._rewind(remaining)
+                self.stopping.wait(retry_in)
+                return
+        if remaining:  # stopping: give the rest back
+            self._rewind(remaining)
+
+    def _apply(self, batch: list[Message]) -> tuple[int, float | None]:
+        """Apply a prefix of ``batch`` in one transaction.
+
+        Returns how many messages were settled and, if the next one must be retried later,
+        after how long. Stops at the first message that fails: everything before it is
+        committed (and its offsets); the failing one is dead-lettered (settled) or retried.
+        """
+        applied = 0
+        failed: tuple[Message, Failure] | None = None
+        started = time.perf_counter()
+        try:
+            with Session(self.engine) as session, session.begin():
+                for msg in batch:
+                    failure = self._apply_one(session, msg)
+                    if failure is not None:
+                        failed = (msg, failure)
+                        break
+                    applied += 1
+                if os.environ.get("OUTBOX_TEST_CRASH_AFTER_DB_COMMIT") and applied:
+                    session.commit()
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: die before the offset
+        except Exception as exc:
+            if is_connection_lost(exc):
+                self.db_failures += 1
+                delay = compute_backoff(self.db_failures, base=self.options.backoff_base,
+                                        cap=self.options.backoff_cap)
+                log.warning("database unavailable, retrying in %.1fs: %s", delay,
+                            str(exc).splitlines()[0], extra={"action": "db_unavailable"})
+                raise _Rewind(delay) from exc
+            raise
+        self.db_failures = 0
+        if applied:
+            self.metrics.batch_seconds.observe(time.perf_counter() - started)
+            self._commit(batch[:applied])
+        if failed is None:
+            return applied, None
+        msg, failure = failed
+        position = _position(msg)
+        if failure.reason == "handler-failed" and failure.attempts < self.options.max_attempts:
+            self.metrics.retries.inc()
+            delay = compute_backoff(failure.attempts, base=self.options.backoff_base,
+                                    cap=self.options.backoff_cap)
+            log.warning("handler failed (attempt %d of %d), retrying in %.1fs: %s",
+                        failure.attempts, self.options.max_attempts, delay, failure.exception,
+                        extra={"action": "handler_retry", "topic": position[0],
+                               "partition": position[1], "offset": position[2]})
+            return applied, delay  # what came before it is committed; come back to it
+        self._dead_letter(msg, failure)
+        self.attempts.pop(position, None)
+        self._commit([msg])
+        return applied + 1, None
+
+    def _apply_one(self, session: Session, msg: Message) -> Failure | None:
+        position = _position(msg)
+        try:
+            event = decode(msg)
+            registration = (self.handlers.get((event.topic, event.type))
+                            or self.handlers.get((event.topic, None)))
+            if registration is None:
+                raise PoisonMessageError("unknown-event-type",
+                                         f"no handler for event type {event.type!r} on "
+                                         f"{event.topic!r} and no fallback handler")
+            if registration.model is not None:
+                try:
+                    registration.model.model_validate(event.payload)
+                except ValidationError as exc:
+                    raise PoisonMessageError("invalid-payload", str(exc)) from None
+        except PoisonMessageError as poison:
+            return Failure(poison.reason, poison, self.attempts.get(position, 0) + 1)
+        started = time.perf_counter()
+        try:
+            with session.begin_nested():
+                if self.options.dedupe and not self.inbox.claim(session, self.group, event):
+                    self.metrics.duplicates.inc()
+                    return None
+                registration.handler(session, event)
+        except Exception as exc:
+            if is_connection_lost(exc):
+                raise
+            attempts = self.attempts.get(position, 0) + 1
+            self.attempts[position] = attempts
+            return Failure("handler-failed", exc, attempts)
+        self.metrics.handled.inc()
+        self.metrics.handler_seconds.observe(time.perf_counter() - started)
+        self.attempts.pop(position, None)
+        return None
+
+    # ------------------------------------------------------------------ Kafka side
+    def _commit(self, messages: list[Message]) -> None:
+        """Commit offsets past ``messages`` (synchronously: the DB work is already durable)."""
+        assert self.kafka is not None
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic() or "", msg.partition() or 0)
+            offsets[key] = max(offsets.get(key, -1), (msg.offset() or 0) + 1)
+        try:
+            self.kafka.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                              asynchronous=False)
+        except KafkaException as exc:
+            # E.g. the partition was revoked meanwhile: the new owner redelivers, the inbox
+            # dedupes. Nothing is lost by not committing.
+            log.warning("offset commit failed: %s", exc, extra={"action": "commit_failed"})
+
+    def _rewind(self, messages: list[Message]) -> None:
+        """Seek each partition back to its first unsettled message."""
+        assert self.kafka is not None
+        first: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic() or "", msg.partition() or 0)
+            first.setdefault(key, msg.offset() or 0)
+        for (topic, partition), offset in first.items():
+            # Not assigned to us any more: its new owner starts from the committed offset.
+            with contextlib.suppress(KafkaException):
+                self.kafka.seek(TopicPartition(topic, partition, offset))
+
+    def _dead_letter(self, msg: Message, failure: Failure) -> None:
+        """Produce ``msg`` to its dead-letter topic and wait for the acknowledgement."""
+        assert self.producer is not None
+        topic = dlq_topic(msg.topic() or "")
+        errors: list[str] = []
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                errors.append(err.str())
+
+        for attempt in _forever():
+            errors.clear()
+            self.producer.produce(topic, key=msg.key(), value=msg.value(),
+                                  headers=list(dead_letter_headers(msg, self.group, failure)),
+                                  on_delivery=on_delivery)
+            remaining = self.producer.flush(30)
+            if not remaining and not errors:
+                break
+            delay = compute_backoff(attempt, base=self.options.backoff_base,
+                                    cap=self.options.backoff_cap)
+            log.error("dead letter to %s not acknowledged (%s); retrying in %.1fs", topic,
+                      errors or "timeout", delay, extra={"action": "dlq_retry"})
+            if self.stopping.wait(delay):
+                raise _Rewind(0)
+        self.metrics.dead_lettered.labels(reason=failure.reason).inc()
+        log.error("dead-lettered %s[%d]@%d: %s: %s", msg.topic(), msg.partition(), msg.offset(),
+                  failure.reason, failure.exception,
+                  extra={"action": "dead_lettered", "reason": failure.reason,
+                         "attempts": failure.attempts})
+
+
+def _position(msg: Message) -> Position:
+    return (msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+
+
+def _forever() -> Iterator[int]:
+    n = 1
+    while True:
+        yield n
+        n += 1
+
+
+__all__ = ["Consumer", "ConsumerOptions", "Handler", "IncomingEvent"]
