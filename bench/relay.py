@@ -7,9 +7,9 @@
    relay then publishes them (events/s from first claim to last ack). In the same run the
    raw confluent-kafka producer, with the same configuration, sends the same records from
    memory: the ceiling. Reported: both rates and their ratio (target >= 0.5).
-2. Latency: a separate writer process commits one event per transaction at a steady rate
-   (default 1,000/s); for each event, the time from its commit returning to the relay's
-   delivery report (ack) is measured. Reported: p50/p99/max (target p99 <= 25 ms).
+2. Latency: a separate writer process commits one event per transaction with ``publish()``
+   at a steady rate (default 1,000/s); for each event, the time from its commit returning
+   to the relay's delivery report (ack) is measured. Reported: p50/p99/max (target p99 <= 25 ms).
 
 ``--mode cdc`` is the hook for the Debezium path (same writer and measurements, Kafka
 Connect instead of the relay); it is not implemented here yet.
@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE  # noqa: E402
+from outbox.publish import Event, publish  # noqa: E402
 from outbox.record import OutboxRow, to_record  # noqa: E402
 from outbox.settings import load_settings  # noqa: E402
 from outbox.tables import outbox_table  # noqa: E402
@@ -260,7 +261,7 @@ def bench_relay_processes(db_url: str, bootstrap: str, prefix: str, events: int,
 
 
 def steady_writer(db_url: str, rate: float, seconds: float, aggregates: int, size: int,
-                  out: Any) -> None:
+                  out: Any, writer: str = "publish") -> None:
     """Commit one event per transaction at ``rate``/s; send {id: commit time} back."""
     commits: dict[str, float] = {}
     interval = 1.0 / rate
@@ -272,8 +273,16 @@ def steady_writer(db_url: str, rate: float, seconds: float, aggregates: int, siz
             if now < due:
                 time.sleep(due - now)
             agg = f"order-{n % aggregates}"
-            event_id = uuid.uuid4()
-            conn.execute(INSERT, (event_id, agg, Jsonb(payload(n, agg, size)), agg))
+            if writer == "publish":
+                # A service's own path: publish() in its transaction (aggregate lock + insert).
+                event = Event(aggregate_type="bench", aggregate_id=agg,
+                              event_type="OrderUpdated", payload=payload(n, agg, size),
+                              correlation_id=agg)
+                publish(conn, event)
+                event_id = event.id
+            else:
+                event_id = uuid.uuid4()
+                conn.execute(INSERT, (event_id, agg, Jsonb(payload(n, agg, size)), agg))
             conn.commit()
             commits[str(event_id)] = time.time()
             n += 1
@@ -281,7 +290,7 @@ def steady_writer(db_url: str, rate: float, seconds: float, aggregates: int, siz
 
 
 def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds: float,
-                  aggregates: int, size: int, batch: int) -> dict[str, float]:
+                  aggregates: int, size: int, batch: int, writer: str) -> dict[str, float]:
     settings = load_settings(database_url=db_url, kafka_bootstrap_servers=bootstrap,
                              topic_template=prefix + "-{aggregatetype}",
                              kafka_config=EXTRA_KAFKA)
@@ -301,11 +310,11 @@ def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds
     thread.start()
     time.sleep(2)  # shards acquired, producer connected
     queue: Any = mp.get_context("spawn").Queue()
-    writer = mp.get_context("spawn").Process(
-        target=steady_writer, args=(db_url, rate, seconds, aggregates, size, queue))
-    writer.start()
+    proc = mp.get_context("spawn").Process(
+        target=steady_writer, args=(db_url, rate, seconds, aggregates, size, queue, writer))
+    proc.start()
     commits: dict[str, float] = queue.get(timeout=seconds + 120)
-    writer.join(30)
+    proc.join(30)
     deadline = time.monotonic() + 30
     while len(acks) < len(commits) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -338,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
                              "(0: skip)")
     parser.add_argument("--rate", type=float, default=1000.0, help="latency phase events/s")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--writer", choices=["publish", "insert"], default="publish",
+                        help="latency phase: write with publish() or a plain INSERT")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--profile", metavar="HTML", help="pyinstrument profile of the relay")
@@ -357,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     url = os.environ["OUTBOX_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
     report: dict[str, Any] = {"events": args.events, "pipeline_depth": TUNING["pipeline_depth"],
-                              "kafka_config": EXTRA_KAFKA, "aggregates": args.aggregates,
+                              "kafka_config": EXTRA_KAFKA, "writer": args.writer,
+                              "aggregates": args.aggregates,
                               "payload_bytes": args.payload_bytes,
                               "partitions": args.partitions, "batch_size": args.batch_size}
     if not args.skip_throughput:
@@ -402,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
             create_topic(bootstrap, f"{prefix}-bench", args.partitions)
             report["latency"] = bench_latency(db_url, bootstrap, prefix, args.rate,
                                               args.latency_seconds, args.aggregates,
-                                              args.payload_bytes, args.batch_size)
+                                              args.payload_bytes, args.batch_size,
+                                              args.writer)
         finally:
             if not args.keep_db:
                 drop_database(url, db_url)
