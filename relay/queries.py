@@ -7,6 +7,7 @@ into the text is safe; values are always bound parameters.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
@@ -107,12 +108,22 @@ class Queries:
 
     # ------------------------------------------------------------------ shards
     @property
+    def table_key(self) -> int:
+        """23 bits naming this outbox table, so relays of *other* outbox tables in the same
+        database (one per service schema, say) never compete for this table's shards."""
+        return zlib.crc32(self.qualified.encode()) & 0x7FFFFF
+
+    def _shard_key(self) -> str:
+        # Second key of the two-key lock: table key in the high bits, shard in the low 8.
+        return f"({self.table_key << 8} | %(shard)s)"
+
+    @property
     def shard_lock(self) -> str:
-        return f"select pg_try_advisory_lock({RELAY_SHARD_LOCK_NAMESPACE}, %(shard)s)"
+        return f"select pg_try_advisory_lock({RELAY_SHARD_LOCK_NAMESPACE}, {self._shard_key()})"
 
     @property
     def shard_unlock(self) -> str:
-        return f"select pg_advisory_unlock({RELAY_SHARD_LOCK_NAMESPACE}, %(shard)s)"
+        return f"select pg_advisory_unlock({RELAY_SHARD_LOCK_NAMESPACE}, {self._shard_key()})"
 
     @property
     def live_relays(self) -> str:
@@ -122,11 +133,13 @@ class Queries:
 
     @property
     def shard_owners(self) -> str:
-        """Every held relay shard lock of this database: (shard, pid, application_name)."""
-        return ("select l.objid::int, l.pid, coalesce(a.application_name, '') "
+        """Every held shard lock of this table's relays: (shard, pid, application_name)."""
+        return ("select (l.objid::bigint & 255)::int, l.pid, "
+                "coalesce(a.application_name, '') "
                 "from pg_locks l left join pg_stat_activity a on a.pid = l.pid "
                 "where l.locktype = 'advisory' and l.granted and l.objsubid = 2 "
                 f"and l.classid = {RELAY_SHARD_LOCK_NAMESPACE} "
+                f"and (l.objid::bigint >> 8) = {self.table_key} "
                 "and l.database = (select oid from pg_database where datname = current_database()) "
                 "order by 1")
 
