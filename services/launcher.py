@@ -1,0 +1,94 @@
+"""Start and stop the saga's processes (used by ``make demo`` and the saga tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+SERVICES = ("relay", "inventory", "payment", "shipping", "order-api")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class SagaProcesses:
+    """The relay and the four services, each in its own process."""
+
+    env: dict[str, str]
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    payment_args: list[str] = field(default_factory=list)
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self, name: str) -> list[str]:
+        base = [sys.executable, "-m", "services.cli", name]
+        if name == "order-api":
+            return [*base, "--port", str(self.port)]
+        if name == "payment":
+            return [*base, *self.payment_args]
+        return base
+
+    def start(self, name: str) -> None:
+        """Start one process (its output goes to ``log_dir/name.log``)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            self.command(name), env={**os.environ, **self.env}, stdout=log,
+            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+
+    def start_all(self, timeout: float = 60.0) -> None:
+        """Start everything and wait until the order API answers."""
+        for name in SERVICES:
+            self.start(name)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see "
+                                       f"{self.log_dir / (name + '.log')}")
+            try:
+                if httpx.get(self.api + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"order API not up after {timeout:.0f}s")
+
+    def kill(self, name: str) -> None:
+        """``kill -9`` one process."""
+        proc = self.procs.pop(name)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+    def stop(self, name: str, timeout: float = 30.0) -> int:
+        """SIGTERM one process and wait for it; returns its exit code."""
+        proc = self.procs.pop(name)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(10)
+
+    def stop_all(self) -> dict[str, int]:
+        """Stop the API and the consumers first, the relay last."""
+        return {name: self.stop(name) for name in reversed(SERVICES) if name in self.procs}

@@ -1,0 +1,167 @@
+"""Order service: the HTTP API that places orders, and the consumer that settles them.
+
+``POST /orders`` writes the order (``PENDING``) and ``OrderCreated`` in one transaction and
+answers 202; there is no call to the next service any more — the relay publishes the
+event, the inventory service reacts. The consumer (``order-service-group``) moves the
+order to ``COMPLETED`` on ``ShipmentScheduled`` and to ``CANCELLED`` on
+``InventoryReservationFailed`` or ``PaymentFailed``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Header, HTTPException
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from outbox.publish import publish
+from outbox.settings import Settings
+from outbox.uuid7 import uuid7
+from services import events as ev
+from services.messages import SagaMessage, field
+from services.tables import UTC_NOW, order_history, orders
+
+FINAL = ("COMPLETED", "CANCELLED")
+
+
+class OrderLine(BaseModel):
+    """One line of an order."""
+
+    model_config = ConfigDict(extra="forbid")
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(gt=0, le=10_000)
+
+
+class OrderRequest(BaseModel):
+    """The body of ``POST /orders``."""
+
+    model_config = ConfigDict(extra="forbid")
+    customer_id: str = Field(alias="customerId", min_length=1, max_length=255)
+    items: list[OrderLine] = Field(min_length=1, max_length=100)
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
+
+
+def _request_hash(body: OrderRequest) -> str:
+    canonical = json.dumps(body.model_dump(mode="json", by_alias=True), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def place_order(settings: Settings, session: Session, body: OrderRequest,
+                idempotency_key: str | None, correlation_id: str | None = None
+                ) -> dict[str, Any]:
+    """Insert the order and its ``OrderCreated`` event; returns (order, created)."""
+    order_id = str(uuid7())
+    correlation_id = correlation_id or str(uuid7())
+    items = [line.model_dump() for line in body.items]
+    session.execute(insert(orders).values(
+        id=order_id, customer_id=body.customer_id, items=items, amount=body.amount,
+        currency=body.currency, status="PENDING", correlation_id=correlation_id,
+        idempotency_key=idempotency_key, request_hash=_request_hash(body)))
+    event = ev.saga_event(ev.ORDER, ev.ORDER_CREATED, order_id, correlation_id, {
+        "customerId": body.customer_id, "items": items, "amount": str(body.amount),
+        "currency": body.currency})
+    publish(session, event, settings=settings)
+    session.execute(insert(order_history).values(
+        event_id=event.id, order_id=order_id, event_type=ev.ORDER_CREATED, source="order"))
+    return {"orderId": order_id, "correlationId": correlation_id, "status": "PENDING"}
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """The order API over ``engine``."""
+    app = FastAPI(title="Order service", version="1")
+
+    @app.post("/orders", status_code=202)
+    def create_order(
+        body: OrderRequest,
+        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
+        x_correlation_id: Annotated[str | None, Header(max_length=64)] = None,
+    ) -> JSONResponse:
+        try:
+            with Session(engine) as session, session.begin():
+                answer = place_order(settings, session, body, idempotency_key,
+                                     x_correlation_id)
+            return JSONResponse(answer, status_code=202)
+        except IntegrityError:
+            if idempotency_key is None:
+                raise
+        # The key was used before (perhaps by a concurrent retry): answer as the first time.
+        with Session(engine) as session:
+            row = session.execute(select(orders).where(
+                orders.c.idempotency_key == idempotency_key)).one()
+        if row.request_hash != _request_hash(body):
+            raise HTTPException(409, f"Idempotency-Key {idempotency_key!r} was already used "
+                                     "with a different request body")
+        return JSONResponse({"orderId": row.id, "correlationId": row.correlation_id,
+                             "status": row.status}, status_code=202)
+
+    @app.get("/orders/{order_id}")
+    def get_order(order_id: str) -> dict[str, Any]:
+        with Session(engine) as session:
+            row = session.execute(select(orders).where(orders.c.id == order_id)).first()
+            if row is None:
+                raise HTTPException(404, f"no order {order_id!r}")
+            history = session.execute(
+                select(order_history).where(order_history.c.order_id == order_id)
+                .order_by(order_history.c.occurred_at, order_history.c.event_id)).all()
+        return {
+            "orderId": row.id, "status": row.status, "reason": row.reason,
+            "customerId": row.customer_id, "items": row.items, "amount": str(row.amount),
+            "currency": row.currency, "correlationId": row.correlation_id,
+            "createdAt": row.created_at.isoformat(), "updatedAt": row.updated_at.isoformat(),
+            "history": [{"eventId": str(h.event_id), "eventType": h.event_type,
+                         "source": h.source, "at": h.occurred_at.isoformat()} for h in history],
+        }
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("select 1")
+        return {"status": "ok"}
+
+    return app
+
+
+# --- the order service's consumer side -------------------------------------------------
+
+def _record(session: Session, msg: SagaMessage, source: str) -> str:
+    order_id = str(field(msg, "orderId"))
+    session.execute(insert(order_history).values(
+        event_id=msg.id, order_id=order_id, event_type=str(field(msg, "eventType")),
+        source=source).on_conflict_do_nothing())
+    return order_id
+
+
+def _settle(session: Session, order_id: str, status: str, reason: str | None) -> None:
+    # Only a pending order moves: a late or replayed event never reopens a final state.
+    session.execute(update(orders).where(orders.c.id == order_id, orders.c.status == "PENDING")
+                    .values(status=status, reason=reason, updated_at=UTC_NOW))
+
+
+def on_inventory_event(session: Session, msg: SagaMessage) -> None:
+    """Record inventory progress; cancel the order when stock could not be reserved."""
+    order_id = _record(session, msg, "inventory")
+    if msg.payload.get("eventType") == ev.INVENTORY_RESERVATION_FAILED:
+        _settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "out of stock")))
+
+
+def on_payment_event(session: Session, msg: SagaMessage) -> None:
+    """Record payment progress; cancel the order when payment failed."""
+    order_id = _record(session, msg, "payment")
+    if msg.payload.get("eventType") == ev.PAYMENT_FAILED:
+        _settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "payment failed")))
+
+
+def on_shipping_event(session: Session, msg: SagaMessage) -> None:
+    """Complete the order once its shipment is scheduled."""
+    order_id = _record(session, msg, "shipping")
+    if msg.payload.get("eventType") == ev.SHIPMENT_SCHEDULED:
+        _settle(session, order_id, "COMPLETED", None)
