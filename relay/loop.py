@@ -82,6 +82,8 @@ class Batch:
     outstanding: int = 0
     # row index -> (permanent?, message); a failed produce() or a failed delivery
     errors: dict[int, tuple[bool, str]] = field(default_factory=dict)
+    # indexes of rows produced alone (see Relay.suspects), so their errors are their own
+    isolated: set[int] = field(default_factory=set)
     fatal: bool = False
     # set once the delivery reports are in and the mark UPDATE was handed to the Marker
     marking: Future[int] | None = None
@@ -111,6 +113,11 @@ class Relay:
         self.conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self.producer: Producer | None = None
         self.wake = threading.Event()
+        # seqs whose delivery failed with a permanent error while sharing a produce request
+        # with other records: the broker rejects a whole record batch (e.g. one record over
+        # the topic's max.message.bytes), so the error may belong to a neighbour. Such a row
+        # is retried alone before any attempt is counted against it.
+        self.suspects: set[int] = set()
         self.marker = Marker(settings, self.queries, self.options.instance_id)
         self.stopping = threading.Event()
         self.kafka_failures = 0
@@ -370,6 +377,10 @@ class Relay:
                 stopped.add(key)
                 continue
             callback = functools.partial(delivered, batch, index)
+            isolate = row[9] in self.suspects
+            if isolate:
+                producer.flush(self.options.shutdown_timeout)  # nothing queued before it
+                batch.isolated.add(index)
             while True:
                 try:
                     producer.produce(record.topic, record.value, record.key,
@@ -385,6 +396,10 @@ class Relay:
                     batch.errors[index] = (is_permanent(err), f"produce: {err.str()}")
                     stopped.add(key)
                     break
+            if isolate:
+                producer.flush(self.options.shutdown_timeout)  # alone in its request
+                if index in batch.errors:
+                    stopped.add(key)  # its outcome is known: later rows must not overtake it
 
     def _delivered(self, batch: Batch, index: int, err: KafkaError | None,
                    msg: Message) -> None:
@@ -445,9 +460,19 @@ class Relay:
         else:
             done.set_result(0)
             batch.marking = done
+        if self.suspects:
+            self.suspects.difference_update(ok)
         transient = 0
+        index_of = {row[9]: i for i, row in enumerate(batch.rows)} if failures else {}
         for row, permanent, message in failures:
-            if permanent:
+            if permanent and message.startswith("delivery:") and (
+                    index_of[row[9]] not in batch.isolated):
+                # Maybe a neighbour's fault: retry it alone first, uncounted.
+                self.suspects.add(row[9])
+                self.kafka_retry_at = max(self.kafka_retry_at,
+                                          time.monotonic() + compute_backoff(1))
+            elif permanent:
+                self.suspects.discard(row[9])
                 self._record_failure(row, message)
             else:
                 transient += 1

@@ -101,6 +101,17 @@ def test_bad_rows_are_parked_hold_back_their_aggregate_and_can_be_retried(
     assert out.exit_code == 0 and "2 failed rows" in out.output, out.output
     wait_until(lambda: rows(outbox_url)[ids[4]][0] and rows(outbox_url)[ids[5]][0])
     assert handle.stop() == 0
-    records = consume_topic(kafka_bootstrap, small, 3)
-    expected = {k: v for k, v in expected_order(outbox_url).items() if k.startswith("s-")}
-    assert check_kafka_order(records, expected) == 0
+    records = consume_topic(kafka_bootstrap, small, 3, timeout=15)
+    expected = expected_order(outbox_url)
+    # s-2 only shared a rejected request with s-1's record: it went through on its own,
+    # exactly once and in order.
+    assert check_kafka_order([r for r in records if r.key == b"s-2"],
+                             {"s-2": expected["s-2"]}) == 0
+    # s-1: the broker rejected its first record but may have accepted the second from the
+    # same request (the documented residual case, docs/relay.md): after the fix both are
+    # in Kafka, and the copies sent after the retry are in order.
+    s1 = [(r.header("id") or b"").decode() for r in sorted(
+        (r for r in records if r.key == b"s-1"), key=lambda r: r.offset)]
+    assert set(s1) == set(expected["s-1"])
+    last_copies = sorted(set(s1), key=lambda i: max(n for n, x in enumerate(s1) if x == i))
+    assert last_copies == expected["s-1"]
