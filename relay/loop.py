@@ -228,6 +228,8 @@ class Relay:
                           sum(len(b.rows) for b in self.in_flight if b is not None),
                           extra={"action": "shutdown_incomplete"})
             self.marker.close()
+            # Dropping the producer stops librdkafka's threads (and their reconnect attempts).
+            self.producer = None
             if self.conn is not None:
                 self.shards.release_all(self.conn)
                 self.conn.close()
