@@ -34,6 +34,7 @@ from types import FrameType
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
+from prometheus_client import start_http_server
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
@@ -136,6 +137,10 @@ class Consumer:
     def request_stop(self) -> None:
         """Finish the current batch, commit, leave the group, return from :meth:`run`."""
         self.stopping.set()
+
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> None:
+        """Serve this consumer's Prometheus metrics on ``http://host:port/metrics``."""
+        start_http_server(port, addr=host, registry=self.metrics.registry)
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT drains; a second one exits at once."""

@@ -68,18 +68,26 @@ def relay_command(settings: Settings) -> None:
     group.stop()
 
 
-def _run_consumer(name: str, settings: Settings, **kw: object) -> None:
+METRICS_PORT = click.option("--metrics-port", type=int, default=None,
+                            help="serve Prometheus metrics on this port")
+
+
+def _run_consumer(name: str, settings: Settings, metrics_port: int | None,
+                  **kw: object) -> None:
     _logging()
     consumer = CONSUMERS[name](settings, make_engine(settings), **kw)
+    if metrics_port is not None:
+        consumer.serve_metrics(metrics_port)
     consumer.install_signal_handlers()
     sys.exit(consumer.run())
 
 
 @main.command()
+@METRICS_PORT
 @settings_options
-def inventory(settings: Settings) -> None:
+def inventory(settings: Settings, metrics_port: int | None) -> None:
     """The inventory service (inventory-service-group on order-events, payment-events)."""
-    _run_consumer("inventory", settings)
+    _run_consumer("inventory", settings, metrics_port)
 
 
 @main.command()
@@ -87,25 +95,29 @@ def inventory(settings: Settings) -> None:
               help="share of authorisations the simulated gateway declines")
 @click.option("--latency", default=0.0, show_default=True,
               help="seconds the simulated gateway takes per authorisation")
+@METRICS_PORT
 @settings_options
-def payment(settings: Settings, decline_rate: float, latency: float) -> None:
+def payment(settings: Settings, decline_rate: float, latency: float,
+            metrics_port: int | None) -> None:
     """The payment service (payment-service-group on inventory-events)."""
-    _run_consumer("payment", settings, gateway=SimulatedGateway(
+    _run_consumer("payment", settings, metrics_port, gateway=SimulatedGateway(
         decline_rate=decline_rate, latency_seconds=latency, limit=Decimal("10000")))
 
 
 @main.command()
+@METRICS_PORT
 @settings_options
-def shipping(settings: Settings) -> None:
+def shipping(settings: Settings, metrics_port: int | None) -> None:
     """The shipping service (shipping-service-group on payment-events)."""
-    _run_consumer("shipping", settings)
+    _run_consumer("shipping", settings, metrics_port)
 
 
 @main.command("order-api")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
+@METRICS_PORT
 @settings_options
-def order_api(settings: Settings, host: str, port: int) -> None:
+def order_api(settings: Settings, host: str, port: int, metrics_port: int | None) -> None:
     """The order service: HTTP API plus its consumer (order-service-group)."""
     import uvicorn
 
@@ -114,6 +126,8 @@ def order_api(settings: Settings, host: str, port: int) -> None:
     _logging()
     engine = make_engine(settings)
     consumer = CONSUMERS["order"](settings, engine)
+    if metrics_port is not None:
+        consumer.serve_metrics(metrics_port)
     thread = threading.Thread(target=consumer.run, name="order-consumer", daemon=True)
     thread.start()
     app = create_app(for_service(settings, "orders"), engine)

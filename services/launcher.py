@@ -32,6 +32,7 @@ class SagaProcesses:
     port: int = field(default_factory=free_port)
     payment_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @property
     def api(self) -> str:
@@ -39,6 +40,9 @@ class SagaProcesses:
 
     def command(self, name: str) -> list[str]:
         base = [sys.executable, "-m", "services.cli", name]
+        if name != "relay":
+            port = self.metrics_ports.setdefault(name, free_port())
+            base += ["--metrics-port", str(port)]
         if name == "order-api":
             return [*base, "--port", str(self.port)]
         if name == "payment":
@@ -71,6 +75,19 @@ class SagaProcesses:
                 pass
             time.sleep(0.3)
         raise RuntimeError(f"order API not up after {timeout:.0f}s")
+
+    def consumer_metric(self, name: str) -> float:
+        """A counter summed over the running consumers (e.g. duplicates skipped)."""
+        total = 0.0
+        for port in self.metrics_ports.values():
+            try:
+                text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2).text
+            except httpx.HTTPError:
+                continue
+            for line in text.splitlines():
+                if line.startswith(name + " ") or line.startswith(name + "{"):
+                    total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def kill(self, name: str) -> None:
         """``kill -9`` one process."""

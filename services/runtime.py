@@ -81,7 +81,7 @@ def order_consumer(base: Settings, engine: Engine | None = None,
                    options: ConsumerOptions | None = None) -> Consumer:
     """``order-service-group``: settles orders from the other services' events."""
     consumer = Consumer(for_service(base, ORDERS_SCHEMA), ev.ORDER_GROUP, engine=engine,
-                        options=options)
+                        options=options or default_options())
     consumer.add_handler(topic(base, ev.INVENTORY), None, order.on_inventory_event)
     consumer.add_handler(topic(base, ev.PAYMENT), None, order.on_payment_event)
     consumer.add_handler(topic(base, ev.SHIPPING), None, order.on_shipping_event)
@@ -92,7 +92,8 @@ def inventory_consumer(base: Settings, engine: Engine | None = None,
                        options: ConsumerOptions | None = None) -> Consumer:
     """``inventory-service-group``: reserves stock, releases it when payment fails."""
     settings = for_service(base, INVENTORY_SCHEMA)
-    consumer = Consumer(settings, ev.INVENTORY_GROUP, engine=engine, options=options)
+    consumer = Consumer(settings, ev.INVENTORY_GROUP, engine=engine,
+                        options=options or default_options())
     consumer.add_handler(topic(base, ev.ORDER), ev.ORDER_CREATED,
                          _bound(inventory.on_order_created, settings))
     consumer.add_handler(topic(base, ev.PAYMENT), ev.PAYMENT_FAILED,
@@ -106,7 +107,8 @@ def payment_consumer(base: Settings, engine: Engine | None = None,
                      gateway: PaymentGateway | None = None) -> Consumer:
     """``payment-service-group``: authorises payment once stock is reserved."""
     settings = for_service(base, PAYMENT_SCHEMA)
-    consumer = Consumer(settings, ev.PAYMENT_GROUP, engine=engine, options=options)
+    consumer = Consumer(settings, ev.PAYMENT_GROUP, engine=engine,
+                        options=options or default_options())
     consumer.add_handler(topic(base, ev.INVENTORY), ev.INVENTORY_RESERVED,
                          payment.make_handler(settings, gateway))
     consumer.add_handler(topic(base, ev.INVENTORY), None, _ignore)
@@ -117,11 +119,18 @@ def shipping_consumer(base: Settings, engine: Engine | None = None,
                       options: ConsumerOptions | None = None) -> Consumer:
     """``shipping-service-group``: schedules a shipment once payment is authorised."""
     settings = for_service(base, SHIPPING_SCHEMA)
-    consumer = Consumer(settings, ev.SHIPPING_GROUP, engine=engine, options=options)
+    consumer = Consumer(settings, ev.SHIPPING_GROUP, engine=engine,
+                        options=options or default_options())
     consumer.add_handler(topic(base, ev.PAYMENT), ev.PAYMENT_AUTHORIZED,
                          _bound(shipping.on_payment_authorized, settings))
     consumer.add_handler(topic(base, ev.PAYMENT), None, _ignore)
     return consumer
+
+
+def default_options() -> ConsumerOptions:
+    """Service consumers: a crashed member is noticed after 10 s, not Kafka's default 45 s."""
+    return ConsumerOptions(kafka_config={"session.timeout.ms": "10000",
+                                         "heartbeat.interval.ms": "1000"})
 
 
 CONSUMERS: dict[str, Callable[..., Consumer]] = {
