@@ -30,9 +30,9 @@ from typing import Any, cast
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from outbox.backoff import compute_backoff
 from outbox.record import OutboxRow, invalid_topic_reason, to_record
 from outbox.settings import Settings
-from relay.backoff import compute_backoff
 from relay.marker import Marker
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config

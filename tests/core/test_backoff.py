@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.backoff import compute_backoff
+from outbox.backoff import compute_backoff
 
 
 def test_no_failure_no_wait() -> None:
