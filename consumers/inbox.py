@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import uuid
 from typing import Any
 
 from sqlalchemy import CursorResult, Engine, Table, delete, func, select, text
@@ -39,6 +40,23 @@ class InboxStore:
             .returning(self.table.c.event_id)
         ).first()
         return row is not None
+
+    def claim_many(self, session: Session, group: str,
+                   events: list[IncomingEvent]) -> set[uuid.UUID]:
+        """Insert the dedupe rows of a whole batch in one statement; returns the new ids.
+
+        An id that appears twice in the batch is inserted (and returned) once.
+        """
+        if not events:
+            return set()
+        rows = session.execute(
+            insert(self.table)
+            .values([{"consumer_group": group, "event_id": e.id, "topic": e.topic,
+                      "partition": e.partition, "offset": e.offset} for e in events])
+            .on_conflict_do_nothing(index_elements=["consumer_group", "event_id"])
+            .returning(self.table.c.event_id)
+        ).scalars().all()
+        return set(rows)
 
     def seen(self, session: Session, group: str, event_id: object) -> bool:
         """Whether ``group`` has applied ``event_id``."""

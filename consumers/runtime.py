@@ -1,11 +1,17 @@
 """The idempotent consumer: handlers per topic and event type, exactly-once effects.
 
-For each batch of messages, in **one** database transaction, each message gets a
-savepoint in which its inbox row (group, event id) is inserted and, if the row is new,
-its handler runs with the same session — so the handler's writes and any events it
-``publish()``-es commit together with the inbox row, or not at all. Kafka offsets are
+For each batch of messages, in **one** database transaction, the inbox rows
+(group, event id) of the whole batch are inserted in one statement and the handlers of
+the new ones run with the same session — so each handler's writes and any events it
+``publish()``-es commit together with the inbox rows, or not at all. Kafka offsets are
 committed only after that commit. A crash in between redelivers the batch; the inbox
 rows make the redelivery a no-op.
+
+If anything in the batch is not plain sailing (poison, a payload model, a handler that
+raises), the batch is rolled back and applied again on the careful path: a savepoint per
+message, so one failure is isolated and everything before it is committed. Handlers may
+therefore run more than once before their effect commits; their effects outside the
+transaction (a payment gateway call) must be idempotent, keyed by something stable.
 
 Failures, in order of what they mean:
 
@@ -212,6 +218,13 @@ class Consumer:
     # ------------------------------------------------------------------ a batch
     def _process(self, batch: list[Message]) -> None:
         remaining = batch
+        try:
+            if self._apply_fast(batch):
+                return
+        except _Rewind as rewind:
+            self._rewind(batch)
+            self.stopping.wait(rewind.delay)
+            return
         while remaining and not self.stopping.is_set():
             try:
                 settled, retry_in = self._apply(remaining)
@@ -224,6 +237,55 @@ class Consumer:
                 return
         if remaining:  # stopping: give the rest back
             self._rewind(remaining)
+
+    def _apply_fast(self, batch: list[Message]) -> bool:
+        """The common case in few round trips: one inbox insert for the whole batch, then
+        the handlers, with no savepoint per message; one commit.
+
+        Returns False (having changed nothing) when the batch holds a message that needs
+        the careful path: poison, an unknown type, a payload failing its model, or a
+        handler that raised — the careful path then isolates it with savepoints.
+        """
+        events: list[tuple[IncomingEvent, Registration]] = []
+        for msg in batch:
+            try:
+                event = decode(msg)
+            except PoisonMessageError:
+                return False
+            registration = (self.handlers.get((event.topic, event.type))
+                            or self.handlers.get((event.topic, None)))
+            if registration is None or registration.model is not None:
+                return False  # validation and unknown types are decided one by one
+            events.append((event, registration))
+        started = time.perf_counter()
+        handled = duplicates = 0
+        try:
+            with Session(self.engine) as session, session.begin():
+                fresh = (self.inbox.claim_many(session, self.group, [e for e, _ in events])
+                         if self.options.dedupe else {e.id for e, _ in events})
+                for event, registration in events:
+                    if event.id not in fresh:
+                        duplicates += 1
+                        continue
+                    if self.options.dedupe:
+                        fresh.discard(event.id)  # the same id twice in one batch: apply once
+                    registration.handler(session, event)
+                    handled += 1
+                if os.environ.get("OUTBOX_TEST_CRASH_AFTER_DB_COMMIT"):
+                    session.commit()
+                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: die before the offset
+        except Exception as exc:
+            if is_connection_lost(exc):
+                self.db_failures += 1
+                raise _Rewind(compute_backoff(self.db_failures, base=self.options.backoff_base,
+                                              cap=self.options.backoff_cap)) from exc
+            return False  # rolled back as a whole; the careful path finds the culprit
+        self.db_failures = 0
+        self.metrics.handled.inc(handled)
+        self.metrics.duplicates.inc(duplicates)
+        self.metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._commit(batch)
+        return True
 
     def _apply(self, batch: list[Message]) -> tuple[int, float | None]:
         """Apply a prefix of ``batch`` in one transaction.

@@ -1,0 +1,144 @@
+"""Consumer benchmark: deduped handling vs the same consumer without dedupe, same run.
+
+    .venv/bin/python bench/consumer.py                  # 20,000 events, 2 rounds
+    .venv/bin/python bench/consumer.py --events 5000    # a quick look
+
+The handler writes one row. Variants, alternated over rounds on the same topic:
+**dedupe** (inbox row + handler in one transaction per batch, the default),
+**no-dedupe** (the same consumer with ``dedupe=False``: the ceiling), and
+**duplicates** (the dedupe group reading everything again from offset 0: every event is
+skipped by the inbox). Reported: events/s of each and dedupe / no-dedupe (target >= 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Consumer as KafkaConsumer
+from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from consumers import Consumer, ConsumerOptions, IncomingEvent  # noqa: E402
+from outbox import migrate  # noqa: E402
+from outbox.settings import Settings  # noqa: E402
+
+PARTITIONS = 4
+
+
+def load_env() -> None:
+    env = ROOT / ".stack" / "env"
+    if env.exists():
+        for line in env.read_text().splitlines():
+            key, _, value = line.partition("=")
+            os.environ.setdefault(key, value)
+
+
+def handler(session: Session, event: IncomingEvent) -> None:
+    session.execute(text("insert into effects (event_id, n) values (:id, :n)"),
+                    {"id": event.id, "n": event.payload["n"]})
+
+
+def fill_topic(bootstrap: str, topic: str, events: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
+    admin.create_topics(
+        [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(30)
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for n in range(events):
+        value = json.dumps({"eventType": "Thing", "n": n, "pad": "x" * 200}).encode()
+        while True:
+            try:
+                producer.produce(topic, key=f"k{n % 1000}".encode(), value=value,
+                                 headers=[("id", str(uuid.uuid4()).encode()),
+                                          ("eventType", b"Thing")])
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+    assert producer.flush(60) == 0
+
+
+def rewind(bootstrap: str, topic: str, group: str) -> None:
+    kc = KafkaConsumer({"bootstrap.servers": bootstrap, "group.id": group})
+    kc.commit(offsets=[TopicPartition(topic, p, 0) for p in range(PARTITIONS)],
+              asynchronous=False)
+    kc.close()
+
+
+def run(settings: Settings, topic: str, group: str, events: int, dedupe: bool) -> float:
+    """Events per second until the group has handled (or skipped) every event."""
+    engine = create_engine(settings.sqlalchemy_url(), pool_size=2)
+    app = Consumer(settings, group, engine=engine,
+                   options=ConsumerOptions(dedupe=dedupe, batch_size=500, poll_timeout=0.1))
+    app.add_handler(topic, "Thing", handler)
+    thread = threading.Thread(target=app.run, daemon=True)
+    started = time.perf_counter()
+    thread.start()
+    while app.metrics.handled._value.get() + app.metrics.duplicates._value.get() < events:
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    app.request_stop()
+    thread.join(30)
+    engine.dispose()
+    return events / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    load_env()
+    admin = os.environ["OUTBOX_DATABASE_URL"]
+    bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
+    name = f"bench_consumer_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'create database "{name}"')
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap)
+    try:
+        migrate.upgrade(settings)
+        with psycopg.connect(url) as conn:
+            conn.execute("create table effects (event_id uuid, n int)")
+        topic = f"bench-consumer-{uuid.uuid4().hex[:8]}"
+        fill_topic(bootstrap, topic, args.events)
+        rates: dict[str, list[float]] = {"dedupe": [], "no-dedupe": [], "duplicates": []}
+        for r in range(args.rounds):
+            group = f"bench-dedupe-{r}"
+            order = ["dedupe", "no-dedupe"] if r % 2 == 0 else ["no-dedupe", "dedupe"]
+            for variant in order:
+                if variant == "dedupe":
+                    rates["dedupe"].append(run(settings, topic, group, args.events, True))
+                else:
+                    rates["no-dedupe"].append(run(settings, topic, f"bench-plain-{r}",
+                                                  args.events, False))
+            rewind(bootstrap, topic, group)
+            rates["duplicates"].append(run(settings, topic, group, args.events, True))
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"events per variant per round: {args.events}, rounds: {args.rounds}")
+    for variant, rate in med.items():
+        print(f"{variant:<11} {rate:>9,.0f} events/s  (runs: "
+              f"{', '.join(f'{x:,.0f}' for x in rates[variant])})")
+    print(f"ratio dedupe / no-dedupe: {med['dedupe'] / med['no-dedupe']:.2f}  (target >= 0.5)")
+    print(f"skipping a duplicate vs handling: {med['duplicates'] / med['dedupe']:.2f}x the rate")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
