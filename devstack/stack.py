@@ -584,7 +584,9 @@ connector.client.config.override.policy=All
             self.home.mkdir(parents=True, exist_ok=True)
             props = self.home / "connect-distributed.properties"
             props.write_text(self.properties())
-            env_pg_password = {"OUTBOX_STACK_PG_PASSWORD": PG_PASSWORD}
+            # Connectors reference the password as ${env:...}; the worker's env holds it.
+            env_pg_password = {"OUTBOX_STACK_PG_PASSWORD": PG_PASSWORD,
+                               "OUTBOX_DATABASE_PASSWORD": PG_PASSWORD}
             os.environ.update(env_pg_password)
             spawn("connect", java_cmd(CONNECT_HEAP, "connect",
                                       "org.apache.kafka.connect.cli.ConnectDistributed",

@@ -1,0 +1,70 @@
+"""What PostgreSQL must provide for Debezium, checked, with the fix for each problem.
+
+Used by ``outbox db check --cdc`` and ``outbox connect status``.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from outbox.settings import Settings
+
+
+def run_cdc_checks(settings: Settings, slot: str | None = None,
+                   publication: str | None = None) -> list[str]:
+    """Problems that would stop Debezium from streaming the outbox; empty means ready."""
+    problems: list[str] = []
+    with psycopg.connect(settings.libpq_url(), connect_timeout=5) as conn:
+        level = conn.execute("show wal_level").fetchone()
+        if level is None or level[0] != "logical":
+            problems.append(f"wal_level is {level[0] if level else '?'!r}, Debezium needs "
+                            "'logical': ALTER SYSTEM SET wal_level = logical; then restart "
+                            "PostgreSQL")
+        role = conn.execute("select rolname, rolsuper, rolreplication from pg_roles "
+                            "where rolname = current_user").fetchone()
+        if role is not None and not (role[1] or role[2]):
+            problems.append(f"role {role[0]!r} lacks the REPLICATION attribute: "
+                            f'ALTER ROLE "{role[0]}" WITH REPLICATION;')
+        for setting, minimum in (("max_replication_slots", 1), ("max_wal_senders", 1)):
+            row = conn.execute(f"show {setting}").fetchone()
+            if row is None or int(row[0]) < minimum:
+                problems.append(f"{setting} is {row[0] if row else '?'}; set it to at least "
+                                f"{minimum} (one per connector) and restart PostgreSQL")
+        used = conn.execute("select count(*) from pg_replication_slots").fetchone()
+        limit = conn.execute("show max_replication_slots").fetchone()
+        if used and limit and slot is None and int(used[0]) >= int(limit[0]):
+            problems.append(f"all {limit[0]} replication slots are in use: drop a stale one "
+                            "(see docs/cdc.md) or raise max_replication_slots")
+        exists = conn.execute("select 1 from information_schema.tables where table_schema = "
+                              "%s and table_name = %s",
+                              (settings.db_schema, settings.outbox_table)).fetchone()
+        if exists is None:
+            problems.append(f"table {settings.db_schema}.{settings.outbox_table} does not "
+                            "exist: run `outbox db upgrade`")
+        if slot is not None:
+            row = conn.execute("select active from pg_replication_slots where slot_name = %s",
+                               (slot,)).fetchone()
+            if row is None:
+                problems.append(f"replication slot {slot!r} does not exist yet: "
+                                "`outbox connect apply` creates it when the connector starts")
+        if publication is not None:
+            row = conn.execute("select 1 from pg_publication_tables where pubname = %s and "
+                               "schemaname = %s and tablename = %s",
+                               (publication, settings.db_schema,
+                                settings.outbox_table)).fetchone()
+            if row is None:
+                problems.append(f"publication {publication!r} does not cover "
+                                f"{settings.db_schema}.{settings.outbox_table}: the connector "
+                                "creates it (publication.autocreate.mode=filtered), or: "
+                                f'CREATE PUBLICATION "{publication}" FOR TABLE '
+                                f"{settings.db_schema}.{settings.outbox_table};")
+    return problems
+
+
+def slot_lag_bytes(settings: Settings, slot: str) -> int | None:
+    """How far the slot's confirmed position trails the WAL, in bytes (None: no slot)."""
+    with psycopg.connect(settings.libpq_url(), connect_timeout=5) as conn:
+        row = conn.execute(
+            "select pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+            "from pg_replication_slots where slot_name = %s", (slot,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None

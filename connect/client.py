@@ -1,0 +1,83 @@
+"""A small client for the Kafka Connect REST API, with errors a person can act on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from outbox.errors import OutboxError
+
+
+class ConnectError(OutboxError):
+    """Kafka Connect refused a request or could not be reached."""
+
+
+class ConnectClient:
+    """The Connect worker at ``url`` (e.g. http://localhost:8083)."""
+
+    def __init__(self, url: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def _call(self, method: str, path: str, json: Any = None,
+              ok_missing: bool = False) -> Any:
+        try:
+            response = self.http.request(method, path, json=json)
+        except httpx.HTTPError as exc:
+            raise ConnectError(f"Kafka Connect at {self.url} is not reachable ({exc}); "
+                               "check OUTBOX_CONNECT_URL / --connect-url") from None
+        if response.status_code == 404 and ok_missing:
+            return None
+        if response.status_code >= 400:
+            try:
+                message = response.json().get("message", response.text)
+            except ValueError:
+                message = response.text
+            raise ConnectError(f"Kafka Connect {method} {path}: {response.status_code} "
+                               f"{message}")
+        return response.json() if response.content else None
+
+    def validate(self, connector_class: str, config: dict[str, str]) -> dict[str, list[str]]:
+        """Connect's own validation: field name -> its errors (empty when all is well)."""
+        result = self._call("PUT", f"/connector-plugins/{connector_class}/config/validate",
+                            json=config)
+        errors: dict[str, list[str]] = {}
+        for entry in result.get("configs", []):
+            value = entry.get("value") or {}
+            if value.get("errors"):
+                errors[value["name"]] = list(value["errors"])
+        return errors
+
+    def get_config(self, name: str) -> dict[str, str] | None:
+        """The connector's current configuration, or None if it does not exist."""
+        config: dict[str, str] | None = self._call("GET", f"/connectors/{name}/config",
+                                                   ok_missing=True)
+        return config
+
+    def put_config(self, name: str, config: dict[str, str]) -> None:
+        """Create the connector or update its configuration (idempotent)."""
+        self._call("PUT", f"/connectors/{name}/config", json=config)
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        """Connector and task states (with failure traces), or None if it does not exist."""
+        status: dict[str, Any] | None = self._call("GET", f"/connectors/{name}/status",
+                                                   ok_missing=True)
+        return status
+
+    def pause(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/pause")
+
+    def resume(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/resume")
+
+    def restart(self, name: str) -> None:
+        """Restart the connector and its failed tasks."""
+        self._call("POST", f"/connectors/{name}/restart?includeTasks=true&onlyFailed=false")
+
+    def delete(self, name: str) -> bool:
+        """Delete the connector; False if it did not exist."""
+        if self.get_config(name) is None:
+            return False
+        self._call("DELETE", f"/connectors/{name}", ok_missing=True)
+        return True
