@@ -513,20 +513,24 @@ EVENT_ROUTER = "io.debezium.transforms.outbox.EventRouter"
 
 @dataclass
 class Connect:
+    """A distributed Connect worker. Tests may run private ones under another ``name``
+    (their own group and storage topics)."""
+
     port: int = CONNECT_PORT
     kafka_port: int = KAFKA_PORT
+    name: str = "connect"
 
     @property
     def home(self) -> Path:
-        return STACK / "connect"
+        return STACK / self.name
 
     @property
     def log(self) -> Path:
-        return STACK / "logs" / "connect.log"
+        return STACK / "logs" / f"{self.name}.log"
 
     @property
     def pidfile(self) -> Path:
-        return STACK / "run" / "connect.pid"
+        return STACK / "run" / f"{self.name}.pid"
 
     @property
     def url(self) -> str:
@@ -535,12 +539,12 @@ class Connect:
     def properties(self) -> str:
         return f"""# written by devstack/stack.py at every start
 bootstrap.servers={HOST}:{self.kafka_port}
-group.id=outbox-connect
+group.id=outbox-{self.name}
 key.converter=org.apache.kafka.connect.json.JsonConverter
 value.converter=org.apache.kafka.connect.json.JsonConverter
-config.storage.topic=_connect-configs
-offset.storage.topic=_connect-offsets
-status.storage.topic=_connect-status
+config.storage.topic=_{self.name}-configs
+offset.storage.topic=_{self.name}-offsets
+status.storage.topic=_{self.name}-status
 config.storage.replication.factor=1
 offset.storage.replication.factor=1
 status.storage.replication.factor=1
@@ -573,7 +577,7 @@ connector.client.config.override.policy=All
 
     def up(self) -> None:
         if self.ready():
-            say(f"connect already running on {self.url}")
+            say(f"{self.name} already running on {self.url}")
             return
         if read_pid(self.pidfile) is None:
             if port_open(self.port):
@@ -588,15 +592,16 @@ connector.client.config.override.policy=All
             env_pg_password = {"OUTBOX_STACK_PG_PASSWORD": PG_PASSWORD,
                                "OUTBOX_DATABASE_PASSWORD": PG_PASSWORD}
             os.environ.update(env_pg_password)
-            spawn("connect", java_cmd(CONNECT_HEAP, "connect",
+            spawn(self.name, java_cmd(CONNECT_HEAP, self.name,
                                       "org.apache.kafka.connect.cli.ConnectDistributed",
                                       str(props)), self.log, self.pidfile)
-        wait_until("connect", self.ready, 180, self.log,
+        wait_until(self.name, self.ready, 180, self.log,
                    alive=lambda: read_pid(self.pidfile) is not None)
-        say(f"connect ready on {self.url} (Debezium PostgresConnector and EventRouter loaded)")
+        say(f"{self.name} ready on {self.url} (Debezium PostgresConnector and EventRouter "
+            "loaded)")
 
     def down(self) -> None:
-        stop_pid("connect", self.pidfile)
+        stop_pid(self.name, self.pidfile)
 
     def status(self) -> tuple[bool, str]:
         plugins = self.plugins()
