@@ -36,17 +36,18 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from http.server import ThreadingHTTPServer
 from types import FrameType
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
-from prometheus_client import start_http_server
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 from consumers.dlq import Failure, dead_letter_headers, dlq_topic
 from consumers.errors import is_connection_lost
+from consumers.health import serve
 from consumers.inbox import InboxStore
 from consumers.message import IncomingEvent, PoisonMessageError, decode
 from consumers.metrics import ConsumerMetrics
@@ -82,6 +83,8 @@ class ConsumerOptions:
     backoff_base: float = 0.2
     backoff_cap: float = 10.0
     shutdown_timeout: float = 30.0
+    lag_interval: float = 5.0  # seconds between lag measurements (a broker round trip each)
+    stall_after: float = 60.0  # /health turns 503 when the loop has not turned for this long
     kafka_config: dict[str, str] = field(default_factory=dict)
 
 
@@ -117,6 +120,9 @@ class Consumer:
         self.producer: Producer | None = None
         self.db_failures = 0
         self._signals = 0
+        self._running = False
+        self._last_loop = 0.0
+        self._last_lag = 0.0
 
     # ------------------------------------------------------------------ registration
     def handler(self, topic: str, event_type: str | None = None,
@@ -144,9 +150,24 @@ class Consumer:
         """Finish the current batch, commit, leave the group, return from :meth:`run`."""
         self.stopping.set()
 
-    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> None:
-        """Serve this consumer's Prometheus metrics on ``http://host:port/metrics``."""
-        start_http_server(port, addr=host, registry=self.metrics.registry)
+    def serve_metrics(self, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+        """Serve ``http://host:port/metrics`` (Prometheus) and ``/health`` (200 or 503).
+
+        ``port=0`` picks a free port: read it from the returned server's
+        ``server_address``; ``shutdown()`` stops it.
+        """
+        return serve(self.metrics.registry, self.health, port, host)
+
+    def health(self) -> tuple[bool, str]:
+        """(healthy, reason): the loop turns, and the database answered its last batch."""
+        if not self._running:
+            return False, "not running"
+        idle = time.monotonic() - self._last_loop
+        if idle > self.options.stall_after:
+            return False, f"consume loop stalled for {idle:.0f}s"
+        if self.db_failures:
+            return False, f"database unavailable ({self.db_failures} failed attempts)"
+        return True, "consuming"
 
     def install_signal_handlers(self) -> None:
         """First SIGTERM/SIGINT drains; a second one exits at once."""
@@ -183,13 +204,17 @@ class Consumer:
         self.kafka.subscribe(self.topics, on_revoke=self._on_revoke)
         log.info("consumer started", extra={"action": "consumer_start", "group": self.group,
                                             "topics": self.topics})
+        self._running = True
         try:
             while not self.stopping.is_set():
+                self._last_loop = time.monotonic()
                 messages = self.kafka.consume(self.options.batch_size, self.options.poll_timeout)
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
                     self._process(batch)
+                self._measure_lag()
         finally:
+            self._running = False
             self._close()
         return EXIT_OK
 
@@ -201,10 +226,31 @@ class Consumer:
             self.kafka = None
         log.info("consumer stopped", extra={"action": "consumer_stopped", "group": self.group})
 
+    def _measure_lag(self) -> None:
+        """Feed the lag gauge: high watermark minus our position, per assigned partition."""
+        now = time.monotonic()
+        if self.kafka is None or now - self._last_lag < self.options.lag_interval:
+            return
+        self._last_lag = now
+        try:
+            assigned = self.kafka.assignment()
+            for tp in self.kafka.position(assigned) if assigned else []:
+                _low, high = self.kafka.get_watermark_offsets(tp, timeout=1.0)
+                # Position is negative (OFFSET_INVALID) before the first fetch: no lag known.
+                if tp.offset >= 0:
+                    self.metrics.lag.labels(tp.topic, str(tp.partition)).set(
+                        max(high - tp.offset, 0))
+        except KafkaException as exc:
+            # Lag is for the dashboard; a broker hiccup must not disturb consuming.
+            log.debug("lag measurement failed: %s", exc, extra={"action": "lag_failed"})
+
     def _on_revoke(self, consumer: KafkaConsumer, partitions: list[TopicPartition]) -> None:
         # Offsets are committed synchronously after every batch, so nothing is owed here;
         # forget attempt counts of partitions that are no longer ours.
         gone = {(p.topic, p.partition) for p in partitions}
+        for topic, partition in gone:
+            with contextlib.suppress(KeyError):
+                self.metrics.lag.remove(topic, str(partition))
         self.attempts = {k: v for k, v in self.attempts.items() if (k[0], k[1]) not in gone}
 
     def _usable(self, msg: Message) -> bool:
