@@ -35,8 +35,24 @@ def host_ports(service: dict[str, Any]) -> set[int]:
 def test_compose_has_the_stack_services_and_app_slots() -> None:
     services = compose()["services"]
     assert {"postgres", "kafka", "connect"} <= services.keys()
-    for app in ("relay", "order-api", "inventory", "payment", "shipping"):
+    for app in ("saga-setup", "relay", "order-api", "inventory", "payment", "shipping"):
         assert services[app]["profiles"] == ["app"], app
+
+
+def test_compose_app_commands_exist_in_the_cli() -> None:
+    """Every command the compose file runs is a real subcommand of the installed CLIs."""
+    from click.testing import CliRunner
+
+    from outbox.cli import main as outbox_main
+    from services.cli import main as saga_main
+
+    clis = {"outbox": outbox_main, "outbox-saga": saga_main}
+    for name, service in compose()["services"].items():
+        command = service.get("command")
+        if not command or command[0] not in clis:
+            continue
+        result = CliRunner().invoke(clis[command[0]], [*command[1:2], "--help"])
+        assert result.exit_code == 0, (name, result.output)
 
 
 def test_compose_ports_match_the_local_stack_defaults() -> None:
