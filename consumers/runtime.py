@@ -46,7 +46,7 @@ from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
 from consumers.dlq import Failure, dead_letter_headers, dlq_topic
-from consumers.errors import is_connection_lost
+from consumers.errors import is_connection_lost, is_transient
 from consumers.health import serve
 from consumers.inbox import InboxStore
 from consumers.message import IncomingEvent, PoisonMessageError, decode
@@ -119,6 +119,7 @@ class Consumer:
         self.kafka: KafkaConsumer | None = None
         self.producer: Producer | None = None
         self.db_failures = 0
+        self.commit_failures = 0
         self._signals = 0
         self._running = False
         self._last_loop = 0.0
@@ -362,7 +363,19 @@ class Consumer:
                 log.warning("database unavailable, retrying in %.1fs: %s", delay,
                             str(exc).splitlines()[0], extra={"action": "db_unavailable"})
                 raise _Rewind(delay) from exc
-            raise
+            # The commit itself failed (a serialization failure, a deferred constraint):
+            # nothing of the batch is durable and no single message can be blamed, so the
+            # whole batch is rewound and retried after a backoff rather than crashing the
+            # consumer into a restart loop.
+            self.commit_failures += 1
+            delay = compute_backoff(self.commit_failures, base=self.options.backoff_base,
+                                    cap=self.options.backoff_cap)
+            log.error("batch commit failed (%s), retrying in %.1fs: %s",
+                      "transient" if is_transient(exc) else type(exc).__name__, delay,
+                      str(exc).splitlines()[0] if str(exc) else "",
+                      extra={"action": "batch_commit_failed"})
+            raise _Rewind(delay) from exc
+        self.commit_failures = 0
         self.db_failures = 0
         if applied:
             self.metrics.batch_seconds.observe(time.perf_counter() - started)

@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import TopicPartition
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from consumers import ConsumerOptions, IncomingEvent
@@ -229,3 +230,27 @@ def test_inbox_purge(database_url: str) -> None:
     assert "purged 30" in result.output
     with psycopg.connect(database_url) as conn:
         assert conn.execute("select count(*) from inbox").fetchone() == (1,)
+
+
+def test_a_failing_commit_rewinds_the_batch_instead_of_crashing(
+        database_url: str, kafka_bootstrap: str, topic_ready: str) -> None:
+    # A deferred constraint fails at COMMIT, after every handler returned: no message can
+    # be blamed. The first two commits (fast path, then careful path) fail; the third holds.
+    with psycopg.connect(database_url) as conn:
+        conn.execute("create table guard (k int unique deferrable initially deferred)")
+        conn.execute("insert into guard values (1)")
+    calls = 0
+
+    def handler(session: Session, event: IncomingEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if calls <= 2:
+            session.execute(text("insert into guard values (1)"))
+        apply_effect(session, event)
+
+    produce(kafka_bootstrap, topic_ready, [thing(1)])
+    running = Running(build(database_url, kafka_bootstrap, topic_ready, "g-commit", handler))
+    wait_for(lambda: len(effects(database_url)) == 1)
+    assert running.thread.is_alive(), "the consumer crashed on a failed commit"
+    running.stop()
+    assert calls == 3 and len(effects(database_url)) == 1
