@@ -209,7 +209,15 @@ class Consumer:
         try:
             while not self.stopping.is_set():
                 self._last_loop = time.monotonic()
-                messages = self.kafka.consume(self.options.batch_size, self.options.poll_timeout)
+                # Wait for the first message only, then take what is already buffered:
+                # consume(n, timeout) alone would wait for n messages or the full timeout,
+                # adding up to poll_timeout of latency at every hop of a quiet saga.
+                first = self.kafka.poll(self.options.poll_timeout)
+                if first is None:
+                    continue
+                messages = [first]
+                if self.options.batch_size > 1:
+                    messages += self.kafka.consume(self.options.batch_size - 1, 0)
                 batch = [m for m in messages if self._usable(m)]
                 if batch:
                     self._process(batch)

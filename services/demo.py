@@ -45,12 +45,13 @@ def load_stack_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def fresh_database(admin_url: str) -> str:
+def fresh_database(admin_url: str, name: str = DEMO_DB) -> str:
+    """Drop and create database ``name``; returns its URL."""
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-            sql.Identifier(DEMO_DB)))
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(DEMO_DB)))
-    return admin_url.rsplit("/", 1)[0] + "/" + DEMO_DB
+            sql.Identifier(name)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
 def fresh_topics(settings: Settings) -> list[str]:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from consumers import ConsumerOptions, IncomingEvent
 from outbox.cli import main
 from tests.consumers.app import Running, apply_effect, build
-from tests.harness.kafka import Header, consume_all, create_topic, produce
+from tests.harness.kafka import Header, consume_all, create_topic, produce, wait_for_topic
 from tests.harness.stack import ROOT
 
 Msg = tuple[bytes | None, bytes | None, list[Header]]
@@ -129,6 +129,8 @@ def test_every_poison_kind_goes_to_the_dlq_with_headers_and_the_consumer_keeps_g
             [thing(0)] + [m for _, m in POISON] + [thing(1)])
     running = Running(build(database_url, kafka_bootstrap, topic_ready, "g3"))
     wait_for(lambda: len(effects(database_url)) == 2)
+    # Poison and good messages may sit on different partitions: wait for the dead letters.
+    wait_for_topic(kafka_bootstrap, topic_ready + ".dlq", 30)
     letters = consume_all(kafka_bootstrap, topic_ready + ".dlq", expected=len(POISON), idle=1)
     running.stop()
     assert sorted(r.header("dlq.reason") or b"" for r in letters) == sorted(
@@ -163,6 +165,7 @@ def test_handler_that_always_fails_is_dead_lettered_after_max_attempts_then_redr
                                         poll_timeout=0.2))
     running = Running(app)
     wait_for(lambda: len(effects(database_url)) == 1)
+    wait_for_topic(kafka_bootstrap, topic_ready + ".dlq", 60)
     letters = consume_all(kafka_bootstrap, topic_ready + ".dlq", expected=1, idle=0.5)
     assert [r.header("dlq.reason") for r in letters] == [b"handler-failed"]
     assert letters[0].header("dlq.attempts") == b"3"

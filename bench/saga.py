@@ -1,0 +1,97 @@
+"""Saga benchmark: orders per second through all four services at a fixed offered load.
+
+    .venv/bin/python bench/saga.py                       # 20 orders/s for 30 s
+    .venv/bin/python bench/saga.py --rate 50 --seconds 20
+
+Starts the relay and the four services (each its own process, as in ``make demo``) on a
+fresh database and private topics, offers orders at a steady rate through the HTTP API,
+and reports: completed orders per second (from the first order to the last final state)
+against the offered rate, and order-to-final-state latency p50/p99 (the order row's
+``created_at`` → ``updated_at``, both written by PostgreSQL's clock).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from outbox.settings import Settings  # noqa: E402
+from services.demo import fresh_database, fresh_topics, load_stack_env  # noqa: E402
+from services.launcher import SagaProcesses  # noqa: E402
+from services.runtime import prepare_database  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=20.0, help="orders offered per second")
+    parser.add_argument("--seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    load_stack_env()
+    admin = os.environ["OUTBOX_DATABASE_URL"]
+    name = "bench_saga"
+    url = fresh_database(admin, name)
+    template = f"bench-{uuid.uuid4().hex[:6]}-{{aggregatetype}}-events"
+    settings = Settings(database_url=url, topic_template=template)
+    fresh_topics(settings)
+    prepare_database(settings)
+    procs = SagaProcesses(env={"OUTBOX_DATABASE_URL": url, "OUTBOX_TOPIC_TEMPLATE": template},
+                          log_dir=ROOT / ".stack" / "logs" / "bench-saga")
+    procs.start_all()
+    total = int(args.rate * args.seconds)
+    try:
+        with httpx.Client(base_url=procs.api, timeout=10) as client, \
+                ThreadPoolExecutor(8) as pool:
+            started = time.monotonic()
+            futures = []
+            for n in range(total):
+                # A steady schedule: order n is offered at started + n / rate.
+                delay = started + n / args.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                futures.append(pool.submit(client.post, "/orders", json={
+                    "customerId": f"c-{n}", "items": [{"sku": "SKU-BOOK", "quantity": 1}],
+                    "amount": "10.00", "currency": "EUR"}))
+            for future in futures:
+                future.result().raise_for_status()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with psycopg.connect(url) as conn:
+                row = conn.execute("select count(*) from orders.orders where status = "
+                                   "'PENDING'").fetchone()
+            if row and row[0] == 0:
+                break
+            time.sleep(0.2)
+    finally:
+        procs.stop_all()
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select extract(epoch from updated_at - created_at), "
+            "extract(epoch from max(updated_at) over () - min(created_at) over ()) "
+            "from orders.orders where status = 'COMPLETED'").fetchall()
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'drop database if exists "{name}" with (force)')
+    latencies = sorted(float(r[0]) for r in rows)
+    span = float(rows[0][1]) if rows else float("nan")
+    q = statistics.quantiles(latencies, n=100)
+    print(f"offered: {args.rate:g} orders/s for {args.seconds:g} s ({total} orders)")
+    print(f"completed: {len(latencies)} orders in {span:.1f} s = "
+          f"{len(latencies) / span:.1f} orders/s through all four services")
+    print(f"order -> COMPLETED latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
+          f"p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
