@@ -10,6 +10,10 @@ alternating rounds so that drift of this shared machine hits both alike. Reporte
 median per-transaction time of each and the ratio (target <= 1.15). A third variant, the
 business insert plus one *plain* insert into a bare audit table, shows the floor that any
 second statement costs (one more round trip), so the outbox's own share can be read off.
+
+``--pipeline`` measures the same three variants on a plain psycopg 3 connection in
+pipeline mode (``with conn.pipeline():``): the business insert, the event and the commit
+leave in one flush, so the event costs its server-side work but no extra round trip.
 """
 
 from __future__ import annotations
@@ -83,10 +87,39 @@ def one_round(engine: Engine, n: int, variant: str) -> list[float]:
     return timings
 
 
+PAYLOAD_SKELETON = {"items": [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-7", "quantity": 1}],
+                    "amount": "42.50", "currency": "EUR",
+                    "occurredAt": "2026-11-25T10:00:00.000+00:00"}
+
+
+def one_round_pipeline(conn: psycopg.Connection[object], n: int, variant: str) -> list[float]:
+    """Like :func:`one_round`, on a psycopg connection in pipeline mode (one flush)."""
+    timings = []
+    for i in range(n):
+        order_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        with conn.pipeline():
+            conn.execute("insert into orders (id, customer_id, amount, status) "
+                         "values (%s, %s, 42.5, 'NEW')", (order_id, f"c-{i % 97}"))
+            if variant == "audit":
+                conn.execute("insert into audit (order_id, note) values (%s, 'created')",
+                             (order_id,))
+            elif variant == "outbox":
+                publish(conn, Event("order", order_id, "OrderCreated", {
+                    "eventType": "OrderCreated", "orderId": order_id,
+                    "correlationId": order_id, "customerId": f"c-{i % 97}",
+                    **PAYLOAD_SKELETON}))
+            conn.commit()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=250)
+    parser.add_argument("--pipeline", action="store_true",
+                        help="psycopg 3 connection in pipeline mode instead of a Session")
     args = parser.parse_args()
     load_env()
     admin = os.environ["OUTBOX_DATABASE_URL"]
@@ -102,16 +135,27 @@ def main() -> int:
             conn.execute(text("create table audit (order_id uuid, note text)"))
         variants = ["base", "outbox", "audit"]
         timings: dict[str, list[float]] = {v: [] for v in variants}
+        pg: psycopg.Connection[object] | None = (
+            psycopg.connect(settings.libpq_url()) if args.pipeline else None)
+
+        def run(n: int, variant: str) -> list[float]:
+            if pg is not None:
+                return one_round_pipeline(pg, n, variant)
+            return one_round(engine, n, variant)
+
         for variant in variants:  # warm-up: connections, prepared plans, caches
-            one_round(engine, 200, variant)
+            run(200, variant)
         for r in range(args.rounds):
             # Rotate which goes first so none always gets the warmer cache.
             for variant in variants[r % 3:] + variants[:r % 3]:
-                timings[variant].extend(one_round(engine, args.per_round, variant))
+                timings[variant].extend(run(args.per_round, variant))
+        if pg is not None:
+            pg.close()
         engine.dispose()
     finally:
         drop_database(admin, url)
     b, o, a = (statistics.median(timings[v]) for v in variants)
+    print(f"mode: {'psycopg pipeline' if args.pipeline else 'SQLAlchemy Session'}")
     print(f"transactions per variant: {len(timings['base'])}")
     print(f"business transaction alone:             median {b * 1000:.3f} ms")
     print(f"business transaction + publish():       median {o * 1000:.3f} ms")
