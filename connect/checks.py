@@ -47,6 +47,12 @@ def run_cdc_checks(settings: Settings, slot: str | None = None,
             if row is None:
                 problems.append(f"replication slot {slot!r} does not exist yet: "
                                 "`outbox connect apply` creates it when the connector starts")
+            elif not row[0]:
+                # An idle slot still holds back WAL recycling: the disk fills silently.
+                problems.append(f"replication slot {slot!r} exists but nothing is streaming "
+                                "from it, so it pins WAL: `outbox connect resume` / "
+                                "`outbox connect restart`, or drop it if the connector is "
+                                f"gone: SELECT pg_drop_replication_slot('{slot}');")
         if publication is not None:
             row = conn.execute("select 1 from pg_publication_tables where pubname = %s and "
                                "schemaname = %s and tablename = %s",
