@@ -9,6 +9,7 @@ order to ``COMPLETED`` on ``ShipmentScheduled`` and to ``CANCELLED`` on
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from decimal import Decimal
@@ -71,7 +72,8 @@ def place_order(settings: Settings, session: Session, body: OrderRequest,
         "currency": body.currency})
     publish(session, event, settings=settings)
     session.execute(insert(order_history).values(
-        event_id=event.id, order_id=order_id, event_type=ev.ORDER_CREATED, source="order"))
+        event_id=event.id, order_id=order_id, event_type=ev.ORDER_CREATED, source="order",
+        occurred_at=_occurred_at(event.payload)))
     return {"orderId": order_id, "correlationId": correlation_id, "status": "PENDING"}
 
 
@@ -132,11 +134,24 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
 
 # --- the order service's consumer side -------------------------------------------------
 
+def _occurred_at(payload: Any) -> dt.datetime:
+    """When the event happened, by its producer (``occurredAt``), as naive UTC.
+
+    History is ordered by this, not by when the order service heard of it: events of
+    different topics arrive in no particular order relative to each other.
+    """
+    try:
+        when = dt.datetime.fromisoformat(str(payload["occurredAt"]))
+    except (KeyError, TypeError, ValueError):
+        return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    return when.astimezone(dt.UTC).replace(tzinfo=None) if when.tzinfo else when
+
+
 def _record(session: Session, msg: SagaMessage, source: str) -> str:
     order_id = str(field(msg, "orderId"))
     session.execute(insert(order_history).values(
         event_id=msg.id, order_id=order_id, event_type=str(field(msg, "eventType")),
-        source=source).on_conflict_do_nothing())
+        source=source, occurred_at=_occurred_at(msg.payload)).on_conflict_do_nothing())
     return order_id
 
 
