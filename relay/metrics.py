@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from outbox import http
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                    60, 300)
@@ -70,29 +63,5 @@ class Health:
 
 
 def serve(metrics: RelayMetrics, health: Health, host: str, port: int) -> ThreadingHTTPServer:
-    """Serve ``/metrics`` and ``/health`` on a daemon thread; returns the server."""
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.startswith("/metrics"):
-                body, ctype, code = (generate_latest(metrics.registry), CONTENT_TYPE_LATEST,
-                                     200)
-            elif self.path.startswith("/health"):
-                ok, info = health.snapshot()
-                body, ctype, code = (json.dumps(info).encode(), "application/json",
-                                     200 if ok else 503)
-            else:
-                body, ctype, code = b"not found: try /metrics or /health\n", "text/plain", 404
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            return  # scrapes every few seconds would drown the relay's own logs
-
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="relay-metrics", daemon=True).start()
-    return server
+    """Serve the relay's ``/metrics`` and ``/health`` on a daemon thread; returns the server."""
+    return http.serve(metrics.registry, health.snapshot, host, port, name="relay-metrics")
