@@ -7,7 +7,7 @@ import functools
 import uuid
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, Table, delete, func, select, text
+from sqlalchemy import CursorResult, Engine, Table, delete, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -65,12 +65,6 @@ class InboxStore:
             "partitions": [e.partition for e in events], "offsets": [e.offset for e in events],
         }).scalars().all()
         return set(rows)
-
-    def seen(self, session: Session, group: str, event_id: object) -> bool:
-        """Whether ``group`` has applied ``event_id``."""
-        return session.execute(select(func.count()).select_from(self.table).where(
-            self.table.c.consumer_group == group,
-            self.table.c.event_id == event_id)).scalar_one() > 0
 
     def purge(self, engine: Engine, older_than: dt.timedelta, group: str | None = None,
               batch: int = 5000) -> int:

@@ -60,7 +60,6 @@ Handler = Callable[[Session, IncomingEvent], None]
 Position = tuple[str, int, int]  # topic, partition, offset
 
 EXIT_OK = 0
-EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
@@ -293,6 +292,18 @@ class Consumer:
         if remaining:  # stopping: give the rest back
             self._rewind(remaining)
 
+    def _backoff(self, attempt: int) -> float:
+        return compute_backoff(attempt, base=self.options.backoff_base,
+                               cap=self.options.backoff_cap)
+
+    def _database_lost(self, exc: Exception) -> _Rewind:
+        """Count the outage and say how long to wait; the batch is consumed again later."""
+        self.db_failures += 1
+        delay = self._backoff(self.db_failures)
+        log.warning("database unavailable, retrying in %.1fs: %s", delay,
+                    str(exc).splitlines()[0], extra={"action": "db_unavailable"})
+        return _Rewind(delay)
+
     def _apply_fast(self, batch: list[Message]) -> bool:
         """The common case in few round trips: one inbox insert for the whole batch, then
         the handlers, with no savepoint per message; one commit.
@@ -326,14 +337,10 @@ class Consumer:
                         fresh.discard(event.id)  # the same id twice in one batch: apply once
                     registration.handler(session, event)
                     handled += 1
-                if os.environ.get("OUTBOX_TEST_CRASH_AFTER_DB_COMMIT"):
-                    session.commit()
-                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: die before the offset
+                _crash_after_commit_hook(session)
         except Exception as exc:
             if is_connection_lost(exc):
-                self.db_failures += 1
-                raise _Rewind(compute_backoff(self.db_failures, base=self.options.backoff_base,
-                                              cap=self.options.backoff_cap)) from exc
+                raise self._database_lost(exc) from exc
             return False  # rolled back as a whole; the careful path finds the culprit
         self.db_failures = 0
         self.metrics.handled.inc(handled)
@@ -360,24 +367,17 @@ class Consumer:
                         failed = (msg, failure)
                         break
                     applied += 1
-                if os.environ.get("OUTBOX_TEST_CRASH_AFTER_DB_COMMIT") and applied:
-                    session.commit()
-                    os.kill(os.getpid(), signal.SIGKILL)  # test hook: die before the offset
+                if applied:
+                    _crash_after_commit_hook(session)
         except Exception as exc:
             if is_connection_lost(exc):
-                self.db_failures += 1
-                delay = compute_backoff(self.db_failures, base=self.options.backoff_base,
-                                        cap=self.options.backoff_cap)
-                log.warning("database unavailable, retrying in %.1fs: %s", delay,
-                            str(exc).splitlines()[0], extra={"action": "db_unavailable"})
-                raise _Rewind(delay) from exc
+                raise self._database_lost(exc) from exc
             # The commit itself failed (a serialization failure, a deferred constraint):
             # nothing of the batch is durable and no single message can be blamed, so the
             # whole batch is rewound and retried after a backoff rather than crashing the
             # consumer into a restart loop.
             self.commit_failures += 1
-            delay = compute_backoff(self.commit_failures, base=self.options.backoff_base,
-                                    cap=self.options.backoff_cap)
+            delay = self._backoff(self.commit_failures)
             log.error("batch commit failed (%s), retrying in %.1fs: %s",
                       "transient" if is_transient(exc) else type(exc).__name__, delay,
                       str(exc).splitlines()[0] if str(exc) else "",
@@ -394,8 +394,7 @@ class Consumer:
         position = _position(msg)
         if failure.reason == "handler-failed" and failure.attempts < self.options.max_attempts:
             self.metrics.retries.inc()
-            delay = compute_backoff(failure.attempts, base=self.options.backoff_base,
-                                    cap=self.options.backoff_cap)
+            delay = self._backoff(failure.attempts)
             log.warning("handler failed (attempt %d of %d), retrying in %.1fs: %s",
                         failure.attempts, self.options.max_attempts, delay, failure.exception,
                         extra={"action": "handler_retry", "topic": position[0],
@@ -487,8 +486,7 @@ class Consumer:
             remaining = self.producer.flush(30)
             if not remaining and not errors:
                 break
-            delay = compute_backoff(attempt, base=self.options.backoff_base,
-                                    cap=self.options.backoff_cap)
+            delay = self._backoff(attempt)
             log.error("dead letter to %s not acknowledged (%s); retrying in %.1fs", topic,
                       errors or "timeout", delay, extra={"action": "dlq_retry"})
             if self.stopping.wait(delay):
@@ -498,6 +496,13 @@ class Consumer:
                   failure.reason, failure.exception,
                   extra={"action": "dead_lettered", "reason": failure.reason,
                          "attempts": failure.attempts})
+
+
+def _crash_after_commit_hook(session: Session) -> None:
+    """Test hook (OUTBOX_TEST_CRASH_AFTER_DB_COMMIT): commit, then die before the offset."""
+    if os.environ.get("OUTBOX_TEST_CRASH_AFTER_DB_COMMIT"):
+        session.commit()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _position(msg: Message) -> Position:
