@@ -38,7 +38,8 @@ from outbox import migrate  # noqa: E402
 from outbox.publish import Event, publish  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
 from relay.loop import Relay, RelayOptions  # noqa: E402
-from services.demo import fresh_database, load_stack_env  # noqa: E402
+from services.demo import fresh_database  # noqa: E402
+from services.launcher import load_stack_env  # noqa: E402
 
 PAYLOAD_PAD = "x" * 220
 

@@ -35,16 +35,9 @@ sys.path.insert(0, str(ROOT))
 from consumers import Consumer, ConsumerOptions, IncomingEvent  # noqa: E402
 from outbox import migrate  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
+from services.launcher import load_stack_env  # noqa: E402
 
 PARTITIONS = 4
-
-
-def load_env() -> None:
-    env = ROOT / ".stack" / "env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            key, _, value = line.partition("=")
-            os.environ.setdefault(key, value)
 
 
 def handler(session: Session, event: IncomingEvent) -> None:
@@ -119,7 +112,7 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    load_env()
+    load_stack_env()
     admin = os.environ["OUTBOX_DATABASE_URL"]
     bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
     name = f"bench_consumer_{uuid.uuid4().hex[:8]}"

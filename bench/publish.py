@@ -36,14 +36,7 @@ sys.path.insert(0, str(ROOT))
 from outbox import migrate  # noqa: E402
 from outbox.publish import Event, publish  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-
-
-def load_env() -> None:
-    env = ROOT / ".stack" / "env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            key, _, value = line.partition("=")
-            os.environ.setdefault(key, value)
+from services.launcher import load_stack_env  # noqa: E402
 
 
 def fresh_database(admin_url: str) -> str:
@@ -121,7 +114,7 @@ def main() -> int:
     parser.add_argument("--pipeline", action="store_true",
                         help="psycopg 3 connection in pipeline mode instead of a Session")
     args = parser.parse_args()
-    load_env()
+    load_stack_env()
     admin = os.environ["OUTBOX_DATABASE_URL"]
     url = fresh_database(admin)
     try:

@@ -51,19 +51,11 @@ from outbox.tables import outbox_table  # noqa: E402
 from relay.loop import Relay, RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
 from relay.queries import Queries  # noqa: E402
+from services.launcher import load_stack_env  # noqa: E402
 
 # Set from the command line: extra producer properties and the relay's pipeline depth.
 EXTRA_KAFKA: dict[str, str] = {}
 TUNING = {"pipeline_depth": RelayOptions.pipeline_depth}
-
-
-def load_env() -> None:
-    env = ROOT / ".stack" / "env"
-    if env.exists():
-        for line in env.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                os.environ.setdefault(key.strip(), value.strip())
 
 
 def with_db(url: str, name: str) -> str:
@@ -366,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.argv = [sys.argv[0], "--events", str(args.events)]
         return cdc.main()
-    load_env()
+    load_stack_env()
     url = os.environ["OUTBOX_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
     report: dict[str, Any] = {"events": args.events, "pipeline_depth": TUNING["pipeline_depth"],

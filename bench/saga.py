@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from outbox.settings import Settings  # noqa: E402
-from services.demo import fresh_database, fresh_topics, load_stack_env  # noqa: E402
-from services.launcher import SagaProcesses  # noqa: E402
+from services.demo import fresh_database, fresh_topics  # noqa: E402
+from services.launcher import SagaProcesses, load_stack_env  # noqa: E402
 from services.runtime import prepare_database  # noqa: E402
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import click
 import sqlalchemy.exc
@@ -32,14 +33,7 @@ def db() -> None:
 @settings_options
 def upgrade(settings: Settings, revision: str, sql: bool) -> None:
     """Create or upgrade the toolkit's tables (only those; nothing else is touched)."""
-    try:
-        output = migrate.upgrade(settings, revision, sql=sql)
-    except (sqlalchemy.exc.SQLAlchemyError, OutboxError) as exc:
-        raise _database_error(settings, exc) from None
-    if sql:
-        click.echo(output, nl=False)
-    else:
-        click.echo(f"{settings.db_schema}: at revision {migrate.current(settings)}")
+    _migrate(migrate.upgrade, settings, revision, sql)
 
 
 @db.command()
@@ -48,14 +42,19 @@ def upgrade(settings: Settings, revision: str, sql: bool) -> None:
 @settings_options
 def downgrade(settings: Settings, revision: str, sql: bool) -> None:
     """Step back (default one revision; `base` drops the toolkit's tables and their data)."""
+    _migrate(migrate.downgrade, settings, revision, sql)
+
+
+def _migrate(step: Callable[..., str], settings: Settings, revision: str, sql: bool) -> None:
+    """Run an upgrade or downgrade (or print its SQL) and say where the database is now."""
     try:
-        output = migrate.downgrade(settings, revision, sql=sql)
+        output = step(settings, revision, sql=sql)
+        if sql:
+            click.echo(output, nl=False)
+        else:
+            click.echo(f"{settings.db_schema}: at revision {migrate.current(settings) or 'base'}")
     except (sqlalchemy.exc.SQLAlchemyError, OutboxError) as exc:
         raise _database_error(settings, exc) from None
-    if sql:
-        click.echo(output, nl=False)
-    else:
-        click.echo(f"{settings.db_schema}: at revision {migrate.current(settings) or 'base'}")
 
 
 @db.command()

@@ -28,21 +28,12 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 from psycopg import sql
 
 from outbox.settings import Settings
-from services.launcher import SagaProcesses
+from services.launcher import SagaProcesses, load_stack_env
 from services.runtime import prepare_database, topic
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DB = "saga_demo"
 AGGREGATES = ("order", "inventory", "payment", "shipping")
-
-
-def load_stack_env() -> None:
-    env = ROOT / ".stack" / "env"
-    if not env.exists():
-        sys.exit("no .stack/env: start the local stack first (make stack-up)")
-    for line in env.read_text().splitlines():
-        key, _, value = line.partition("=")
-        os.environ.setdefault(key, value)
 
 
 def fresh_database(admin_url: str, name: str = DEMO_DB) -> str:
@@ -135,7 +126,8 @@ def main() -> int:
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args()
-    load_stack_env()
+    if not load_stack_env() and "OUTBOX_DATABASE_URL" not in os.environ:
+        sys.exit("no .stack/env: start the local stack first (make stack-up)")
     admin_url = os.environ["OUTBOX_DATABASE_URL"]
     url = fresh_database(admin_url)
     settings = Settings(database_url=url)

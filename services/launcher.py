@@ -14,6 +14,22 @@ from pathlib import Path
 import httpx
 
 SERVICES = ("relay", "inventory", "payment", "shipping", "order-api")
+STACK_ENV = Path(__file__).resolve().parents[1] / ".stack" / "env"
+
+
+def load_stack_env() -> bool:
+    """Read ``.stack/env`` (written by ``make stack-up``) into ``os.environ``.
+
+    Variables already set win, so a shell can point at other servers. False if there is
+    no such file.
+    """
+    if not STACK_ENV.exists():
+        return False
+    for line in STACK_ENV.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            os.environ.setdefault(key.strip(), value.strip())
+    return True
 
 
 def free_port() -> int:

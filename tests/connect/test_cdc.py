@@ -20,6 +20,7 @@ from outbox.publish import Event, publish
 from outbox.record import OutboxRow, to_record
 from outbox.settings import Settings
 from relay.loop import Relay, RelayOptions
+from tests.connect.slots import drop_slot_when_released
 from tests.harness.kafka import Record, consume_all, wait_for_topic
 
 # The running dev worker has this variable in its environment (devstack/stack.py).
@@ -61,17 +62,7 @@ def cdc(database_url: str, kafka_bootstrap: str, connect_url: str,
                                 connect_url=connect_url, topic_template=template)}
     ConnectClient(connect_url).delete(name)
     slot = render(Settings(database_url=database_url), CdcOptions(name=name))["slot.name"]
-    deadline = time.monotonic() + 30
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        while time.monotonic() < deadline:
-            row = conn.execute("select active from pg_replication_slots where slot_name = %s",
-                               (slot,)).fetchone()
-            if row is None:
-                break
-            if not row[0]:
-                conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-                break
-            time.sleep(0.5)
+    drop_slot_when_released(database_url, slot)
 
 
 def wait_running(connect_url: str, name: str, timeout: float = 60) -> None:

@@ -17,6 +17,7 @@ from connect.config import CdcOptions, render
 from outbox.publish import Event, publish
 from outbox.settings import Settings
 from services.launcher import free_port
+from tests.connect.slots import drop_slot_when_released
 from tests.harness.kafka import consume_all, wait_for_topic
 from tests.test_compose import load_stack_module
 
@@ -71,14 +72,4 @@ def test_worker_kill_9_and_restart_loses_nothing(
         assert set(ids) <= seen, f"{len(set(ids) - seen)} events lost"
     finally:
         client.delete(name)
-        time.sleep(2)
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            for _ in range(20):
-                row = conn.execute("select active from pg_replication_slots where "
-                                   "slot_name = %s", (slot,)).fetchone()
-                if row is None:
-                    break
-                if not row[0]:
-                    conn.execute("select pg_drop_replication_slot(%s)", (slot,))
-                    break
-                time.sleep(0.5)
+        drop_slot_when_released(database_url, slot)

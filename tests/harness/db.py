@@ -84,22 +84,6 @@ def build_template(url: str, name: str) -> None:
             conn.execute("select pg_advisory_unlock(hashtext(%s))", (name,))
 
 
-def drop_template(url: str, name: str) -> None:
-    """Drop a template database (it must lose its template flag first)."""
-    with admin_connect(url) as conn:
-        conn.execute("select pg_advisory_lock(hashtext(%s))", (name,))
-        try:
-            exists = conn.execute(
-                "select 1 from pg_database where datname = %s", (name,)).fetchone()
-            if exists:
-                conn.execute(sql.SQL("alter database {} is_template false").format(
-                    sql.Identifier(name)))
-                conn.execute(sql.SQL("drop database {} with (force)").format(
-                    sql.Identifier(name)))
-        finally:
-            conn.execute("select pg_advisory_unlock(hashtext(%s))", (name,))
-
-
 def clone_database(url: str, template: str, prefix: str = "t") -> str:
     """Create a fresh database from ``template``; returns its name."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -6,21 +6,18 @@ stack broker other tests use is never stopped.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import socket
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from services.launcher import free_port
 from tests.harness.kafka import create_topic
 from tests.harness.stack import service_missing
 from tests.relay.conftest import (
@@ -32,29 +29,14 @@ from tests.relay.conftest import (
     pending,
     relay_settings,
 )
+from tests.test_compose import load_stack_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_stack_module() -> ModuleType:
-    os.environ.setdefault("OUTBOX_STACK_KAFKA_HEAP", "384m")  # read when the module loads
-    spec = importlib.util.spec_from_file_location("devstack_stack_relay",
-                                                  ROOT / "devstack" / "stack.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def private_kafka() -> Iterator[Any]:
+    os.environ.setdefault("OUTBOX_STACK_KAFKA_HEAP", "384m")  # read when the module loads
     stack = load_stack_module()
     broker = stack.Kafka(port=free_port(), controller_port=free_port(),
                          name=f"kafka-relay-outage-{os.getpid()}")
