@@ -81,9 +81,8 @@ def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = 
         Column("failed_at", DateTime(timezone=False)),
         Index(f"ix_{name}_pending", "shard", "seq",
               postgresql_where=text("published_at is null and failed_at is null")),
-        Index(f"ix_{name}_published_at", "published_at",
-              postgresql_where=text("published_at is not null")),
-        Index(f"ix_{name}_aggregate", "aggregatetype", "aggregateid", "seq"),
+        # No index on published_at or (aggregatetype, aggregateid): every publish and every
+        # mark would pay for it (schema version 2, outbox.migrations.ddl.upgrade_schema_v2).
         schema=schema,
     )
 

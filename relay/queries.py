@@ -173,15 +173,25 @@ class Queries:
     # ------------------------------------------------------------------ retention
     @property
     def purge_batch(self) -> str:
-        """Delete one small batch of rows published before the cutoff (oldest first).
+        """Walk %(limit)s rows in seq order after %(after)s; delete those published before the
+        cutoff. Returns (deleted, last seq walked, rows walked, rows created after the cutoff).
 
-        Writers never touch published rows and the relay only updates pending ones, so the
-        short delete takes no lock anybody waits for.
+        No index on ``published_at`` (every mark would pay for it): the walk uses the
+        ``seq`` index from the oldest row on, and :func:`relay.retention.purge` stops at the
+        first batch that holds a row created after the cutoff, since a row is published
+        after it is created. Rows still pending or parked in the old range are walked over
+        (and walked again on the next run) but never deleted. Writers never touch
+        published rows and the relay only updates pending ones, so the short delete takes
+        no lock anybody waits for.
         """
-        return (f"delete from {self.qualified} where seq in ("
-                f"select seq from {self.qualified} where published_at is not null "
-                f"and published_at < {NOW_UTC} - make_interval(secs => %(older_than)s) "
-                "order by published_at limit %(limit)s)")
+        cutoff = f"{NOW_UTC} - make_interval(secs => %(older_than)s)"
+        return (f"with walked as materialized (select seq, published_at, created_at "
+                f"  from {self.qualified} where seq > %(after)s order by seq limit %(limit)s), "
+                f"deleted as (delete from {self.qualified} o using walked w "
+                f"  where o.seq = w.seq and w.published_at < {cutoff} returning o.seq) "
+                "select (select count(*) from deleted), (select max(seq) from walked), "
+                "(select count(*) from walked), "
+                f"(select count(*) from walked where created_at >= {cutoff})")
 
     # ------------------------------------------------------------------ wake-up
     @property

@@ -18,22 +18,29 @@ def purge(settings: Settings, older_than_seconds: float, *, batch_size: int = 10
           pause: float = 0.01, stop: threading.Event | None = None) -> int:
     """Delete rows published more than ``older_than_seconds`` ago; returns how many.
 
-    Each batch is its own short autocommit transaction touching only published rows, which
-    writers never update and the relay never claims, so nobody waits on it; the pause
-    between batches leaves I/O to the application.
+    Walks the table in ``seq`` order, ``batch_size`` rows per short autocommit transaction,
+    until it reaches rows created after the cutoff (see ``Queries.purge_batch``). Only
+    published rows are deleted: writers never update them and the relay never claims them,
+    so nobody waits on it; the pause between batches leaves I/O to the application. A row
+    whose transaction ran long may be purged one run late; never early.
     """
     if older_than_seconds < 0:
         raise ValueError(f"retention must not be negative, got {older_than_seconds}s")
     queries = Queries.for_settings(settings)
     total = 0
+    after = 0  # seq is an identity starting at 1
     with psycopg.connect(settings.libpq_url(), autocommit=True,
                          application_name="outbox-purge") as conn:
         while stop is None or not stop.is_set():
-            deleted = conn.execute(queries.purge_batch, {
-                "older_than": older_than_seconds, "limit": batch_size}).rowcount
-            total += max(0, deleted)
-            if deleted < batch_size:
-                break
+            row = conn.execute(queries.purge_batch, {
+                "older_than": older_than_seconds, "limit": batch_size, "after": after,
+            }).fetchone()
+            assert row is not None
+            deleted, last_seq, walked, too_young = row
+            total += int(deleted)
+            if walked < batch_size or too_young:
+                break  # the end of the table, or of the rows old enough to be purged
+            after = int(last_seq)
             time.sleep(pause)
     if total:
         log.info("purged %d published rows older than %ss", total, older_than_seconds,

@@ -70,6 +70,35 @@ def create_schema_v1(op: Operations, schema: str = "public", outbox: str = "outb
     op.create_index(f"ix_{inbox}_processed_at", inbox, ["processed_at"], schema=schema)
 
 
+def upgrade_schema_v2(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Version 2: cheaper writes and marks, the same reads for the relay.
+
+    - ``ix_<outbox>_aggregate`` (aggregatetype, aggregateid, seq) is dropped: nothing on the
+      hot path reads it, yet every publish and every "mark published" (a non-HOT update, so
+      each index gets a new entry) paid for its three-column entry. ``outbox replay
+      --aggregate-id`` and ``outbox relay retry-failed --aggregate-id`` scan instead.
+    - ``ix_<outbox>_published_at`` is dropped for the same reason: each mark inserted an
+      entry. Retention walks the ``seq`` index from the oldest row instead
+      (``relay.queries.Queries.purge_batch``).
+
+    Measured in docs/benchmarks.md ("Schema version 2").
+    """
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    op.drop_index(f"ix_{outbox}_aggregate", outbox, schema=schema)
+    op.drop_index(f"ix_{outbox}_published_at", outbox, schema=schema)
+
+
+def downgrade_schema_v2(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Back to version 1's B-tree indexes."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    op.create_index(f"ix_{outbox}_published_at", outbox, ["published_at"], schema=schema,
+                    postgresql_where=sa.text("published_at is not null"))
+    op.create_index(f"ix_{outbox}_aggregate", outbox, ["aggregatetype", "aggregateid", "seq"],
+                    schema=schema)
+
+
 def drop_schema_v1(op: Operations, schema: str = "public", outbox: str = "outbox",
                    inbox: str = "inbox") -> None:
     """Undo version 1: drop the two tables (the schema itself is left alone)."""

@@ -78,6 +78,29 @@ def test_custom_schema_and_table_names(empty_db: str) -> None:
     assert migrate.check(other) == []
 
 
+def outbox_indexes(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        return {r[0]: r[1] for r in conn.execute(
+            "select indexname, indexdef from pg_indexes "
+            "where schemaname = 'public' and tablename = 'outbox'")}
+
+
+def test_version_2_indexes_and_the_step_back_to_version_1(empty_db: str) -> None:
+    settings = Settings(database_url=empty_db)
+    migrate.upgrade(settings, "0001")
+    v1 = outbox_indexes(empty_db)
+    assert "ix_outbox_aggregate" in v1 and "btree" in v1["ix_outbox_published_at"]
+    migrate.upgrade(settings)
+    v2 = outbox_indexes(empty_db)
+    assert "ix_outbox_aggregate" not in v2
+    assert "ix_outbox_published_at" not in v2
+    assert set(v2) == {"outbox_pkey", "outbox_seq_key", "ix_outbox_pending"}
+    assert migrate.check(settings) == []
+    migrate.downgrade(settings)  # one step: back to 0001
+    assert migrate.current(settings) == "0001"
+    assert outbox_indexes(empty_db) == v1
+
+
 def test_no_drift_between_migrations_and_models(database_url: str) -> None:
     # database_url comes from the template, which the migrations built.
     assert migrate.check(Settings(database_url=database_url)) == []
@@ -181,6 +204,16 @@ def test_an_application_alembic_history_can_include_the_toolkit_tables(
             create_schema_v1(Operations(op.get_context()), schema="public")
         def downgrade():
             drop_schema_v1(Operations(op.get_context()), schema="public")
+    """))
+    (app / "versions" / "a3_outbox_v2.py").write_text(textwrap.dedent("""
+        from alembic import op
+        from alembic.operations import Operations
+        from outbox.migrations.ddl import downgrade_schema_v2, upgrade_schema_v2
+        revision, down_revision, branch_labels, depends_on = "a3", "a2", None, None
+        def upgrade():
+            upgrade_schema_v2(Operations(op.get_context()), schema="public")
+        def downgrade():
+            downgrade_schema_v2(Operations(op.get_context()), schema="public")
     """))
     config = Config()
     config.set_main_option("script_location", str(app))
