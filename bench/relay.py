@@ -45,12 +45,12 @@ sys.path.insert(0, str(ROOT))
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE  # noqa: E402
 from outbox.publish import Event, publish  # noqa: E402
-from outbox.record import OutboxRow, to_record  # noqa: E402
+from outbox.record import StoredRow, stored_record  # noqa: E402
 from outbox.settings import load_settings  # noqa: E402
 from outbox.tables import outbox_table  # noqa: E402
 from relay.loop import Relay, RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
-from relay.queries import Queries  # noqa: E402
+from relay.queries import RECORD_COLUMNS, Queries  # noqa: E402
 from services.launcher import load_stack_env  # noqa: E402
 
 # Set from the command line: extra producer properties and the relay's pipeline depth.
@@ -164,10 +164,9 @@ def bench_raw(db_url: str, bootstrap: str, topic_prefix: str) -> dict[str, float
                              kafka_config=EXTRA_KAFKA)
     queries = Queries.for_settings(settings)
     with psycopg.connect(db_url) as conn:
-        rows = conn.execute(f"select id, aggregatetype, aggregateid, type, payload, created_at, "
-                            f"correlation_id, causation_id, traceparent from {queries.qualified} "
+        rows = conn.execute(f"select {RECORD_COLUMNS} from {queries.qualified} as o "
                             "order by seq").fetchall()
-    records = [to_record(OutboxRow(*r), settings.topic_template) for r in rows]
+    records = [stored_record(StoredRow(*r), settings.topic_template) for r in rows]
     producer = Producer(producer_config(settings.producer_config(), "bench-raw"))
     errors = [0]
 

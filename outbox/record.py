@@ -5,11 +5,18 @@ The format is pinned in ``../shared/DESIGN.md`` so that the relay and Debezium's
 
 - topic: ``topic_template`` with ``{aggregatetype}`` replaced (default ``{aggregatetype}-events``)
 - key: ``aggregateid`` as UTF-8
-- value: ``payload`` as compact JSON, UTF-8, keys in the order jsonb stores them (the order
-  ``json.loads`` of PostgreSQL's jsonb text returns them); ``None`` for a SQL null payload
+- value: ``payload`` as compact JSON, UTF-8: PostgreSQL's jsonb text with the whitespace
+  between tokens removed (:func:`compact_json`), so keys keep jsonb's order and numbers
+  print as jsonb prints them; ``None`` for a SQL null payload
 - headers: ``id`` (uuid text), ``eventType``, then ``correlationId``, ``causationId``,
   ``traceparent`` only when set, in that order
 - timestamp: ``created_at`` (UTC, timestamp without time zone) as epoch milliseconds
+
+Two entry points build the same record: :func:`stored_record_parts` from a row as the relay
+and replay read it (:class:`StoredRow`: payload as jsonb text, ``created_at`` as epoch
+milliseconds; the fast path, nothing parsed), and :func:`to_record` from Python values.
+They agree except that :func:`to_record` prints floats as Python does (``1e-07``), where
+jsonb prints ``0.0000001``.
 
 Everything here is pure: no I/O, no clock.
 """
@@ -45,6 +52,25 @@ class OutboxRow(NamedTuple):
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
+
+
+class StoredRow(NamedTuple):
+    """An outbox row as the relay and replay read it (see ``relay.queries.RECORD_COLUMNS``)."""
+
+    id: str
+    aggregatetype: str
+    aggregateid: str
+    type: str
+    payload: str | None  # jsonb's text output
+    created_ms: int  # created_at as epoch milliseconds
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    traceparent: str | None = None
+
+
+# (key, value, headers, timestamp_ms) as confluent-kafka's produce() takes them: str is
+# sent as UTF-8, so nothing is encoded in Python.
+RecordParts = tuple[str, str | None, list[tuple[str, str]], int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +110,35 @@ def encode_value(payload: Any) -> bytes | None:
     return _ENCODE(payload).encode()
 
 
+def compact_json(text: str) -> str:
+    """JSON text without whitespace between tokens; strings and numbers untouched.
+
+    For PostgreSQL's jsonb output (``", "`` and ``": "`` between tokens) this is the
+    compact form, ~2.5x cheaper than ``json.loads`` + ``json.dumps``. Text with no
+    backslash has no escaped quote, so every ``"`` opens or closes a string and the pieces
+    between them alternate outside/inside; otherwise each quote is checked for escaping.
+    """
+    if "\\" not in text:
+        parts = text.split('"')
+        for i in range(0, len(parts), 2):
+            if " " in parts[i] or not parts[i].isprintable():  # \t \n \r are not
+                parts[i] = "".join(parts[i].split())
+        return '"'.join(parts)
+    out = []
+    inside = False
+    for part in text.split('"'):
+        if inside:
+            out.append(part)
+            # The quote after this piece closes the string unless it is escaped, i.e.
+            # preceded by an odd number of backslashes.
+            if (len(part) - len(part.rstrip("\\"))) % 2 == 0:
+                inside = False
+        else:
+            out.append("".join(part.split()))
+            inside = True
+    return '"'.join(out)
+
+
 def timestamp_ms(created_at: datetime) -> int:
     """Epoch milliseconds of a UTC timestamp (naive values are taken as UTC)."""
     if created_at.tzinfo is not None:
@@ -103,6 +158,27 @@ def headers_for(row: OutboxRow) -> list[tuple[str, bytes]]:
     return headers
 
 
+def stored_record_parts(row: StoredRow) -> RecordParts:
+    """Key, value, headers and timestamp of a stored row: the relay's per-row work."""
+    headers = [("id", row[0]), ("eventType", row[3])]
+    if row[6] is not None:
+        headers.append(("correlationId", row[6]))
+    if row[7] is not None:
+        headers.append(("causationId", row[7]))
+    if row[8] is not None:
+        headers.append(("traceparent", row[8]))
+    payload = row[4]
+    return row[2], None if payload is None else compact_json(payload), headers, row[5]
+
+
+def stored_record(row: StoredRow, topic_template: str = DEFAULT_TOPIC_TEMPLATE) -> KafkaRecord:
+    """The Kafka record of a stored row (what the relay sends, as bytes)."""
+    key, value, headers, ts = stored_record_parts(row)
+    return KafkaRecord(topic=topic_for(row.aggregatetype, topic_template), key=key.encode(),
+                       value=None if value is None else value.encode(),
+                       headers=[(k, v.encode()) for k, v in headers], timestamp_ms=ts)
+
+
 def to_record(row: OutboxRow, topic_template: str = DEFAULT_TOPIC_TEMPLATE) -> KafkaRecord:
     """The Kafka record for ``row``, exactly as pinned in DESIGN.md."""
     return KafkaRecord(
@@ -114,5 +190,6 @@ def to_record(row: OutboxRow, topic_template: str = DEFAULT_TOPIC_TEMPLATE) -> K
     )
 
 
-__all__ = ["DEFAULT_TOPIC_TEMPLATE", "KafkaRecord", "OutboxRow", "encode_value", "headers_for",
-           "invalid_topic_reason", "timestamp_ms", "to_record", "topic_for"]
+__all__ = ["DEFAULT_TOPIC_TEMPLATE", "KafkaRecord", "OutboxRow", "RecordParts", "StoredRow",
+           "compact_json", "encode_value", "headers_for", "invalid_topic_reason",
+           "stored_record", "stored_record_parts", "timestamp_ms", "to_record", "topic_for"]

@@ -24,14 +24,13 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, cast
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from outbox.backoff import compute_backoff
-from outbox.record import OutboxRow, invalid_topic_reason, to_record
+from outbox.record import StoredRow, invalid_topic_reason, stored_record_parts, topic_for
 from outbox.settings import Settings
 from relay.marker import Marker
 from relay.metrics import Health, RelayMetrics
@@ -48,8 +47,10 @@ EXIT_CONFIG = 3  # configuration rejected at start
 EXIT_SHUTDOWN_INCOMPLETE = 4  # stopped with deliveries still unconfirmed (will be re-sent)
 EXIT_INTERRUPTED = 130  # second signal: stopped at once
 
-# OutboxRow's 9 columns (id as text), then seq, shard, attempts: see queries.ROW_COLUMNS
-Row = tuple[str, str, str, str, Any, datetime, str | None, str | None, str | None, int, int, int]
+# StoredRow's 9 columns (payload as jsonb text, created_at as epoch ms), then seq, shard,
+# attempts: see queries.ROW_COLUMNS
+Row = tuple[str, str, str, str, str | None, int, str | None, str | None, str | None, int, int,
+            int]
 AggregateKey = tuple[str, str]
 Headers = list[tuple[str, str | bytes | None]]
 AckHook = Callable[[str, float], None]
@@ -124,6 +125,8 @@ class Relay:
         self.kafka_retry_at = 0.0
         self.rotation = 0
         self.template = settings.topic_template
+        # aggregatetype -> (topic, why Kafka would refuse that name or None)
+        self.topics: dict[str, tuple[str, str | None]] = {}
         self.first_claim_at: float | None = None
         self.last_ack_at: float | None = None
         self.published_total = 0
@@ -359,49 +362,51 @@ class Relay:
                         extra={"action": "rows_held_back", "rows": len(held)})
         return keep
 
+    def _topic(self, aggregatetype: str) -> tuple[str, str | None]:
+        topic = topic_for(aggregatetype, self.template)
+        found = self.topics[aggregatetype] = (topic, invalid_topic_reason(topic))
+        return found
+
     def _produce(self, batch: Batch) -> None:
+        """Hand every row of the batch to librdkafka: the relay's per-row hot path."""
         assert self.producer is not None
-        producer = self.producer
+        produce = self.producer.produce
         stopped: set[AggregateKey] = set()
+        topics = self.topics
         delivered = self._delivered
-        template = self.template
-        topic_problems: dict[str, str | None] = {}
         for index, row in enumerate(batch.rows):
-            key = (row[1], row[2])
-            if key in stopped:
+            if stopped and (row[1], row[2]) in stopped:
                 continue  # an earlier row of this aggregate already failed in this batch
-            record = to_record(OutboxRow(*row[:9]), template)
-            reason = topic_problems.get(record.topic, "?")
-            if reason == "?":
-                reason = topic_problems[record.topic] = invalid_topic_reason(record.topic)
+            topic, reason = topics.get(row[1]) or self._topic(row[1])
             if reason is not None:
                 batch.errors[index] = (True, reason)
-                stopped.add(key)
+                stopped.add((row[1], row[2]))
                 continue
-            callback = functools.partial(delivered, batch, index)
-            isolate = row[9] in self.suspects
+            key, value, headers, timestamp = stored_record_parts(cast(StoredRow, row))
+            isolate = bool(self.suspects) and row[9] in self.suspects
             if isolate:
-                producer.flush(self.options.shutdown_timeout)  # nothing queued before it
+                self.producer.flush(self.options.shutdown_timeout)  # nothing queued before it
                 batch.isolated.add(index)
             while True:
                 try:
-                    producer.produce(record.topic, record.value, record.key,
-                                     headers=cast(Headers, record.headers),
-                                     timestamp=record.timestamp_ms,
-                                     on_delivery=callback)
+                    # A callback per row: a failed delivery report carries no headers,
+                    # so the row index is the only way back to the row.
+                    produce(topic, value, key, headers=cast(Headers, headers),
+                            timestamp=timestamp,
+                            on_delivery=functools.partial(delivered, batch, index))
                     batch.outstanding += 1
                     break
                 except BufferError:
-                    producer.poll(0.05)  # local queue full: let deliveries drain it
+                    self.producer.poll(0.05)  # local queue full: let deliveries drain it
                 except KafkaException as exc:
                     err: KafkaError = exc.args[0]
                     batch.errors[index] = (is_permanent(err), f"produce: {err.str()}")
-                    stopped.add(key)
+                    stopped.add((row[1], row[2]))
                     break
             if isolate:
-                producer.flush(self.options.shutdown_timeout)  # alone in its request
+                self.producer.flush(self.options.shutdown_timeout)  # alone in its request
                 if index in batch.errors:
-                    stopped.add(key)  # its outcome is known: later rows must not overtake it
+                    stopped.add((row[1], row[2]))  # known outcome: later rows must wait
 
     def _delivered(self, batch: Batch, index: int, err: KafkaError | None,
                    msg: Message) -> None:

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
 from outbox.settings import Settings, check_identifier
 
-# The columns of outbox.record.OutboxRow, in its order, then the relay's bookkeeping. The id
-# comes as text: the record needs its text anyway, and a UUID object per row costs CPU.
-ROW_COLUMNS = ("id::text as id, aggregatetype, aggregateid, type, payload, created_at, "
-               "correlation_id, causation_id, traceparent, seq, shard, attempts")
+# The columns of outbox.record.StoredRow, in its order, then the relay's bookkeeping (seq,
+# shard, attempts), over a row ``o``. Nothing is parsed in Python: the id and the payload
+# come as text (the record needs text; a UUID object or json.loads per row costs CPU) and
+# created_at as the record's epoch milliseconds (numeric in PostgreSQL: exact).
+RECORD_COLUMNS = ("o.id::text, o.aggregatetype, o.aggregateid, o.type, o.payload::text, "
+                  "floor(extract(epoch from o.created_at) * 1000)::int8, "
+                  "o.correlation_id, o.causation_id, o.traceparent")
+ROW_COLUMNS = RECORD_COLUMNS + ", o.seq, o.shard, o.attempts"
+# What the inner scans read for ROW_COLUMNS.
+_RAW = ("id, aggregatetype, aggregateid, type, payload, created_at, correlation_id, "
+        "causation_id, traceparent, seq, shard, attempts")
 NOW_UTC = "(now() at time zone 'utc')"
 APPLICATION_PREFIX = "outbox-relay"
 
@@ -58,9 +65,9 @@ class Queries:
         order, since an aggregate always lives in one shard.
         """
         return (
-            f"select {', '.join('o.' + c.strip() for c in ROW_COLUMNS.split(','))} "
+            f"select {ROW_COLUMNS} "
             "from unnest(%(shards)s::smallint[]) with ordinality as s(shard, n) "
-            f"cross join lateral (select {ROW_COLUMNS} from {self.qualified} "
+            f"cross join lateral (select {_RAW} from {self.qualified} "
             "  where shard = s.shard and published_at is null and failed_at is null "
             "  order by seq limit %(limit)s) as o "
             "limit %(limit)s")
@@ -76,10 +83,10 @@ class Queries:
         from walking the ``seq`` index instead, through every published row.
         """
         return (
-            f"select {ROW_COLUMNS} from (select {ROW_COLUMNS} from {self.qualified} "
+            f"select {ROW_COLUMNS} from (select {_RAW} from {self.qualified} "
             "  where shard = any(%(shards)s::smallint[]) and published_at is null "
             "  and failed_at is null offset 0) as o "
-            "order by seq limit %(limit)s")
+            "order by o.seq limit %(limit)s")
 
     @property
     def mark_published(self) -> str:

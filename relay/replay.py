@@ -25,13 +25,13 @@ from confluent_kafka import KafkaError, Message, Producer
 from psycopg import sql
 
 from outbox.cli_options import settings_options
-from outbox.record import OutboxRow, invalid_topic_reason, to_record
+from outbox.record import StoredRow, invalid_topic_reason, stored_record
 from outbox.settings import Settings, redact_url
+from relay.queries import RECORD_COLUMNS
 
 SELECT_ROWS = """
-select id, aggregatetype, aggregateid, type, payload, created_at,
-       correlation_id, causation_id, traceparent
-  from {table}
+select """ + RECORD_COLUMNS + """
+  from {table} as o
  where ({published_only} = false or published_at is not null)
    and (%(ids)s::uuid[] is null or id = any(%(ids)s))
    and (%(aggregate_type)s::text is null or aggregatetype = %(aggregate_type)s)
@@ -104,14 +104,14 @@ def count_rows(settings: Settings, flt: ReplayFilter) -> int:
     return int(row[0]) if row else 0
 
 
-def iter_rows(settings: Settings, flt: ReplayFilter, batch: int = 1000) -> Iterator[OutboxRow]:
+def iter_rows(settings: Settings, flt: ReplayFilter, batch: int = 1000) -> Iterator[StoredRow]:
     """The selected rows in ``seq`` order, streamed with a server-side cursor."""
     with psycopg.connect(settings.libpq_url()) as conn, conn.transaction(), \
             conn.cursor(name="outbox_replay") as cur:
         cur.itersize = batch
         cur.execute(_query(settings, flt, count=False), flt.params())
         for row in cur:
-            yield OutboxRow(*row)
+            yield StoredRow(*row)
 
 
 def replay(settings: Settings, flt: ReplayFilter, on_progress: Any = None,
@@ -138,7 +138,7 @@ def replay(settings: Settings, flt: ReplayFilter, on_progress: Any = None,
             on_progress(1)
 
     for row in iter_rows(settings, flt):
-        record = to_record(row, settings.topic_template)
+        record = stored_record(row, settings.topic_template)
         result.selected += 1
         reason = invalid_topic_reason(record.topic)
         if reason is not None:
@@ -211,9 +211,10 @@ def replay_command(settings: Settings, event_ids: tuple[uuid.UUID, ...],
             if n == 50:
                 click.echo(f"... and {total - 50} more")
                 break
-            record = to_record(row, settings.topic_template)
+            record = stored_record(row, settings.topic_template)
+            created = dt.datetime.fromtimestamp(row.created_ms / 1000, dt.UTC)
             click.echo(f"{row.id}  {record.topic:<24} key={row.aggregateid:<24} {row.type}  "
-                       f"{row.created_at.isoformat(timespec='seconds')}")
+                       f"{created.replace(tzinfo=None).isoformat(timespec='seconds')}")
         return
     if total == 0:
         click.echo("nothing to replay: no outbox row matches")

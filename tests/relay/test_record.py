@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from psycopg.types.json import Jsonb
 
 from outbox.record import (
     OutboxRow,
+    StoredRow,
+    compact_json,
     encode_value,
     invalid_topic_reason,
+    stored_record,
     timestamp_ms,
     to_record,
     topic_for,
@@ -81,3 +88,44 @@ def test_jsonb_key_order_survives_the_round_trip(pg_url: str) -> None:
     assert loaded is not None and text is not None
     assert encode_value(loaded[0]) == b'{"a":[1,2],"bb":1,"ccc":{"x":2,"y":1}}'
     assert encode_value(loaded[0]) == text[0].replace(", ", ",").replace(": ", ":").encode()
+
+
+# JSON values whose numbers print the same from Python and from jsonb (no floats: jsonb
+# prints 1e-07 as 0.0000001; see outbox.record). Strings carry the characters that matter
+# to compact_json: quotes, backslashes, the separators with spaces, whitespace, non-ASCII.
+_text = st.text(alphabet=st.sampled_from(list('ab "\\,:{}[] \t\n\r/é€\x01\u2028')), max_size=12)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2 ** 70), 2 ** 70) | _text,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_text, inner, max_size=4),
+    max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json)
+def test_compact_json_equals_a_json_round_trip(value: object) -> None:
+    for spaced in (json.dumps(value, ensure_ascii=False),
+                   json.dumps(value, ensure_ascii=False, indent=2)):
+        assert compact_json(spaced) == json.dumps(value, ensure_ascii=False,
+                                                  separators=(",", ":"))
+
+
+def test_compact_json_of_jsonb_text_matches_the_python_record(pg_url: str) -> None:
+    """What the relay sends (jsonb text, compacted) equals to_record's value, for payloads
+    full of escapes, and for the stored row as a whole."""
+    payloads = [
+        {"orderId": "order-42", "total": 12.5, "lines": [{"sku": "a: b, c", "qty": 2}]},
+        {"quote\"key": "back\\slash\\", "esc": "\\\"", "ctl": "\x01\t\n", "ü": "€ \u2028"},
+        {"z": 1, "a": {"y": [1, 2, None, True, False], "x": {}}, "big": 2 ** 70, "e": []},
+        "a bare string", 7, None,
+    ]
+    created = datetime(2026, 1, 2, 3, 4, 5, 678901)
+    with psycopg.connect(pg_url) as conn:
+        for payload in payloads:
+            stored_text, created_ms = conn.execute(
+                "select (%s::jsonb)::text, floor(extract(epoch from %s::timestamp) * 1000)::int8",
+                (None if payload is None else Jsonb(payload), created)).fetchone() or (None, 0)
+            loaded = None if stored_text is None else json.loads(stored_text)
+            expected = to_record(row(payload=loaded, correlation_id="c-1"))
+            stored = StoredRow(str(EVENT_ID), "order", "order-42", "OrderCreated", stored_text,
+                               created_ms, "c-1")
+            assert stored_record(stored) == expected
