@@ -119,7 +119,9 @@ class Relay:
         # the topic's max.message.bytes), so the error may belong to a neighbour. Such a row
         # is retried alone before any attempt is counted against it.
         self.suspects: set[int] = set()
-        self.marker = Marker(settings, self.queries, self.options.instance_id)
+        # One marking connection per shard group: the groups' updates never share a row.
+        self.marker = Marker(settings, self.queries, self.options.instance_id,
+                             workers=depth)
         self.stopping = threading.Event()
         self.kafka_failures = 0
         self.kafka_retry_at = 0.0

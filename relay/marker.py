@@ -18,16 +18,23 @@ from relay.queries import Queries
 
 
 class Marker:
-    """A single worker thread with its own autocommit connection."""
+    """``workers`` threads, each with its own autocommit connection.
+
+    Batches of different shard groups never share a row, so their updates can run side
+    by side (one PostgreSQL backend each); one batch is always one statement.
+    """
 
     def __init__(self, settings: Settings, queries: Queries, instance_id: str,
-                 on_done: threading.Event | None = None) -> None:
+                 on_done: threading.Event | None = None, workers: int = 1) -> None:
         self.settings = settings
         self.queries = queries
         self.application_name = f"outbox-relay-mark:{instance_id}"
         self.on_done = on_done
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-mark")
-        self._conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
+                                        thread_name_prefix="relay-mark")
+        self._local = threading.local()
+        self._conns: list[psycopg.Connection[tuple[object, ...]]] = []
+        self._lock = threading.Lock()
 
     def submit(self, seqs: list[int]) -> Future[int]:
         """Mark ``seqs`` published; the future holds the row count or the database error."""
@@ -38,24 +45,29 @@ class Marker:
         return future
 
     def _mark(self, seqs: list[int]) -> int:
+        conn: psycopg.Connection[tuple[object, ...]] | None = getattr(self._local, "conn", None)
         try:
-            if self._conn is None:
-                self._conn = psycopg.connect(
+            if conn is None:
+                conn = psycopg.connect(
                     self.settings.libpq_url(), autocommit=True,
                     application_name=self.application_name, connect_timeout=5)
-            return self._conn.execute(self.queries.mark_published, {"seqs": seqs}).rowcount
+                self._local.conn = conn
+                with self._lock:
+                    self._conns.append(conn)
+            return conn.execute(self.queries.mark_published, {"seqs": seqs}).rowcount
         except psycopg.OperationalError:
             # Reconnect on the next batch; this one stays unmarked and is sent again.
-            if self._conn is not None:
+            if conn is not None:
                 with contextlib.suppress(psycopg.Error):
-                    self._conn.close()
-            self._conn = None
+                    conn.close()
+            self._local.conn = None
             raise
 
     def close(self) -> None:
-        """Wait for submitted updates, then close the connection."""
+        """Wait for submitted updates, then close the connections."""
         self._pool.shutdown(wait=True)
-        if self._conn is not None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
             with contextlib.suppress(psycopg.Error):
-                self._conn.close()
-            self._conn = None
+                conn.close()
