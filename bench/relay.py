@@ -6,7 +6,9 @@
 1. Throughput: N events (~300-byte payloads, 1,000 aggregates) are committed first; the
    relay then publishes them (events/s from first claim to last ack). In the same run the
    raw confluent-kafka producer, with the same configuration, sends the same records from
-   memory: the ceiling. Reported: both rates and their ratio (target >= 0.5).
+   memory: the ceiling. Reported: both rates and their ratio (target >= 0.5). Then the
+   relay's database work alone (claim + mark the same rows, no Kafka): the rate no relay
+   can beat on this machine, and its ratio to raw.
 2. Latency: a separate writer process commits one event per transaction with ``publish()``
    at a steady rate (default 1,000/s); for each event, the time from its commit returning
    to the relay's delivery report (ack) is measured. Reported: p50/p99/max (target p99 <= 25 ms).
@@ -189,6 +191,31 @@ def bench_raw(db_url: str, bootstrap: str, topic_prefix: str) -> dict[str, float
     if left or errors[0]:
         raise RuntimeError(f"raw producer: {left} undelivered, {errors[0]} errors")
     return {"events": len(records), "seconds": elapsed, "rate": len(records) / elapsed}
+
+
+def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
+    """The relay's database work alone on the same rows: claim, then mark, no Kafka.
+
+    The rows the relay just published are made pending again (and the table vacuumed), then
+    claimed with the relay's own LATERAL claim over all 256 shards and marked with its own
+    UPDATE, one batch after the other on one connection. No relay can beat this rate on the
+    same machine, whatever Kafka does: it bounds the achievable relay/raw ratio.
+    """
+    queries = Queries.for_settings(load_settings(database_url=db_url))
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(f"update {queries.qualified} set published_at = null")
+        conn.execute(f"vacuum analyze {queries.qualified}")
+        shards = list(range(256))
+        total = 0
+        started = time.perf_counter()
+        while True:
+            rows = conn.execute(queries.claim, {"shards": shards, "limit": batch}).fetchall()
+            if not rows:
+                break
+            conn.execute(queries.mark_published, {"seqs": [r[9] for r in rows]})
+            total += len(rows)
+        elapsed = time.perf_counter() - started
+    return {"events": total, "seconds": elapsed, "rate": total / elapsed}
 
 
 def bench_relay_processes(db_url: str, bootstrap: str, prefix: str, events: int,
@@ -382,6 +409,10 @@ def main(argv: list[str] | None = None) -> int:
             report["raw"] = bench_raw(db_url, bootstrap, raw_prefix)
             print(f"raw:   {report['raw']['rate']:.0f} events/s", file=sys.stderr)
             report["ratio"] = report["relay"]["rate"] / report["raw"]["rate"]
+            report["db_floor"] = bench_db_floor(db_url, args.batch_size)
+            report["ratio_db_floor"] = report["db_floor"]["rate"] / report["raw"]["rate"]
+            print(f"database work alone (claim + mark, no Kafka): "
+                  f"{report['db_floor']['rate']:.0f} events/s", file=sys.stderr)
         finally:
             if not args.keep_db:
                 drop_database(url, db_url)
