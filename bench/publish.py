@@ -113,13 +113,16 @@ def main() -> int:
     parser.add_argument("--per-round", type=int, default=250)
     parser.add_argument("--pipeline", action="store_true",
                         help="psycopg 3 connection in pipeline mode instead of a Session")
+    parser.add_argument("--schema-revision", default="head",
+                        help="migrate the outbox to this revision (0001: before the index "
+                             "changes of 0002)")
     args = parser.parse_args()
     load_stack_env()
     admin = os.environ["OUTBOX_DATABASE_URL"]
     url = fresh_database(admin)
     try:
         settings = Settings(database_url=url)
-        migrate.upgrade(settings)
+        migrate.upgrade(settings, args.schema_revision)
         engine = create_engine(settings.sqlalchemy_url(), pool_size=1)
         with engine.begin() as conn:
             conn.execute(text("create table orders (id uuid primary key, customer_id text, "
@@ -148,7 +151,8 @@ def main() -> int:
     finally:
         drop_database(admin, url)
     b, o, a = (statistics.median(timings[v]) for v in variants)
-    print(f"mode: {'psycopg pipeline' if args.pipeline else 'SQLAlchemy Session'}")
+    print(f"mode: {'psycopg pipeline' if args.pipeline else 'SQLAlchemy Session'}, "
+          f"outbox schema revision {args.schema_revision}")
     print(f"transactions per variant: {len(timings['base'])}")
     print(f"business transaction alone:             median {b * 1000:.3f} ms")
     print(f"business transaction + publish():       median {o * 1000:.3f} ms")
