@@ -57,7 +57,8 @@ from services.launcher import load_stack_env  # noqa: E402
 
 # Set from the command line: extra producer properties and the relay's pipeline depth.
 EXTRA_KAFKA: dict[str, str] = {}
-TUNING = {"pipeline_depth": RelayOptions.pipeline_depth}
+TUNING: dict[str, Any] = {"pipeline_depth": RelayOptions.pipeline_depth,
+                          "retention_seconds": None}
 
 
 def with_db(url: str, name: str) -> str:
@@ -122,6 +123,16 @@ def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         time.sleep(0.2)
 
 
+def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    """Remove a run's topics: hundreds of leftover partitions slow the dev broker down."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.delete_topics(topics, operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception as exc:  # clean-up only: say so and go on
+            print(f"could not delete a bench topic: {exc}", file=sys.stderr)
+
+
 def run_relay_until(relay: Relay, done: Callable[[], bool], timeout: float) -> int:
     """Run the relay in this thread (so a profiler sees it) until ``done()``."""
     def watch() -> None:
@@ -141,7 +152,8 @@ def bench_relay(db_url: str, bootstrap: str, prefix: str, events: int, batch: in
                              kafka_config=EXTRA_KAFKA)
     relay = Relay(settings, RelayOptions(batch_size=batch, listen=False, poll_interval=0.2,
                                          stats_interval=3600,
-                                         pipeline_depth=TUNING["pipeline_depth"]))
+                                         pipeline_depth=TUNING["pipeline_depth"],
+                                         retention_seconds=TUNING["retention_seconds"]))
     profiler: Any = None
     if profile is not None:
         from pyinstrument import Profiler
@@ -196,14 +208,18 @@ def bench_raw(db_url: str, bootstrap: str, topic_prefix: str) -> dict[str, float
 def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
     """The relay's database work alone on the same rows: claim, then mark, no Kafka.
 
-    The rows the relay just published are made pending again (and the table vacuumed), then
-    claimed with the relay's own LATERAL claim over all 256 shards and marked with its own
-    UPDATE, one batch after the other on one connection. No relay can beat this rate on the
+    The rows the relay just published are made pending again (with ``--retention 0``: the
+    same backlog is written again) and the table vacuumed, then claimed with the relay's
+    own LATERAL claim over all 256 shards and marked (or deleted) with its own statement,
+    one batch after the other on one connection. No relay can beat this rate on the
     same machine, whatever Kafka does: it bounds the achievable relay/raw ratio.
     """
     queries = Queries.for_settings(load_settings(database_url=db_url))
+    delete = TUNING["retention_seconds"] == 0
+    mark = queries.delete_published if delete else queries.mark_published
     with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"update {queries.qualified} set published_at = null")
+        if not delete:
+            conn.execute(f"update {queries.qualified} set published_at = null")
         conn.execute(f"vacuum analyze {queries.qualified}")
         shards = list(range(256))
         total = 0
@@ -212,7 +228,7 @@ def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
             rows = conn.execute(queries.claim, {"shards": shards, "limit": batch}).fetchall()
             if not rows:
                 break
-            conn.execute(queries.mark_published, {"seqs": [r[9] for r in rows]})
+            conn.execute(mark, {"seqs": [r[9] for r in rows]})
             total += len(rows)
         elapsed = time.perf_counter() - started
     return {"events": total, "seconds": elapsed, "rate": total / elapsed}
@@ -374,10 +390,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="cdc: relay and Debezium side by side (runs bench/cdc.py)")
     parser.add_argument("--cdc", action="store_const", const="cdc", dest="mode",
                         help="same as --mode cdc")
+    parser.add_argument("--retention", type=float, default=None, metavar="SECONDS",
+                        help="the relay's retention; 0 deletes rows on delivery instead of "
+                             "marking them (default: keep rows)")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args(argv)
     EXTRA_KAFKA.update(kv.split("=", 1) for kv in args.kafka_config)
     TUNING["pipeline_depth"] = args.pipeline_depth
+    TUNING["retention_seconds"] = args.retention
     if args.mode == "cdc":
         # Same workload through the relay and through Debezium in one run: bench/cdc.py.
         from bench import cdc
@@ -388,6 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     url = os.environ["OUTBOX_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
     report: dict[str, Any] = {"events": args.events, "pipeline_depth": TUNING["pipeline_depth"],
+                              "retention": args.retention,
                               "kafka_config": EXTRA_KAFKA, "writer": args.writer,
                               "aggregates": args.aggregates,
                               "payload_bytes": args.payload_bytes,
@@ -403,17 +424,21 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.payload_bytes)
             print(f"backlog of {args.events} written in {report['write_seconds']:.1f}s",
                   file=sys.stderr)
+            # Raw first: it reads the rows, and with --retention 0 the relay deletes them.
+            report["raw"] = bench_raw(db_url, bootstrap, raw_prefix)
+            print(f"raw:   {report['raw']['rate']:.0f} events/s", file=sys.stderr)
             report["relay"] = bench_relay(db_url, bootstrap, relay_prefix, args.events,
                                           args.batch_size, args.profile)
             print(f"relay: {report['relay']['rate']:.0f} events/s", file=sys.stderr)
-            report["raw"] = bench_raw(db_url, bootstrap, raw_prefix)
-            print(f"raw:   {report['raw']['rate']:.0f} events/s", file=sys.stderr)
             report["ratio"] = report["relay"]["rate"] / report["raw"]["rate"]
+            if args.retention == 0:  # the relay deleted the rows: the same backlog again
+                write_backlog(db_url, args.events, args.aggregates, args.payload_bytes)
             report["db_floor"] = bench_db_floor(db_url, args.batch_size)
             report["ratio_db_floor"] = report["db_floor"]["rate"] / report["raw"]["rate"]
             print(f"database work alone (claim + mark, no Kafka): "
                   f"{report['db_floor']['rate']:.0f} events/s", file=sys.stderr)
         finally:
+            delete_topics(bootstrap, [f"{relay_prefix}-bench", f"{raw_prefix}-bench"])
             if not args.keep_db:
                 drop_database(url, db_url)
         if args.instances > 0:
@@ -441,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
                                               args.payload_bytes, args.batch_size,
                                               args.writer)
         finally:
+            delete_topics(bootstrap, [f"{prefix}-bench"])
             if not args.keep_db:
                 drop_database(url, db_url)
     print(json.dumps(report, indent=2))

@@ -92,7 +92,8 @@ def relay() -> None:
               help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--retention", default=None,
-              help="also purge rows published longer ago than this (e.g. 7d)")
+              help="also purge rows published longer ago than this (e.g. 7d); 0 deletes "
+                   "each row as soon as Kafka acknowledged it (fastest; nothing to replay)")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--log-level", default="info", show_default=True)

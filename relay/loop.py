@@ -68,6 +68,8 @@ class RelayOptions:
     rebalance_interval: float = 2.0
     stats_interval: float = 5.0
     shutdown_timeout: float = 30.0
+    # None: keep published rows (purge them with `outbox purge`); 0: delete each row as soon
+    # as Kafka acknowledged it (fastest, nothing left to replay); > 0: purge in the daemon.
     retention_seconds: float | None = None
     purge_interval: float = 60.0
     purge_batch: int = 1000
@@ -121,7 +123,7 @@ class Relay:
         self.suspects: set[int] = set()
         # One marking connection per shard group: the groups' updates never share a row.
         self.marker = Marker(settings, self.queries, self.options.instance_id,
-                             workers=depth)
+                             workers=depth, delete=self.options.retention_seconds == 0)
         self.stopping = threading.Event()
         self.kafka_failures = 0
         self.kafka_retry_at = 0.0
@@ -148,7 +150,7 @@ class Relay:
             "listen": opts.listen, "poll_interval": opts.poll_interval})
         if opts.listen:
             threading.Thread(target=self._listen, name="relay-listen", daemon=True).start()
-        if opts.retention_seconds is not None:
+        if opts.retention_seconds:  # 0 deletes rows on delivery: nothing to purge
             threading.Thread(target=self._purge_loop, name="relay-purge", daemon=True).start()
         db_failures = 0
         while not self.stopping.is_set():

@@ -25,9 +25,12 @@ class Marker:
     """
 
     def __init__(self, settings: Settings, queries: Queries, instance_id: str,
-                 on_done: threading.Event | None = None, workers: int = 1) -> None:
+                 on_done: threading.Event | None = None, workers: int = 1,
+                 delete: bool = False) -> None:
         self.settings = settings
         self.queries = queries
+        # retention 0: delivered rows are deleted rather than marked
+        self.statement = queries.delete_published if delete else queries.mark_published
         self.application_name = f"outbox-relay-mark:{instance_id}"
         self.on_done = on_done
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
@@ -37,7 +40,8 @@ class Marker:
         self._lock = threading.Lock()
 
     def submit(self, seqs: list[int]) -> Future[int]:
-        """Mark ``seqs`` published; the future holds the row count or the database error."""
+        """Mark ``seqs`` published (or delete them); the future holds the row count or the
+        database error."""
         future = self._pool.submit(self._mark, seqs)
         if self.on_done is not None:
             event = self.on_done
@@ -54,7 +58,7 @@ class Marker:
                 self._local.conn = conn
                 with self._lock:
                     self._conns.append(conn)
-            return conn.execute(self.queries.mark_published, {"seqs": seqs}).rowcount
+            return conn.execute(self.statement, {"seqs": seqs}).rowcount
         except psycopg.OperationalError:
             # Reconnect on the next batch; this one stays unmarked and is sent again.
             if conn is not None:

@@ -100,11 +100,12 @@ def pending(url: str) -> int:
     return int(row[0]) if row else -1
 
 
-def expected_order(url: str) -> dict[str, list[str]]:
+def expected_order(url: str, table: str = "outbox") -> dict[str, list[str]]:
     """aggregateid -> event ids in seq order (the order Kafka must show)."""
     out: dict[str, list[str]] = {}
     with psycopg.connect(url) as conn:
-        for agg, event_id in conn.execute("select aggregateid, id from outbox order by seq"):
+        for agg, event_id in conn.execute(
+                f"select aggregateid, id from {table} order by seq"):  # a test's own table
             out.setdefault(agg, []).append(str(event_id))
     return out
 

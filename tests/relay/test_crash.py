@@ -97,6 +97,53 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_keeps_order(
     print(f"kill -9 x6: {total} events, {duplicates} duplicates (re-sent unmarked rows)")
 
 
+# A copy of every outbox row as it is inserted: with --retention 0 the relay deletes rows
+# once Kafka has them, so the order Kafka must show is read from here.
+COPY_ROWS = """
+create table outbox_copy (seq bigint, id uuid, aggregateid text);
+create function copy_outbox_row() returns trigger language plpgsql as $$
+begin insert into outbox_copy values (new.seq, new.id, new.aggregateid); return null; end $$;
+create trigger copy_outbox_row after insert on outbox for each row
+  execute function copy_outbox_row();
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_with_retention_0_deletes_rows_and_loses_nothing(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    """Delete-on-delivery mode: a row is deleted only after Kafka acknowledged it."""
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=4)
+    with psycopg.connect(outbox_url) as conn:
+        conn.execute(COPY_ROWS)
+    insert_events(outbox_url, make_events(10000, aggregates=60))
+    writer = Writer(outbox_url, transactions=40)
+    writer.start()
+    rng = random.Random(7)
+    log = tmp_path / "relay.log"
+    for n in range(3):
+        proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "200",
+                           "--retention", "0", log=log)
+        wait_started(log, n + 1)
+        time.sleep(rng.uniform(0.3, 1.0))
+        kill_hard(proc)
+    writer.join(120)
+    assert writer.error is None
+    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--retention", "0", log=log)
+    wait_started(log, 4)
+    try:
+        wait_drained(outbox_url)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-3000:]
+    total = 10000 + writer.written
+    records = consume_topic(kafka_bootstrap, topic, total)
+    duplicates = check_kafka_order(records, expected_order(outbox_url, "outbox_copy"))
+    assert len(records) == total + duplicates
+    with psycopg.connect(outbox_url) as conn:
+        left = conn.execute("select count(*) from outbox").fetchone()
+    assert left is not None and left[0] == 0, "delivered rows were not deleted"
+
+
 @pytest.mark.slow
 def test_three_instances_with_random_kills(
         outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:

@@ -205,7 +205,7 @@ def test_retention_inside_the_daemon_purges_published_rows(
         outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any) -> None:
     insert_events(outbox_url, make_events(50, aggregates=5))
     handle = start_relay(relay_settings(outbox_url, kafka_bootstrap, prefix),
-                         retention_seconds=0.0, purge_interval=0.2, purge_batch=7)
+                         retention_seconds=0.5, purge_interval=0.2, purge_batch=7)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with psycopg.connect(outbox_url) as conn:
