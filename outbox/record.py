@@ -117,12 +117,12 @@ def compact_json(text: str) -> str:
     compact form, ~2.5x cheaper than ``json.loads`` + ``json.dumps``. Text with no
     backslash has no escaped quote, so every ``"`` opens or closes a string and the pieces
     between them alternate outside/inside; otherwise each quote is checked for escaping.
+    Pieces outside strings hold only punctuation, numbers, literals and whitespace.
     """
-    if "\\" not in text:
+    if "\\" not in text and text.isprintable():
+        # No escapes and no whitespace but spaces: what jsonb prints for most payloads.
         parts = text.split('"')
-        for i in range(0, len(parts), 2):
-            if " " in parts[i] or not parts[i].isprintable():  # \t \n \r are not
-                parts[i] = "".join(parts[i].split())
+        parts[::2] = [part.replace(" ", "") for part in parts[::2]]
         return '"'.join(parts)
     out = []
     inside = False
