@@ -21,6 +21,7 @@ from outbox.errors import ConfigurationError
 from outbox.settings import Settings, redact_url
 from relay.loop import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
 from relay.queries import Queries
+from relay.retention import check_captured
 from relay.retention import purge as purge_rows
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
@@ -263,11 +264,18 @@ def status(settings: Settings, as_json: bool) -> None:
               help="delete rows published longer ago than this (e.g. 7d, 12h, 30m)")
 @click.option("--batch-size", default=1000, show_default=True,
               help="rows per delete (each its own short transaction)")
-def purge(settings: Settings, older_than: str, batch_size: int) -> None:
+@click.option("--cdc", is_flag=True,
+              help="Debezium delivers this outbox (it never marks rows): delete every row "
+                   "created before the cutoff. Refused without a logical replication slot "
+                   "in the database or while a relay of the table is connected")
+def purge(settings: Settings, older_than: str, batch_size: int, cdc: bool) -> None:
     """Delete published outbox rows older than the retention, in small batches."""
     seconds = parse_duration(older_than)
     try:
-        total = purge_rows(settings, seconds, batch_size=batch_size)
+        if cdc:
+            check_captured(settings)
+        total = purge_rows(settings, seconds, batch_size=batch_size, captured=cdc)
     except (ConfigurationError, psycopg.Error, ValueError) as exc:
         raise fail(exc) from None
-    click.echo(f"purged {total} published rows older than {older_than}")
+    kind = "captured" if cdc else "published"
+    click.echo(f"purged {total} {kind} rows older than {older_than}")

@@ -146,6 +146,12 @@ class Queries:
                 "where datname = current_database() and application_name like %(pattern)s")
 
     @property
+    def logical_slots(self) -> str:
+        """Logical replication slots of this database (Debezium's, with CDC)."""
+        return ("select count(*) from pg_replication_slots "
+                "where slot_type = 'logical' and database = current_database()")
+
+    @property
     def shard_owners(self) -> str:
         """Every held shard lock of this table's relays: (shard, pid, application_name)."""
         return ("select (l.objid::bigint & 255)::int, l.pid, "
@@ -199,10 +205,13 @@ class Queries:
         no lock anybody waits for.
         """
         cutoff = f"{NOW_UTC} - make_interval(secs => %(older_than)s)"
+        # %(captured)s: Debezium reads rows from the WAL and never marks them, so with CDC
+        # an old row counts as delivered once it is older than the cutoff.
         return (f"with walked as materialized (select seq, published_at, created_at "
                 f"  from {self.qualified} where seq > %(after)s order by seq limit %(limit)s), "
                 f"deleted as (delete from {self.qualified} o using walked w "
-                f"  where o.seq = w.seq and w.published_at < {cutoff} returning o.seq) "
+                f"  where o.seq = w.seq and (w.published_at < {cutoff} or (%(captured)s "
+                f"  and w.published_at is null and w.created_at < {cutoff})) returning o.seq) "
                 "select (select count(*) from deleted), (select max(seq) from walked), "
                 "(select count(*) from walked), "
                 f"(select count(*) from walked where created_at >= {cutoff})")

@@ -15,8 +15,13 @@ log = logging.getLogger("outbox.relay")
 
 
 def purge(settings: Settings, older_than_seconds: float, *, batch_size: int = 1000,
-          pause: float = 0.01, stop: threading.Event | None = None) -> int:
+          pause: float = 0.01, stop: threading.Event | None = None,
+          captured: bool = False) -> int:
     """Delete rows published more than ``older_than_seconds`` ago; returns how many.
+
+    ``captured`` (Debezium CDC delivers the table): rows created before the cutoff go too,
+    published or not, since Debezium read them from the WAL and never marks them. Check
+    with :func:`check_captured` first: with a relay, unpublished rows must stay.
 
     Walks the table in ``seq`` order, ``batch_size`` rows per short autocommit transaction,
     until it reaches rows created after the cutoff (see ``Queries.purge_batch``). Only
@@ -34,7 +39,7 @@ def purge(settings: Settings, older_than_seconds: float, *, batch_size: int = 10
         while stop is None or not stop.is_set():
             row = conn.execute(queries.purge_batch, {
                 "older_than": older_than_seconds, "limit": batch_size, "after": after,
-            }).fetchone()
+                "captured": captured}).fetchone()
             assert row is not None
             deleted, last_seq, walked, too_young = row
             total += int(deleted)
@@ -46,3 +51,28 @@ def purge(settings: Settings, older_than_seconds: float, *, batch_size: int = 10
         log.info("purged %d published rows older than %ss", total, older_than_seconds,
                  extra={"action": "purged", "rows": total})
     return total
+
+
+def check_captured(settings: Settings) -> None:
+    """Refuse a CDC purge (``captured=True``) that could delete undelivered events.
+
+    Deleting a row Debezium has not streamed yet loses nothing (the insert stays in the
+    WAL, which the slot retains), but deleting a row a *relay* has not published does.
+    So: a logical replication slot must exist in this database, and no relay of this table
+    may be connected.
+    """
+    queries = Queries.for_settings(settings)
+    with psycopg.connect(settings.libpq_url(), autocommit=True,
+                         application_name="outbox-purge") as conn:
+        slots = conn.execute(queries.logical_slots).fetchone()
+        relays = conn.execute(queries.live_relays, {
+            "pattern": queries.application_name + ":%"}).fetchone()
+    if not slots or not slots[0]:
+        raise ValueError(
+            "--cdc refused: this database has no logical replication slot, so no connector "
+            "captures the outbox; rows that are not published would be lost. Without "
+            "Debezium, purge without --cdc (published rows only)")
+    if relays and relays[0]:
+        raise ValueError(
+            f"--cdc refused: {relays[0]} relay(s) of {queries.qualified} are connected; rows "
+            "they have not published yet would be lost. Purge without --cdc, or stop them")

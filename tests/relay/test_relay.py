@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -199,6 +200,42 @@ def test_status_purge_and_cli(outbox_url: str, kafka_bootstrap: str, prefix: str
     assert left == [pending_old, *seqs[12:]]
     out = runner.invoke(purge, ["--database-url", outbox_url, "--older-than", "soon"])
     assert out.exit_code != 0 and "'soon' is not a duration" in out.output
+
+
+def test_cdc_purge_deletes_old_captured_rows_and_refuses_when_unsafe(outbox_url: str) -> None:
+    """With Debezium nothing marks rows: `outbox purge --cdc` deletes by age, but only when
+    a logical slot exists and no relay of the table is connected."""
+    from click.testing import CliRunner
+
+    from outbox.settings import Settings
+    from relay.cli import purge
+    from relay.queries import Queries
+
+    insert_events(outbox_url, make_events(10, aggregates=2))
+    with psycopg.connect(outbox_url, autocommit=True) as conn:
+        seqs = [r[0] for r in conn.execute("select seq from outbox order by seq")]
+        conn.execute("update outbox set created_at = created_at - interval '2 hours' "
+                     "where seq = any(%s)", (seqs[:6],))
+    runner = CliRunner()
+    args = ["--database-url", outbox_url, "--older-than", "1h", "--cdc"]
+    out = runner.invoke(purge, args)
+    assert out.exit_code != 0 and "no logical replication slot" in out.output, out.output
+    slot = f"purge_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(outbox_url, autocommit=True) as conn:
+        conn.execute("select pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+    try:
+        relay_name = Queries.for_settings(Settings(database_url=outbox_url)).application_name
+        with psycopg.connect(outbox_url, application_name=f"{relay_name}:test"):
+            out = runner.invoke(purge, args)
+        assert out.exit_code != 0 and "relay(s) of public.outbox are connected" in out.output
+        out = runner.invoke(purge, args)
+        assert out.exit_code == 0 and "purged 6 captured rows" in out.output, out.output
+    finally:
+        with psycopg.connect(outbox_url, autocommit=True) as conn:
+            conn.execute("select pg_drop_replication_slot(%s)", (slot,))
+    with psycopg.connect(outbox_url) as conn:
+        left = [r[0] for r in conn.execute("select seq from outbox order by seq")]
+    assert left == seqs[6:]
 
 
 def test_retention_inside_the_daemon_purges_published_rows(
