@@ -67,33 +67,46 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
     return proc.wait(timeout)
 
 
-@pytest.mark.slow
-def test_kill_9_mid_batch_repeatedly_loses_nothing_and_keeps_order(
-        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+def kill_9_repeatedly(outbox_url: str, kafka_bootstrap: str, prefix: str, log: Path, *,
+                      backlog: int, transactions: int, kills: int, seed: int,
+                      relay_args: tuple[str, ...] = (),
+                      order_table: str = "outbox") -> tuple[int, int]:
+    """A backlog plus a busy writer; relays killed with SIGKILL mid-batch ``kills`` times,
+    then one left to drain. Checks nothing is lost and per-aggregate order holds; returns
+    (events written, duplicates in Kafka)."""
     topic = f"{prefix}-order"
     create_topic(kafka_bootstrap, topic, partitions=4)
-    insert_events(outbox_url, make_events(20000, aggregates=60))  # a backlog to be mid-batch in
-    writer = Writer(outbox_url, transactions=80)
+    insert_events(outbox_url, make_events(backlog, aggregates=60))  # to be mid-batch in
+    writer = Writer(outbox_url, transactions=transactions)
     writer.start()
-    rng = random.Random(4)
-    log = tmp_path / "relay.log"
-    for n in range(6):
-        proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "200", log=log)
+    rng = random.Random(seed)
+    for n in range(kills):
+        proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "200",
+                           *relay_args, log=log)
         wait_started(log, n + 1)
         time.sleep(rng.uniform(0.3, 1.0))
         kill_hard(proc)
     writer.join(120)
     assert writer.error is None
-    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, log=log)
-    wait_started(log, 7)
+    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, *relay_args, log=log)
+    wait_started(log, kills + 1)
     try:
         wait_drained(outbox_url)
     finally:
         assert stop(proc) == 0, log.read_text()[-3000:]
-    total = 20000 + writer.written
+    total = backlog + writer.written
     records = consume_topic(kafka_bootstrap, topic, total)
-    duplicates = check_kafka_order(records, expected_order(outbox_url))
+    duplicates = check_kafka_order(records, expected_order(outbox_url, order_table))
     assert len(records) == total + duplicates
+    return total, duplicates
+
+
+@pytest.mark.slow
+def test_kill_9_mid_batch_repeatedly_loses_nothing_and_keeps_order(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    total, duplicates = kill_9_repeatedly(outbox_url, kafka_bootstrap, prefix,
+                                          tmp_path / "relay.log", backlog=20000,
+                                          transactions=80, kills=6, seed=4)
     print(f"kill -9 x6: {total} events, {duplicates} duplicates (re-sent unmarked rows)")
 
 
@@ -112,33 +125,11 @@ create trigger copy_outbox_row after insert on outbox for each row
 def test_kill_9_with_retention_0_deletes_rows_and_loses_nothing(
         outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
     """Delete-on-delivery mode: a row is deleted only after Kafka acknowledged it."""
-    topic = f"{prefix}-order"
-    create_topic(kafka_bootstrap, topic, partitions=4)
     with psycopg.connect(outbox_url) as conn:
         conn.execute(COPY_ROWS)
-    insert_events(outbox_url, make_events(10000, aggregates=60))
-    writer = Writer(outbox_url, transactions=40)
-    writer.start()
-    rng = random.Random(7)
-    log = tmp_path / "relay.log"
-    for n in range(3):
-        proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "200",
-                           "--retention", "0", log=log)
-        wait_started(log, n + 1)
-        time.sleep(rng.uniform(0.3, 1.0))
-        kill_hard(proc)
-    writer.join(120)
-    assert writer.error is None
-    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--retention", "0", log=log)
-    wait_started(log, 4)
-    try:
-        wait_drained(outbox_url)
-    finally:
-        assert stop(proc) == 0, log.read_text()[-3000:]
-    total = 10000 + writer.written
-    records = consume_topic(kafka_bootstrap, topic, total)
-    duplicates = check_kafka_order(records, expected_order(outbox_url, "outbox_copy"))
-    assert len(records) == total + duplicates
+    kill_9_repeatedly(outbox_url, kafka_bootstrap, prefix, tmp_path / "relay.log",
+                      backlog=10000, transactions=40, kills=3, seed=7,
+                      relay_args=("--retention", "0"), order_table="outbox_copy")
     with psycopg.connect(outbox_url) as conn:
         left = conn.execute("select count(*) from outbox").fetchone()
     assert left is not None and left[0] == 0, "delivered rows were not deleted"
