@@ -50,7 +50,7 @@ from outbox.publish import Event, publish  # noqa: E402
 from outbox.record import StoredRow, stored_record  # noqa: E402
 from outbox.settings import load_settings  # noqa: E402
 from outbox.tables import outbox_table  # noqa: E402
-from relay.loop import Relay, RelayOptions  # noqa: E402
+from relay.loop import Batch, Relay, RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
 from relay.queries import RECORD_COLUMNS, Queries  # noqa: E402
 from services.launcher import load_stack_env  # noqa: E402
@@ -323,6 +323,24 @@ def steady_writer(db_url: str, rate: float, seconds: float, aggregates: int, siz
     out.put(commits)
 
 
+class TimedRelay(Relay):
+    """The relay, noting when each row was handed to the producer (latency breakdown)."""
+
+    produced_at: dict[str, float]
+    claim_seconds: list[float]
+
+    def _claim_and_produce(self, group: int) -> None:
+        started = time.perf_counter()
+        super()._claim_and_produce(group)
+        self.claim_seconds.append(time.perf_counter() - started)
+
+    def _produce(self, batch: Batch) -> None:
+        now = time.time()
+        for row in batch.rows:
+            self.produced_at[row[0]] = now
+        super()._produce(batch)
+
+
 def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds: float,
                   aggregates: int, size: int, batch: int, writer: str) -> dict[str, float]:
     settings = load_settings(database_url=db_url, kafka_bootstrap_servers=bootstrap,
@@ -335,10 +353,11 @@ def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds
     def on_ack(event_id: str, at: float) -> None:
         acks[event_id] = at
 
-    relay = Relay(settings, RelayOptions(batch_size=batch, listen=True, poll_interval=1.0,
-                                         stats_interval=3600,
-                                         pipeline_depth=TUNING["pipeline_depth"]),
-                  on_ack=on_ack)
+    relay = TimedRelay(settings, RelayOptions(batch_size=batch, listen=True, poll_interval=1.0,
+                                              stats_interval=3600,
+                                              pipeline_depth=TUNING["pipeline_depth"]),
+                       on_ack=on_ack)
+    relay.produced_at, relay.claim_seconds = {}, []
     result: list[int] = []
     thread = threading.Thread(target=lambda: result.append(relay.run()), daemon=True)
     thread.start()
@@ -358,12 +377,24 @@ def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds
     if len(latencies) < len(commits):
         raise RuntimeError(f"{len(commits) - len(latencies)} events were not acknowledged")
 
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p / 100 * len(latencies)))]
+    # Where the time goes: commit -> handed to the producer (wake-up, waiting for the shard
+    # group, claim) and produce -> Kafka's acknowledgement.
+    waiting = sorted((relay.produced_at[i] - t) * 1000 for i, t in commits.items())
+    in_kafka = sorted((acks[i] - relay.produced_at[i]) * 1000 for i in commits)
+
+    def pct(values: list[float], p: float) -> float:
+        return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
     return {"events": len(latencies), "achieved_rate": len(commits) / seconds,
-            "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": latencies[-1],
-            "mean_ms": statistics.fmean(latencies)}
+            "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
+            "max_ms": latencies[-1], "mean_ms": statistics.fmean(latencies),
+            "commit_to_produce_p50_ms": pct(waiting, 50),
+            "commit_to_produce_p99_ms": pct(waiting, 99),
+            "produce_to_ack_p50_ms": pct(in_kafka, 50),
+            "produce_to_ack_p99_ms": pct(in_kafka, 99),
+            "claims": len(relay.claim_seconds),
+            "claim_and_produce_p50_ms": pct(sorted(relay.claim_seconds), 50) * 1000,
+            "claim_and_produce_p99_ms": pct(sorted(relay.claim_seconds), 99) * 1000}
 
 
 def main(argv: list[str] | None = None) -> int:
