@@ -25,14 +25,11 @@ class Marker:
     """
 
     def __init__(self, settings: Settings, queries: Queries, instance_id: str,
-                 on_done: threading.Event | None = None, workers: int = 1,
-                 delete: bool = False) -> None:
+                 workers: int = 1, delete: bool = False) -> None:
         self.settings = settings
-        self.queries = queries
         # retention 0: delivered rows are deleted rather than marked
         self.statement = queries.delete_published if delete else queries.mark_published
         self.application_name = f"outbox-relay-mark:{instance_id}"
-        self.on_done = on_done
         self._pool = ThreadPoolExecutor(max_workers=max(1, workers),
                                         thread_name_prefix="relay-mark")
         self._local = threading.local()
@@ -42,11 +39,7 @@ class Marker:
     def submit(self, seqs: list[int]) -> Future[int]:
         """Mark ``seqs`` published (or delete them); the future holds the row count or the
         database error."""
-        future = self._pool.submit(self._mark, seqs)
-        if self.on_done is not None:
-            event = self.on_done
-            future.add_done_callback(lambda _f: event.set())
-        return future
+        return self._pool.submit(self._mark, seqs)
 
     def _mark(self, seqs: list[int]) -> int:
         conn: psycopg.Connection[tuple[object, ...]] | None = getattr(self._local, "conn", None)

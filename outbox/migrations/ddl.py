@@ -81,7 +81,7 @@ def upgrade_schema_v2(op: Operations, schema: str = "public", outbox: str = "out
       entry. Retention walks the ``seq`` index from the oldest row instead
       (``relay.queries.Queries.purge_batch``).
 
-    Measured in docs/benchmarks.md ("Schema version 2").
+    Measured in docs/benchmarks.md (Relay, "Second session": step 1).
     """
     for value, what in ((schema, "schema"), (outbox, "outbox table")):
         check_identifier(value, what)
