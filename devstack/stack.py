@@ -390,7 +390,12 @@ log_line_prefix = '%m [%p] %d '
 
 
 def kafka_uuid() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A Kafka cluster id. Like Kafka's own Uuid.randomUuid(), never one that starts with
+    '-': kafka-storage would read it as an option (1 start in 64 failed that way)."""
+    while True:
+        value = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not value.startswith("-"):
+            return value
 
 
 def kafka_metadata_ok(port: int) -> bool:

@@ -88,3 +88,13 @@ def test_stack_up_is_idempotent_and_status_is_healthy() -> None:
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0, status.stdout
     assert status.stdout.count("healthy") == 3
+
+
+def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
+    """kafka-storage reads `-t -abc…` as an option: one fresh machine in 64 failed to start."""
+    from tests.test_compose import load_stack_module
+
+    stack = load_stack_module()
+    ids = [stack.kafka_uuid() for _ in range(2000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(i) == 22 for i in ids)
