@@ -49,10 +49,11 @@ from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE  # noqa: E402
 from outbox.publish import Event, publish  # noqa: E402
 from outbox.record import StoredRow, stored_record  # noqa: E402
 from outbox.settings import load_settings  # noqa: E402
-from outbox.tables import outbox_table  # noqa: E402
+from outbox.tables import outbox_table, relay_cursor_table  # noqa: E402
 from relay.loop import Batch, Relay, RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
 from relay.queries import RECORD_COLUMNS, Queries  # noqa: E402
+from relay.window import ShardCursor, open_window, progress, read_params  # noqa: E402
 from services.launcher import load_stack_env  # noqa: E402
 
 # Set from the command line: extra producer properties and the relay's pipeline depth.
@@ -74,6 +75,7 @@ def create_database(url: str) -> str:
     engine = create_engine("postgresql+psycopg://" + db_url[len("postgresql://"):])
     metadata = MetaData()
     outbox_table(metadata)
+    relay_cursor_table(metadata)
     metadata.create_all(engine)
     engine.dispose()
     return db_url
@@ -206,30 +208,51 @@ def bench_raw(db_url: str, bootstrap: str, topic_prefix: str) -> dict[str, float
 
 
 def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
-    """The relay's database work alone on the same rows: claim, then mark, no Kafka.
+    """The relay's database work alone on the same rows: read, record progress, no Kafka.
 
-    The rows the relay just published are made pending again (with ``--retention 0``: the
-    same backlog is written again) and the table vacuumed, then claimed with the relay's
-    own LATERAL claim over all 256 shards and marked (or deleted) with its own statement,
-    one batch after the other on one connection. No relay can beat this rate on the
-    same machine, whatever Kafka does: it bounds the achievable relay/raw ratio.
+    The relay cursors are deleted (every row is pending again) and the table vacuumed;
+    then the rows are read as the relay reads them (relay.window: the first batch of a
+    window, then a server-side cursor over the rest, all 256 shards in one group) and the
+    progress of each batch written with the relay's own statement. No relay can beat this
+    rate on the same machine, whatever Kafka does: it bounds the achievable ratio.
     """
     queries = Queries.for_settings(load_settings(database_url=db_url))
-    delete = TUNING["retention_seconds"] == 0
-    mark = queries.delete_published if delete else queries.mark_published
     with psycopg.connect(db_url, autocommit=True) as conn:
-        if not delete:
-            conn.execute(f"update {queries.qualified} set published_at = null")
+        conn.execute(f"delete from {queries.cursor_table}")
         conn.execute(f"vacuum analyze {queries.qualified}")
-        shards = list(range(256))
-        total = 0
+    shards = list(range(256))
+    cursors = {s: ShardCursor() for s in shards}
+    total = 0
+    with psycopg.connect(db_url, autocommit=True) as conn, psycopg.connect(db_url) as reader:
+        for c in (conn, reader):
+            c.execute("set enable_seqscan = off")
+            c.execute("set enable_bitmapscan = off")
         started = time.perf_counter()
-        while True:
-            rows = conn.execute(queries.claim, {"shards": shards, "limit": batch}).fetchall()
-            if not rows:
-                break
-            conn.execute(mark, {"seqs": [r[9] for r in rows]})
+        params: dict[str, Any] = read_params(shards, cursors, None)
+        params["limit"] = batch + 1
+        found = conn.execute(queries.first_window_batch, params).fetchall()
+        window = open_window(shards, cursors, found[0][-1])
+        rows = [r[:-1] for r in found[:batch]]
+        declared = False
+        while rows:
             total += len(rows)
+            done = len(found) <= batch if not declared else len(rows) < batch
+            read = [(int(r[10]), int(r[9])) for r in rows]
+            window.touched.update(shard for shard, _ in read)
+            changed = progress(cursors, window, read, done)
+            keys = sorted(changed)
+            conn.execute(queries.save_cursors, {
+                "shards": keys, "done": [changed[k].done for k in keys],
+                "win": [changed[k].win for k in keys], "upto": [changed[k].upto for k in keys]})
+            cursors.update(changed)
+            if done:
+                break
+            if not declared:
+                reader.execute(queries.declare_window("w"), read_params(
+                    shards, cursors, window.wins, after=int(rows[-1][9])))
+                declared = True
+            rows = reader.execute(f"fetch forward {batch} from w").fetchall()
+        reader.commit()
         elapsed = time.perf_counter() - started
     return {"events": total, "seconds": elapsed, "rate": total / elapsed}
 
@@ -342,7 +365,8 @@ class TimedRelay(Relay):
 
 
 def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds: float,
-                  aggregates: int, size: int, batch: int, writer: str) -> dict[str, float]:
+                  aggregates: int, size: int, batch: int, writer: str,
+                  dump: str | None = None) -> dict[str, float]:
     settings = load_settings(database_url=db_url, kafka_bootstrap_servers=bootstrap,
                              topic_template=prefix + "-{aggregatetype}",
                              kafka_config=EXTRA_KAFKA)
@@ -382,6 +406,16 @@ def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds
     waiting = sorted((relay.produced_at[i] - t) * 1000 for i, t in commits.items())
     in_kafka = sorted((acks[i] - relay.produced_at[i]) * 1000 for i in commits)
 
+    if dump:
+        # One line per event: seconds since the first commit, commit->ack,
+        # commit->produce and produce->ack in ms (where in the run the tail sits).
+        first = min(commits.values())
+        with open(dump, "w") as f:
+            for i, t in sorted(commits.items(), key=lambda item: item[1]):
+                f.write(f"{t - first:.4f} {(acks[i] - t) * 1000:.3f} "
+                        f"{(relay.produced_at[i] - t) * 1000:.3f} "
+                        f"{(acks[i] - relay.produced_at[i]) * 1000:.3f}\n")
+
     def pct(values: list[float], p: float) -> float:
         return values[min(len(values) - 1, int(p / 100 * len(values)))]
 
@@ -414,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--writer", choices=["publish", "insert"], default="publish",
                         help="latency phase: write with publish() or a plain INSERT")
+    parser.add_argument("--latency-dump", metavar="FILE",
+                        help="latency phase: one line per event (s since start, commit->ack, "
+                             "commit->produce, produce->ack in ms)")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--profile", metavar="HTML", help="pyinstrument profile of the relay")
@@ -495,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
             report["latency"] = bench_latency(db_url, bootstrap, prefix, args.rate,
                                               args.latency_seconds, args.aggregates,
                                               args.payload_bytes, args.batch_size,
-                                              args.writer)
+                                              args.writer, args.latency_dump)
         finally:
             delete_topics(bootstrap, [f"{prefix}-bench"])
             if not args.keep_db:

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, create_engine, pool
 
 from outbox.settings import Settings
-from outbox.tables import tables_for
+from outbox.tables import relay_cursor_name, tables_for
 
 VERSION_TABLE = "outbox_alembic_version"
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
@@ -35,8 +35,9 @@ def target_metadata(settings: Settings) -> MetaData:
 
 
 def include_toolkit_objects(settings: Settings) -> Callable[..., bool]:
-    """An Alembic ``include_object`` filter: only the toolkit's two tables and their parts."""
-    ours = {settings.outbox_table, settings.inbox_table}
+    """An Alembic ``include_object`` filter: only the toolkit's tables and their parts."""
+    ours = {settings.outbox_table, settings.inbox_table,
+            relay_cursor_name(settings.outbox_table)}
 
     def include(obj: Any, name: str | None, type_: str, reflected: bool,
                 compare_to: Any) -> bool:

@@ -27,6 +27,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql.base import ischema_names
+from sqlalchemy.types import UserDefinedType
 
 from outbox.settings import Settings, check_identifier
 
@@ -37,6 +39,25 @@ from outbox.settings import Settings, check_identifier
 SHARD_COUNT = 256
 
 UTC_NOW = text("(now() at time zone 'utc')")
+
+
+class Xid8(UserDefinedType[int]):
+    """PostgreSQL's 64-bit transaction id type (``xid8``)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **_kw: object) -> str:
+        return "xid8"
+
+
+# Reflection (Alembic's drift check) knows the type by name.
+ischema_names["xid8"] = Xid8
+
+
+def relay_cursor_name(outbox: str) -> str:
+    """The relay's cursor table of an outbox table: ``<outbox>_relay_cursor``."""
+    return check_identifier(f"{outbox}_relay_cursor", "relay cursor table name (outbox "
+                            "table name + '_relay_cursor')")
 
 
 def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = None) -> Table:
@@ -73,16 +94,49 @@ def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = 
                Computed(f"(abs(hashtextextended(aggregateid, 0) % {SHARD_COUNT}))::smallint",
                         persisted=True),
                nullable=False),
-        # published_at: when Kafka acknowledged the record; null while pending.
+        # published_at: when Kafka acknowledged a row the relay delivered one by one (a
+        # row that failed once, see last_error). Rows on the fast path are never updated:
+        # the relay's cursor (<name>_relay_cursor) records them as delivered (docs/relay.md).
         Column("published_at", DateTime(timezone=False)),
         Column("attempts", Integer, nullable=False, server_default=text("0")),
+        # last_error: set the first time the relay takes the row off the fast path (a
+        # failed delivery, or held behind an earlier failed row of its aggregate).
         Column("last_error", Text),
         # failed_at: set when the relay gave up on the row (shown by `outbox status`).
         Column("failed_at", DateTime(timezone=False)),
-        Index(f"ix_{name}_pending", "shard", "seq",
-              postgresql_where=text("published_at is null and failed_at is null")),
-        # No index on published_at or (aggregatetype, aggregateid): every publish and every
-        # mark would pay for it (schema version 2, outbox.migrations.ddl.upgrade_schema_v2).
+        # txid: the writing transaction's id. With PostgreSQL snapshots it tells the relay
+        # which rows committed since it last looked (schema version 3).
+        Column("txid", Xid8(), server_default=text("pg_current_xact_id()")),
+        Index(f"ix_{name}_window", "shard", "txid"),
+        Index(f"ix_{name}_retry", "shard", "seq", postgresql_where=text(
+            "last_error is not null and published_at is null")),
+        # No index on published_at or (aggregatetype, aggregateid): every publish would
+        # pay for it (schema version 2, outbox.migrations.ddl.upgrade_schema_v2).
+        schema=schema,
+    )
+
+
+def relay_cursor_table(metadata: MetaData, outbox: str = "outbox",
+                       schema: str | None = None) -> Table:
+    """Per shard, how far the relay has delivered the outbox (relay.window explains it).
+
+    A row of shard ``s`` on the fast path is delivered when its ``txid`` is visible in
+    the snapshot ``done``, or visible in ``win`` with ``seq <= upto``.
+    """
+    if schema is not None:
+        check_identifier(schema, "schema name")
+    return Table(
+        relay_cursor_name(outbox),
+        metadata,
+        Column("shard", SmallInteger, nullable=False),
+        # pg_snapshot as text ('xmin:xmax:xip,...'): every transaction visible in it whose
+        # rows of this shard are on the fast path has been delivered.
+        Column("done", Text, nullable=False),
+        # The window being delivered (null between windows) and the last seq delivered in it.
+        Column("win", Text),
+        Column("upto", BigInteger, nullable=False, server_default=text("0")),
+        Column("updated_at", DateTime(timezone=False), nullable=False, server_default=UTC_NOW),
+        PrimaryKeyConstraint("shard", name=f"pk_{relay_cursor_name(outbox)}"),
         schema=schema,
     )
 
@@ -109,8 +163,11 @@ def inbox_table(metadata: MetaData, name: str = "inbox", schema: str | None = No
 
 
 def tables_for(settings: Settings, metadata: MetaData | None = None) -> tuple[Table, Table]:
-    """The outbox and inbox tables named by ``settings``."""
+    """The outbox and inbox tables named by ``settings`` (the relay's cursor table joins
+    them in ``metadata``)."""
     metadata = metadata if metadata is not None else MetaData()
     schema = settings.db_schema
-    return (outbox_table(metadata, settings.outbox_table, schema),
-            inbox_table(metadata, settings.inbox_table, schema))
+    tables = (outbox_table(metadata, settings.outbox_table, schema),
+              inbox_table(metadata, settings.inbox_table, schema))
+    relay_cursor_table(metadata, settings.outbox_table, schema)
+    return tables

@@ -85,6 +85,9 @@ def relay() -> None:
               help="batches in flight at once (each on its own group of shards)")
 @click.option("--max-attempts", default=5, show_default=True,
               help="permanent delivery failures before a row is parked (failed)")
+@click.option("--progress-interval", default=0.2, show_default=True,
+              help="seconds between writes of delivery progress (a crash re-sends at most "
+                   "about this much)")
 @click.option("--rebalance-interval", default=2.0, show_default=True,
               help="seconds between shard ownership checks (takeover delay)")
 @click.option("--shutdown-timeout", default=30.0, show_default=True,
@@ -93,13 +96,14 @@ def relay() -> None:
               help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--retention", default=None,
-              help="also purge rows published longer ago than this (e.g. 7d); 0 deletes "
-                   "each row as soon as Kafka acknowledged it (fastest; nothing to replay)")
+              help="also purge delivered rows older than this (e.g. 7d), every minute; 0 "
+                   "purges every delivered row (nothing kept to replay)")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--log-level", default="info", show_default=True)
 def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bool,
-        pipeline_depth: int, max_attempts: int, rebalance_interval: float,
+        pipeline_depth: int, max_attempts: int, progress_interval: float,
+        rebalance_interval: float,
         shutdown_timeout: float, metrics_port: int | None, metrics_host: str,
         retention: str | None, log_format: str, log_level: str) -> None:
     """Run the relay until SIGTERM/SIGINT (first: drain and exit 0; second: exit now).
@@ -123,6 +127,7 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
         batch_size=batch_size, poll_interval=poll_interval, listen=listen,
         pipeline_depth=pipeline_depth, max_attempts=max_attempts,
         rebalance_interval=rebalance_interval, shutdown_timeout=shutdown_timeout,
+        progress_interval=progress_interval,
         retention_seconds=parse_duration(retention) if retention else None)
     daemon = Relay(settings, options)
     signals = {"count": 0}

@@ -1,16 +1,18 @@
-"""The relay loop: claim pending rows of owned shards, produce them, mark them published.
+"""The relay loop: read each owned shard group's window, produce it, record progress.
 
 Pipelining: the owned shards are split into ``pipeline_depth`` groups (``shard % depth``).
 At most one batch per group is in flight, so while Kafka acknowledges group 0's batch the
-loop claims and produces group 1's. A shard is never in two batches at once, which is what
-makes it safe to claim again before the previous batch is marked: the claim of a group only
-runs after that group's last batch was settled, so it can never return a row that is still
-in flight, nor a row that would overtake an earlier one of its aggregate.
+loop reads and produces group 1's. A shard is never in two batches at once.
 
-Settling a batch (all delivery reports in): per aggregate, rows up to the first failed one
-are marked published in one ``UPDATE``; from the first failed row on, nothing of that
-aggregate is marked, so the next claim retries from the earliest failed row (later rows
-that Kafka did accept are sent again: duplicates, never a gap or an overtaking).
+What is pending and what was delivered is kept per shard by relay.window (snapshot
+windows, one progress write per batch) rather than by updating each row. Rows that fail
+leave that fast path: the failure is recorded on the row, later rows of its aggregate
+follow it, and the retry claim sends them one by one, marking each (``published_at``).
+
+Settling a batch (all delivery reports in): per aggregate, rows after its first failed one
+do not count as delivered. A transient failure makes the window be read again from the
+earliest failed row (rows Kafka did accept after it are sent again: duplicates, never a
+gap or an overtaking).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -30,13 +31,18 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from outbox.backoff import compute_backoff
-from outbox.record import StoredRow, invalid_topic_reason, stored_record_parts, topic_for
+from outbox.record import (
+    compact_json_many,
+    invalid_topic_reason,
+    topic_for,
+)
 from outbox.settings import Settings
-from relay.marker import Marker
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config
 from relay.queries import Queries
+from relay.reader import WindowReader
 from relay.shards import ShardOwnership
+from relay.window import ShardCursor, Window, open_window, progress, read_params
 
 log = logging.getLogger("outbox.relay")
 
@@ -68,9 +74,12 @@ class RelayOptions:
     rebalance_interval: float = 2.0
     stats_interval: float = 5.0
     shutdown_timeout: float = 30.0
-    # None: keep published rows (purge them with `outbox purge`); 0: delete each row as soon
-    # as Kafka acknowledged it (fastest, nothing left to replay); > 0: purge in the daemon.
+    # None: keep delivered rows (purge them with `outbox purge`); otherwise the daemon
+    # purges rows delivered and older than this every purge_interval (0: as soon as they
+    # are delivered, keeping nothing to replay).
     retention_seconds: float | None = None
+    # seconds between writes of delivery progress (relay.window): what a crash re-sends
+    progress_interval: float = 0.2
     purge_interval: float = 60.0
     purge_batch: int = 1000
     instance_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -82,15 +91,28 @@ class Batch:
 
     group: int
     rows: list[Row]
+    # rows of the fast path (a window) or of the retry claim (marked one by one)
+    fast_path: bool = True
+    # (shard, seq) of every row read from the window for this batch, in seq order, also
+    # those diverted behind a failed row instead of produced
+    read: list[tuple[int, int]] = field(default_factory=list)
+    # the read reached the end of the window
+    ends_window: bool = False
     outstanding: int = 0
     # row index -> (permanent?, message); a failed produce() or a failed delivery
     errors: dict[int, tuple[bool, str]] = field(default_factory=dict)
     # indexes of rows produced alone (see Relay.suspects), so their errors are their own
     isolated: set[int] = field(default_factory=set)
     fatal: bool = False
-    # set once the delivery reports are in and the mark UPDATE was handed to the Marker
-    marking: Future[int] | None = None
-    marked_count: int = 0
+
+
+@dataclass(frozen=True)
+class Blocked:
+    """An aggregate with an undelivered row off the fast path: its later rows wait."""
+
+    seq: int  # its first such row
+    shard: int
+    parked: bool  # that row is parked (failed_at): later rows are parked too
 
 
 class Relay:
@@ -108,14 +130,19 @@ class Relay:
         depth = max(1, self.options.pipeline_depth)
         self.depth = depth
         self.in_flight: list[Batch | None] = [None] * depth
-        # Small batches whose deliveries are all acknowledged and whose mark UPDATE is still
-        # running: their group may already claim again (see _settle_completed).
-        self.marking: list[Batch] = []
         self.dirty = [True] * depth
-        # whether the group's last claim came back full (a backlog: use the LATERAL claim)
+        # per group: the window being read, and the connection holding its server cursor
+        self.windows: list[Window | None] = [None] * depth
+        self.readers: list[WindowReader | None] = [None] * depth
+        # per group: whether its last window was larger than a batch (read it by cursor)
         self.backlogged = [True] * depth
-        # aggregate -> (seq of its first parked row, shard): later rows are held back.
-        self.blocked: dict[AggregateKey, tuple[int, int]] = {}
+        # per group: whether the retry claim may find rows
+        self.retry_due = [True] * depth
+        # owned shard -> its relay cursor (relay.window), and those not written yet
+        self.cursors: dict[int, ShardCursor] = {}
+        self.unsaved: dict[int, ShardCursor] = {}
+        self.next_save = 0.0
+        self.blocked: dict[AggregateKey, Blocked] = {}
         self.conn: psycopg.Connection[tuple[Any, ...]] | None = None
         self.producer: Producer | None = None
         self.wake = threading.Event()
@@ -124,19 +151,17 @@ class Relay:
         # the topic's max.message.bytes), so the error may belong to a neighbour. Such a row
         # is retried alone before any attempt is counted against it.
         self.suspects: set[int] = set()
-        # One marking connection per shard group: the groups' updates never share a row.
-        self.marker = Marker(settings, self.queries, self.options.instance_id,
-                             workers=depth, delete=self.options.retention_seconds == 0)
         self.stopping = threading.Event()
         self.kafka_failures = 0
         self.kafka_retry_at = 0.0
-        self.rotation = 0
         self.template = settings.topic_template
         # aggregatetype -> (topic, why Kafka would refuse that name or None)
         self.topics: dict[str, tuple[str, str | None]] = {}
         self.first_claim_at: float | None = None
         self.last_ack_at: float | None = None
         self.published_total = 0
+        # the owned shards as the stats thread sees them (replaced, never mutated)
+        self.owned_now: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -153,7 +178,8 @@ class Relay:
             "listen": opts.listen, "poll_interval": opts.poll_interval})
         if opts.listen:
             threading.Thread(target=self._listen, name="relay-listen", daemon=True).start()
-        if opts.retention_seconds:  # 0 deletes rows on delivery: nothing to purge
+        threading.Thread(target=self._stats_loop, name="relay-stats", daemon=True).start()
+        if opts.retention_seconds is not None:
             threading.Thread(target=self._purge_loop, name="relay-purge", daemon=True).start()
         db_failures = 0
         while not self.stopping.is_set():
@@ -208,22 +234,21 @@ class Relay:
     def _lose_connection(self) -> None:
         """The session is gone and so are its shard locks: stop work that relied on them."""
         if self.producer is not None:
-            # Deliveries still running are finished but not marked: the rows' next owner
+            # Deliveries still running are finished but not recorded: the rows' next owner
             # sends them again (duplicates), which is the price of never losing one.
             self.producer.flush(self.options.shutdown_timeout)
-        for batch in self._batches():
-            if batch.marking is not None:
-                with contextlib.suppress(Exception):  # its error is the one being handled
-                    batch.marking.result(self.options.shutdown_timeout)
         dropped = sum(len(b.rows) for b in self._batches())
         self.in_flight = [None] * self.depth
-        self.marking = []
         self.dirty = [True] * self.depth
+        self.retry_due = [True] * self.depth
         if self.shards.owned:
-            log.warning("lost %d shards with the database session (%d rows unmarked)",
+            log.warning("lost %d shards with the database session (%d rows unrecorded)",
                         len(self.shards.owned), dropped, extra={"action": "shards_lost"})
         self.shards.forget()
         self.blocked.clear()
+        self.cursors.clear()
+        self.unsaved.clear()  # lost with the session: those rows are sent again
+        self._close_readers()
         self.metrics.owned_shards.set(0)
         if self.conn is not None:
             with contextlib.suppress(psycopg.Error):  # already broken: best effort
@@ -241,10 +266,12 @@ class Relay:
                 self._settle_completed()
             if self._batches():
                 code = EXIT_SHUTDOWN_INCOMPLETE
-                log.error("shutdown timeout: %d rows delivered-or-not but unmarked; the next "
-                          "owner re-sends them", sum(len(b.rows) for b in self._batches()),
+                log.error("shutdown timeout: %d rows delivered-or-not but unrecorded; the "
+                          "next owner re-sends them", sum(len(b.rows) for b in self._batches()),
                           extra={"action": "shutdown_incomplete"})
-            self.marker.close()
+            self._close_readers()
+            if self.conn is not None:
+                self._save_progress(force=True)
             # Dropping the producer stops librdkafka's threads (and their reconnect attempts).
             self.producer = None
             if self.conn is not None:
@@ -267,6 +294,7 @@ class Relay:
             self.next_rebalance = now + self.options.rebalance_interval
         if now >= self.next_poll:
             self.dirty = [True] * self.depth  # polling is the guarantee; NOTIFY is a hint
+            self.retry_due = [True] * self.depth  # `outbox relay retry-failed` un-parks rows
             self.next_poll = now + self.options.poll_interval
         if self.wake.is_set():
             self.wake.clear()
@@ -274,6 +302,8 @@ class Relay:
         self.producer.poll(0)
         self._settle_completed()
         if now >= self.kafka_retry_at:
+            for group in range(self.depth):
+                self._prefetch(group)
             for group in range(self.depth):
                 if self.in_flight[group] is None and self.dirty[group]:
                     self._claim_and_produce(group)
@@ -284,8 +314,6 @@ class Relay:
         if any(b is not None for b in self.in_flight):
             # Serves delivery reports; returns as soon as one arrives.
             self.producer.poll(0.002)
-        elif self.marking:
-            self.wake.wait(0.002)  # a mark UPDATE is running: look again shortly
         elif not any(self.dirty) or time.monotonic() < self.kafka_retry_at:
             wake_at = min(self.next_poll, self.next_rebalance, self.next_stats)
             if time.monotonic() < self.kafka_retry_at:
@@ -294,33 +322,29 @@ class Relay:
 
     def _rebalance(self) -> None:
         assert self.conn is not None
+        self._save_progress(force=True)  # a shard released below leaves with its progress
         acquired, released = self.shards.rebalance(
             self.conn, lambda shard: not self._group_busy(shard % self.depth))
         if released:
             released_set = set(released)
             self.blocked = {k: v for k, v in self.blocked.items()
-                            if v[1] not in released_set}
+                            if v.shard not in released_set}
+            for shard in released:
+                self.cursors.pop(shard, None)  # the next owner moves it on
             log.info("released %d shards (now %d)", len(released), len(self.shards.owned),
                      extra={"action": "shards_released", "shards": len(released)})
         if acquired:
-            rows = self.conn.execute(self.queries.blocked_aggregates,
-                                     {"shards": acquired}).fetchall()
-            for agg_type, agg_id, seq, shard in rows:
-                self.blocked[(str(agg_type), str(agg_id))] = (
-                    int(seq), int(shard))
+            self._load_blocked(acquired)
             self.dirty = [True] * self.depth
+            self.retry_due = [True] * self.depth
             log.info("acquired %d shards (now %d)", len(acquired), len(self.shards.owned),
                      extra={"action": "shards_acquired", "shards": len(acquired)})
         self.metrics.owned_shards.set(len(self.shards.owned))
+        self.owned_now = tuple(sorted(self.shards.owned))
 
     def _refresh_stats(self) -> None:
-        assert self.conn is not None
-        owned = sorted(self.shards.owned)
-        row = self.conn.execute(self.queries.backlog, {"shards": owned}).fetchone()
-        if row is not None:
-            self.metrics.backlog.set(float(row[0]))
-            self.metrics.oldest_age.set(float(row[1]) if row[1] is not None else 0.0)
         self.metrics.in_flight.set(sum(len(b.rows) for b in self._batches()))
+        self.owned_now = tuple(sorted(self.shards.owned))
 
     # ------------------------------------------------------------------ claim + produce
     def _claim_and_produce(self, group: int) -> None:
@@ -329,60 +353,180 @@ class Relay:
         if not shards:
             self.dirty[group] = False
             return
-        # Rotate the starting shard so a busy shard early in the list cannot starve others.
-        self.rotation = (self.rotation + 1) % len(shards)
-        shards = shards[self.rotation:] + shards[:self.rotation]
         limit = self.options.batch_size
-        query = self.queries.claim if self.backlogged[group] else self.queries.claim_small
-        rows = cast(list[Row], self.conn.execute(
-            query, {"shards": shards, "limit": limit}).fetchall())
-        self.dirty[group] = self.backlogged[group] = len(rows) >= limit
-        if not rows:
+        if self.retry_due[group]:
+            rows = cast(list[Row], self.conn.execute(
+                self.queries.claim_retry, {"shards": shards, "limit": limit}).fetchall())
+            self.retry_due[group] = len(rows) >= limit
+            rows = self._divert_blocked(rows, fast_path=False)
+            if rows:
+                self._start(Batch(group=group, rows=rows, fast_path=False))
+                return
+        rows = self._read_window(group, shards, limit)
+        window = self.windows[group]
+        if window is None:
+            self.dirty[group] = self.retry_due[group]
             return
+        self.dirty[group] = not window.exhausted
+        read = [(row[10], row[9]) for row in rows]
+        batch = Batch(group=group, rows=self._divert_blocked(rows, fast_path=True),
+                      read=read, ends_window=window.exhausted)
+        self._start(batch)
+
+    def _start(self, batch: Batch) -> None:
+        assert self.producer is not None
         if self.first_claim_at is None:
             self.first_claim_at = time.monotonic()
-        marking = {row[9] for b in self.marking if b.group == group for row in b.rows}
-        if marking:
-            # Delivered, mark not committed yet: still pending to this claim, not to send.
-            rows = [row for row in rows if row[9] not in marking]
-            if not rows:
-                return
-        rows = self._hold_back_blocked(rows)
-        if not rows:
-            self.dirty[group] = True
-            return
-        batch = Batch(group=group, rows=rows)
-        self.in_flight[group] = batch
+        self.in_flight[batch.group] = batch
         self._produce(batch)
         self.producer.poll(0)
 
-    def _hold_back_blocked(self, rows: list[Row]) -> list[Row]:
-        """Park rows whose aggregate already has a parked (failed) earlier row."""
+    def _read_window(self, group: int, shards: list[int], limit: int) -> list[Row]:
+        """The next rows of the group's window, opening a window if none is open.
+
+        While the relay keeps up, a window holds a few rows and is read whole by one
+        statement on the main connection. Under a backlog it is read through the group's
+        WindowReader (a server-side cursor, fetched one batch ahead); a group switches to
+        that after a window did not fit one batch, and back after one that did.
+        """
+        assert self.conn is not None
+        window = self.windows[group]
+        if window is not None and set(window.wins) != set(shards):
+            self._close_window(group)  # shards came or went since it was opened
+            window = None
+        reader = self._reader(group)
+        if reader.open and window is None and reader.shards != shards:
+            reader.close()  # started for other shards (_prefetch)
+        if window is None:
+            self._load_cursors(shards)
+            if not self.backlogged[group]:
+                params: dict[str, Any] = read_params(shards, self.cursors, None)
+                params["limit"] = limit + 1
+                first = self.conn.execute(self.queries.first_window_batch, params).fetchall()
+                if not first:
+                    return []
+                window = self.windows[group] = open_window(shards, self.cursors, first[0][-1])
+                window.exhausted = len(first) <= limit
+                self.backlogged[group] = not window.exhausted
+                return self._advance(window, [cast(Row, r[:-1]) for r in first[:limit]])
+            if not reader.open:
+                reader.start(shards, read_params(shards, self.cursors, None))
+            rows = cast(list[Row], reader.fetch())
+            assert reader.snapshot is not None
+            window = self.windows[group] = open_window(shards, self.cursors, reader.snapshot)
+        elif window.exhausted:
+            return []
+        else:
+            if not reader.open:
+                reader.resume(shards, read_params(shards, self.cursors, window.wins,
+                                                  after=window.read_upto))
+            rows = cast(list[Row], reader.fetch())
+        if not reader.open:
+            window.exhausted = True
+            if window.read_upto == 0:  # the whole window fitted one batch
+                self.backlogged[group] = False
+        if not rows and not window.touched:
+            self.windows[group] = None  # an empty window: nothing to record
+            return []
+        return self._advance(window, rows)
+
+    def _prefetch(self, group: int) -> None:
+        """Under a backlog, start reading the group's next window before it is claimed, so
+        PostgreSQL sorts it while the loop works on the other groups."""
+        if (self.windows[group] is not None or not self.backlogged[group]
+                or self.in_flight[group] is not None or not self.dirty[group]):
+            return
+        shards = [s for s in sorted(self.shards.owned) if s % self.depth == group]
+        reader = self._reader(group)
+        if shards and not reader.open:
+            self._load_cursors(shards)
+            reader.start(shards, read_params(shards, self.cursors, None))
+
+    @staticmethod
+    def _advance(window: Window, rows: list[Row]) -> list[Row]:
+        if rows:
+            window.read_upto = rows[-1][9]
+            window.touched.update(row[10] for row in rows)
+        return rows
+
+    def _reader(self, group: int) -> WindowReader:
+        reader = self.readers[group]
+        if reader is None:
+            app = f"{self.queries.application_name}-read:{self.options.instance_id}"
+            reader = self.readers[group] = WindowReader(
+                self.settings, self.queries, app, self.options.batch_size)
+        return reader
+
+    def _close_readers(self) -> None:
+        self.windows = [None] * self.depth
+        readers, self.readers = self.readers, [None] * self.depth
+        for reader in readers:
+            if reader is not None:
+                reader.shutdown()
+
+    def _close_window(self, group: int) -> None:
+        """Forget the group's window; the next claim opens one from the shards' cursors."""
+        self.windows[group] = None
+        reader = self.readers[group]
+        if reader is not None:
+            reader.close()
+
+    def _load_cursors(self, shards: list[int]) -> None:
+        """The relay cursor of owned shards not known yet (only this session writes them
+        while it holds the shards' locks)."""
+        assert self.conn is not None
+        missing = [s for s in shards if s not in self.cursors]
+        if not missing:
+            return
+        for shard, done, win, upto in self.conn.execute(
+                self.queries.load_cursors, {"shards": missing}).fetchall():
+            self.cursors[int(shard)] = ShardCursor(str(done), win, int(upto))
+        for shard in missing:
+            self.cursors.setdefault(shard, ShardCursor())
+
+    def _divert_blocked(self, rows: list[Row], fast_path: bool) -> list[Row]:
+        """Take rows of aggregates with an undelivered earlier failure out of the batch.
+
+        Behind a parked row they are parked too ("held back"); behind a row that is still
+        being retried they leave the fast path and follow it through the retry claim.
+        """
         if not self.blocked:
             return rows
         keep: list[Row] = []
-        held: list[int] = []
+        park: list[int] = []
+        wait: list[int] = []
         for row in rows:
             key = (row[1], row[2])
-            seq = row[9]
             head = self.blocked.get(key)
             if head is None:
                 keep.append(row)
-            elif seq <= head[0]:
-                # The parked head itself is back (outbox relay retry-failed): unblock.
-                del self.blocked[key]
+            elif not fast_path and row[9] <= head.seq:
+                # The parked head itself is back (outbox relay retry-failed): retry it.
+                self.blocked[key] = Blocked(row[9], row[10], parked=False)
                 keep.append(row)
+            elif head.parked:
+                park.append(row[9])
+            elif fast_path:
+                wait.append(row[9])
             else:
-                held.append(seq)
-        if held:
-            assert self.conn is not None
-            self.conn.execute(self.queries.hold_back, {
-                "seqs": held, "error": "held back: an earlier event of this aggregate failed; "
-                                      "run `outbox relay retry-failed` after fixing it"})
-            self.metrics.parked.inc(len(held))
-            log.warning("held back %d rows behind failed rows of their aggregates", len(held),
-                        extra={"action": "rows_held_back", "rows": len(held)})
+                keep.append(row)  # a follower of a retried head: in order behind it
+        self._hold(park, wait)
         return keep
+
+    def _hold(self, park: list[int], wait: list[int]) -> None:
+        assert self.conn is not None
+        if park:
+            self.conn.execute(self.queries.hold_back, {
+                "seqs": park, "error": "held back: an earlier event of this aggregate failed; "
+                                       "run `outbox relay retry-failed` after fixing it"})
+            self.metrics.parked.inc(len(park))
+            log.warning("held back %d rows behind failed rows of their aggregates", len(park),
+                        extra={"action": "rows_held_back", "rows": len(park)})
+        if wait:
+            self.conn.execute(self.queries.hold_waiting, {
+                "seqs": wait, "error": "waiting: an earlier event of this aggregate is being "
+                                       "retried"})
+            self.retry_due = [True] * self.depth
 
     def _topic(self, aggregatetype: str) -> tuple[str, str | None]:
         topic = topic_for(aggregatetype, self.template)
@@ -396,7 +540,10 @@ class Relay:
         stopped: set[AggregateKey] = set()
         topics = self.topics
         delivered = self._delivered
+        # Payloads compacted for the whole batch at once (outbox.record.compact_json_many).
+        values = iter(compact_json_many([row[4] for row in batch.rows if row[4] is not None]))
         for index, row in enumerate(batch.rows):
+            value = None if row[4] is None else next(values)
             if stopped and (row[1], row[2]) in stopped:
                 continue  # an earlier row of this aggregate already failed in this batch
             topic, reason = topics.get(row[1]) or self._topic(row[1])
@@ -404,7 +551,13 @@ class Relay:
                 batch.errors[index] = (True, reason)
                 stopped.add((row[1], row[2]))
                 continue
-            key, value, headers, timestamp = stored_record_parts(cast(StoredRow, row))
+            headers = [("id", row[0]), ("eventType", row[3])]  # outbox.record.stored_headers
+            if row[6] is not None:
+                headers.append(("correlationId", row[6]))
+            if row[7] is not None:
+                headers.append(("causationId", row[7]))
+            if row[8] is not None:
+                headers.append(("traceparent", row[8]))
             isolate = bool(self.suspects) and row[9] in self.suspects
             if isolate:
                 self.producer.flush(self.options.shutdown_timeout)  # nothing queued before it
@@ -413,8 +566,8 @@ class Relay:
                 try:
                     # A callback per row: a failed delivery report carries no headers,
                     # so the row index is the only way back to the row.
-                    produce(topic, value, key, headers=cast(Headers, headers),
-                            timestamp=timestamp,
+                    produce(topic, value, row[2], headers=cast(Headers, headers),
+                            timestamp=row[5],
                             on_delivery=functools.partial(delivered, batch, index))
                     batch.outstanding += 1
                     break
@@ -447,108 +600,142 @@ class Relay:
 
     # ------------------------------------------------------------------ settle
     def _batches(self) -> list[Batch]:
-        """Every batch not finished yet: producing, waiting for acks, or being marked."""
-        return [b for b in self.in_flight if b is not None] + self.marking
+        """Every batch not settled yet: producing or waiting for delivery reports."""
+        return [b for b in self.in_flight if b is not None]
 
     def _group_busy(self, group: int) -> bool:
-        return self.in_flight[group] is not None or any(b.group == group for b in self.marking)
+        return self.in_flight[group] is not None
 
     def _settle_completed(self) -> None:
-        """Hand acknowledged batches to the Marker; retire batches whose mark committed.
-
-        A group is free for its next claim once its batch is marked, or, for a small batch
-        (the group is not backlogged: the claim returned every pending row), as soon as
-        the mark is submitted: the next claim drops the rows still being marked. Those
-        rows are delivered, so later rows of their aggregates may go; if the mark fails
-        they are sent again later, as duplicates after newer events (first-seen order per
-        key holds). Under backlog the group waits for the mark, as the claim could not
-        drop in-marking rows without costing every row a lookup.
-        """
+        """Settle every batch whose delivery reports are all in; its group may claim again."""
         for group, batch in enumerate(self.in_flight):
             if batch is None or batch.outstanding > 0:
                 continue
-            if batch.marking is None:
-                self._settle(batch)
-            assert batch.marking is not None
-            if batch.marking.done() or not self.backlogged[group]:
-                self.in_flight[group] = None
-                self.dirty[group] = True
-                self.marking.append(batch)
-        for batch in [b for b in self.marking if b.marking is not None and b.marking.done()]:
-            self.marking.remove(batch)
-            assert batch.marking is not None
-            error = batch.marking.exception()
-            if error is not None:
-                # Delivered but not recorded: claimed and sent again (duplicates).
-                log.warning("marking %d rows published failed: %s", batch.marked_count,
-                            first_line(error), extra={"action": "mark_failed"})
-            else:
-                self.metrics.published.inc(batch.marked_count)
-                self.published_total += batch.marked_count
+            self.in_flight[group] = None
+            self.dirty[group] = True
+            self._settle(batch)
+        self._save_progress()
 
     def _settle(self, batch: Batch) -> None:
-        """All delivery reports are in: hand the good rows to the Marker, record failures."""
+        """All delivery reports are in: record failures, then the progress they allow.
+
+        Per aggregate, rows after its first failed row are not counted as delivered: behind
+        a failure recorded on the row (which takes it off the fast path) they follow it off
+        the fast path too; behind a transient failure (or a row retried alone, see
+        ``suspects``) the window is read again from the earliest such row. Failures and
+        holds are written before the progress that passes them, so a crash in between can
+        only make the relay send rows again.
+        """
         assert self.conn is not None
-        stopped: set[AggregateKey] = set()
-        ok: list[int] = []
-        failures: list[tuple[Row, bool, str]] = []
-        for index, row in enumerate(batch.rows):
+        failed: dict[AggregateKey, bool] = {}  # aggregate -> its failed row was parked
+        delivered: list[int] = []
+        followers: list[Row] = []
+        reread: int | None = None  # seq from which the window must be read again
+        transient: list[str] = []
+        if not batch.errors:  # the common case: everything went through
+            delivered = [row[9] for row in batch.rows]
+        for index, row in enumerate(batch.rows if batch.errors else ()):
             key = (row[1], row[2])
-            if key in stopped:
+            if key in failed:
+                followers.append(row)
                 continue
             error = batch.errors.get(index)
             if error is None:
-                ok.append(row[9])
-            else:
-                stopped.add(key)
-                failures.append((row, *error))
-        done: Future[int] = Future()
-        if ok:
-            batch.marked_count = len(ok)
-            batch.marking = self.marker.submit(ok)
-        else:
-            done.set_result(0)
-            batch.marking = done
-        if self.suspects:
-            self.suspects.difference_update(ok)
-        transient = 0
-        index_of = {row[9]: i for i, row in enumerate(batch.rows)} if failures else {}
-        for row, permanent, message in failures:
-            if permanent and message.startswith("delivery:") and (
-                    index_of[row[9]] not in batch.isolated):
+                delivered.append(row[9])
+                continue
+            permanent, message = error
+            if permanent and message.startswith("delivery:") and index not in batch.isolated:
                 # Maybe a neighbour's fault: retry it alone first, uncounted.
                 self.suspects.add(row[9])
                 self.kafka_retry_at = max(self.kafka_retry_at,
                                           time.monotonic() + compute_backoff(1))
             elif permanent:
                 self.suspects.discard(row[9])
-                self._record_failure(row, message)
+                failed[key] = self._record_failure(row, message)
+                continue
             else:
-                transient += 1
+                transient.append(message)
+            if batch.fast_path:
+                reread = row[9] if reread is None else min(reread, row[9])
+            failed[key] = False
+        if self.suspects:
+            self.suspects.difference_update(delivered)
+        if batch.fast_path:
+            self._settle_window(batch, failed, followers, reread)
+        else:
+            if delivered:
+                self.conn.execute(self.queries.mark_published, {"seqs": delivered})
+            if failed:
+                self.retry_due[batch.group] = True
+            self._load_blocked([s for s in self.shards.owned if s % self.depth == batch.group])
+        self.metrics.published.inc(len(delivered))
+        self.published_total += len(delivered)
+        self._after_kafka_result(transient, bool(delivered))
+        if batch.fatal:
+            # A fatal idempotent-producer state (e.g. fenced epoch) cannot be retried on the
+            # same producer: start a fresh one; unrecorded rows are simply read again.
+            log.error("Kafka producer hit a fatal error; creating a new producer",
+                      extra={"action": "producer_reset"})
+            if self.producer is not None and not any(b.outstanding for b in self._batches()):
+                self.producer = None
+
+    def _settle_window(self, batch: Batch, failed: dict[AggregateKey, bool],
+                       followers: list[Row], reread: int | None) -> None:
+        assert self.conn is not None
+        park = [r[9] for r in followers if failed[(r[1], r[2])]]
+        wait = [r[9] for r in followers if not failed[(r[1], r[2])]
+                and (reread is None or r[9] < reread)]
+        self._hold(park, wait)
+        window = self.windows[batch.group]
+        assert window is not None
+        if reread is None:
+            settled, complete = batch.read, batch.ends_window
+        else:
+            settled = [(shard, seq) for shard, seq in batch.read if seq < reread]
+            complete = False
+        changed = progress(self.cursors, window, settled, complete)
+        self.cursors.update(changed)
+        self.unsaved.update(changed)
+        if complete or reread is not None:
+            self._close_window(batch.group)
+
+    def _save_progress(self, force: bool = False) -> None:
+        """Write the cursors that moved, at most every ``progress_interval`` unless forced.
+
+        Reads go by the cursors in memory; the written ones are what a crash falls back to
+        (the rows after them are sent again) and what ``outbox status`` and retention see.
+        Forced before shards are released and at shutdown.
+        """
+        now = time.monotonic()
+        if not self.unsaved or not (force or now >= self.next_save):
+            return
+        assert self.conn is not None
+        changed, self.unsaved = self.unsaved, {}
+        shards = sorted(changed)
+        self.conn.execute(self.queries.save_cursors, {
+            "shards": shards, "done": [changed[s].done for s in shards],
+            "win": [changed[s].win for s in shards], "upto": [changed[s].upto for s in shards]})
+        self.next_save = now + self.options.progress_interval
+
+    def _after_kafka_result(self, transient: list[str], delivered: bool) -> None:
         if transient:
-            self.metrics.delivery_errors.labels("transient").inc(transient)
+            self.metrics.delivery_errors.labels("transient").inc(len(transient))
             self.kafka_failures += 1
             self.health.kafka_ok = False
             delay = compute_backoff(self.kafka_failures)
             self.kafka_retry_at = time.monotonic() + delay
-            log.warning("%d deliveries failed (%s), retrying in %.1fs", transient,
-                        failures[0][2], delay,
+            log.warning("%d deliveries failed (%s), retrying in %.1fs", len(transient),
+                        transient[0], delay,
                         extra={"action": "kafka_unavailable", "attempt": self.kafka_failures})
-        elif ok:
+        elif delivered:
             if self.kafka_failures:
                 log.info("Kafka deliveries succeed again", extra={"action": "kafka_recovered"})
             self.kafka_failures = 0
             self.health.kafka_ok = True
-        if batch.fatal:
-            # A fatal idempotent-producer state (e.g. fenced epoch) cannot be retried on the
-            # same producer: start a fresh one; unmarked rows are simply claimed again.
-            log.error("Kafka producer hit a fatal error; creating a new producer",
-                      extra={"action": "producer_reset"})
-            if self.producer is not None and not any(
-                    b is not batch and b.outstanding for b in self._batches()):
-                self.producer = None
 
-    def _record_failure(self, row: Row, message: str) -> None:
+    def _record_failure(self, row: Row, message: str) -> bool:
+        """Count a failed delivery on the row (taking it off the fast path); True if that
+        parked it."""
         assert self.conn is not None
         seq = row[9]
         self.metrics.delivery_errors.labels("permanent").inc()
@@ -561,13 +748,29 @@ class Relay:
                     " - parked" if parked else "",
                     extra={"action": "row_parked" if parked else "row_failed",
                            "event_id": str(row[0]), "seq": seq})
+        head = self.blocked.get(key)
+        if head is None or seq <= head.seq:
+            self.blocked[key] = Blocked(seq, row[10], parked)
         if parked:
             self.metrics.parked.inc()
-            self.blocked[key] = (seq, row[10])
         else:
             # Retry the row after a pause rather than at once: it just failed for good reason.
+            self.retry_due[row[10] % self.depth] = True
             self.kafka_retry_at = max(self.kafka_retry_at, time.monotonic() + compute_backoff(
                 row[11] + 1))
+        return parked
+
+    def _load_blocked(self, shards: list[int]) -> None:
+        """Reload which aggregates of ``shards`` have rows off the fast path, undelivered."""
+        assert self.conn is not None
+        wanted = set(shards)
+        self.blocked = {k: v for k, v in self.blocked.items() if v.shard not in wanted}
+        if not shards:
+            return
+        for agg_type, agg_id, seq, shard, parked in self.conn.execute(
+                self.queries.blocked_aggregates, {"shards": shards}).fetchall():
+            self.blocked[(str(agg_type), str(agg_id))] = Blocked(int(seq), int(shard),
+                                                                 bool(parked))
 
     # ------------------------------------------------------------------ side threads
     def _on_client_error(self, err: KafkaError) -> None:
@@ -596,6 +799,34 @@ class Relay:
                 log.warning("LISTEN connection lost: %s", first_line(exc),
                             extra={"action": "listen_unavailable"})
                 self.stopping.wait(compute_backoff(failures))
+
+    def _stats_loop(self) -> None:
+        """Backlog and oldest pending age of the owned shards, on a connection of its own:
+        counting a large backlog takes a while, and the loop has better things to do."""
+        conn: psycopg.Connection[tuple[Any, ...]] | None = None
+        app = f"outbox-relay-stats:{self.options.instance_id}"
+        while not self.stopping.wait(self.options.stats_interval if conn else 0.5):
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.settings.libpq_url(), autocommit=True,
+                                           application_name=app, connect_timeout=5)
+                    conn.execute("set enable_seqscan = off")
+                    conn.execute("set enable_bitmapscan = off")
+                row = conn.execute(self.queries.backlog,
+                                   {"shards": list(self.owned_now)}).fetchone()
+                if row is not None:
+                    self.metrics.backlog.set(float(row[0]))
+                    self.metrics.oldest_age.set(float(row[1]) if row[1] is not None else 0.0)
+            except psycopg.Error as exc:
+                log.warning("backlog statistics failed: %s", first_line(exc),
+                            extra={"action": "stats_failed"})
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        conn.close()
+                conn = None
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                conn.close()
 
     def _purge_loop(self) -> None:
         assert self.options.retention_seconds is not None

@@ -11,7 +11,9 @@ import zlib
 from dataclasses import dataclass
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
+from outbox.migrations.ddl import delivered_on_fast_path
 from outbox.settings import Settings, check_identifier
+from outbox.tables import SHARD_COUNT, relay_cursor_name
 
 # The columns of outbox.record.StoredRow, in its order, then the relay's bookkeeping (seq,
 # shard, attempts), over a row ``o``. Nothing is parsed in Python: the id and the payload
@@ -56,48 +58,86 @@ class Queries:
 
     # ------------------------------------------------------------------ the relay
     @property
-    def claim(self) -> str:
-        """Pending rows of the given shards, each shard in seq order, at most %(limit)s.
+    def cursor_table(self) -> str:
+        return f"{self.schema}.{relay_cursor_name(self.table)}"
 
-        One LATERAL index scan per shard on ``ix_<table>_pending (shard, seq)`` instead of
-        one ``order by seq`` over all shards: a large backlog is never sorted, and the scan
-        stops as soon as the limit is reached. Per-aggregate order only needs per-shard seq
-        order, since an aggregate always lives in one shard.
-        """
-        return (
-            f"select {ROW_COLUMNS} "
-            "from unnest(%(shards)s::smallint[]) with ordinality as s(shard, n) "
-            f"cross join lateral (select {_RAW} from {self.qualified} "
-            "  where shard = s.shard and published_at is null and failed_at is null "
-            "  order by seq limit %(limit)s) as o "
-            "limit %(limit)s")
+    def delivered(self, row: str = "o") -> str:
+        """SQL: outbox row ``row`` (an alias) has been delivered to Kafka."""
+        return (f"({row}.published_at is not null or "
+                f"{delivered_on_fast_path(row, self.cursor_table)})")
 
     @property
-    def claim_small(self) -> str:
-        """Pending rows of the given shards in seq order, for when the backlog is small.
+    def load_cursors(self) -> str:
+        """The relay cursor of each given shard that has one: (shard, done, win, upto)."""
+        return (f"select shard, done, win, upto from {self.cursor_table} "
+                "where shard = any(%(shards)s::smallint[])")
 
-        One index scan over ``ix_<table>_pending`` (which holds only pending rows) and a sort
-        of what it finds: far cheaper than one LATERAL probe per shard when a few rows
-        arrive at a time, but it sorts the whole backlog of those shards, so the relay only
-        uses it after a claim that came back less than full. ``offset 0`` keeps the planner
-        from walking the ``seq`` index instead, through every published row.
-        """
+    @property
+    def save_cursors(self) -> str:
+        """Record delivery progress of several shards in one statement."""
+        return (f"insert into {self.cursor_table} as c (shard, done, win, upto, updated_at) "
+                "select * , {now} from unnest(%(shards)s::smallint[], %(done)s::text[], "
+                "%(win)s::text[], %(upto)s::int8[]) "
+                "on conflict (shard) do update set done = excluded.done, win = excluded.win, "
+                "upto = excluded.upto, updated_at = excluded.updated_at").replace(
+                    "{now}", NOW_UTC)
+
+    @property
+    def snapshot(self) -> str:
+        return "select pg_current_snapshot()::text"
+
+    def _window_rows(self) -> str:
+        # Per shard: not visible in ``done`` (``txid >= xmin(done)`` bounds the scan of
+        # ix_<table>_window), visible in ``win`` (no window yet: the statement's own
+        # snapshot), seq above ``upto``, and still on the fast path (no ``last_error``).
+        # ``offset 0`` keeps the subquery a per-shard index range scan: pulled up, the
+        # planner may prefer to read the whole table in seq order and hash-join the shards
+        # (fine on a fresh table, ruinous on one holding days of delivered rows).
         return (
-            f"select {ROW_COLUMNS} from (select {_RAW} from {self.qualified} "
-            "  where shard = any(%(shards)s::smallint[]) and published_at is null "
-            "  and failed_at is null offset 0) as o "
-            "order by o.seq limit %(limit)s")
+            "from unnest(%(shards)s::smallint[], %(done)s::pg_snapshot[], "
+            "%(win)s::pg_snapshot[], %(upto)s::int8[]) as s(shard, done, win, upto) "
+            f"cross join lateral (select {_RAW} from {self.qualified} "
+            "  where shard = s.shard and txid >= pg_snapshot_xmin(s.done) "
+            "  and not pg_visible_in_snapshot(txid, s.done) "
+            "  and (s.win is null or pg_visible_in_snapshot(txid, s.win)) "
+            "  and seq > s.upto and last_error is null offset 0) as o "
+            "order by o.seq")
+
+    @property
+    def first_window_batch(self) -> str:
+        """The first %(limit)s rows of a new window of the given shards, in seq order, each
+        with the statement's snapshot (the window of shards that had none) as last column.
+
+        Used on its own while the relay keeps up (a window of a few rows is read whole in
+        one statement); a larger window is read on with :meth:`declare_window`.
+        """
+        return (f"select {ROW_COLUMNS}, pg_current_snapshot()::text {self._window_rows()} "
+                "limit %(limit)s")
+
+    def declare_window(self, name: str) -> str:
+        """A server-side cursor over the rest of a large window: sorted once, fetched in
+        batches (relay.window). Every shard's window is given explicitly."""
+        return f"declare {name} no scroll cursor for select {ROW_COLUMNS} {self._window_rows()}"
+
+    @property
+    def claim_retry(self) -> str:
+        """Rows taken off the fast path and not delivered or parked, in seq order."""
+        return (
+            f"select {ROW_COLUMNS} from {self.qualified} as o "
+            "where shard = any(%(shards)s::smallint[]) and last_error is not null "
+            "and published_at is null and failed_at is null order by seq limit %(limit)s")
 
     @property
     def mark_published(self) -> str:
+        """Rows delivered one by one (off the fast path) are marked individually."""
         return (f"update {self.qualified} set published_at = {NOW_UTC} "
                 "where seq = any(%(seqs)s) and published_at is null")
 
     @property
-    def delete_published(self) -> str:
-        """Retention 0: a delivered row is deleted instead of marked (no new row version, no
-        index entries: about a third of the mark's cost), leaving nothing to replay."""
-        return (f"delete from {self.qualified} "
+    def hold_waiting(self) -> str:
+        """Take rows off the fast path behind an earlier failed row of their aggregate that
+        is still being retried: they follow it through the retry claim."""
+        return (f"update {self.qualified} set last_error = %(error)s "
                 "where seq = any(%(seqs)s) and published_at is null")
 
     @property
@@ -115,10 +155,13 @@ class Queries:
 
     @property
     def blocked_aggregates(self) -> str:
-        """(aggregatetype, aggregateid, first parked seq, shard) of parked rows in these shards."""
-        return (f"select aggregatetype, aggregateid, min(seq), min(shard) from {self.qualified} "
-                "where shard = any(%(shards)s::smallint[]) and failed_at is not null "
-                "and published_at is null group by aggregatetype, aggregateid")
+        """Aggregates of these shards with rows off the fast path and not delivered:
+        (aggregatetype, aggregateid, first such seq, shard, whether that row is parked)."""
+        return (f"select aggregatetype, aggregateid, min(seq), min(shard), "
+                "(array_agg(failed_at is not null order by seq))[1] "
+                f"from {self.qualified} where shard = any(%(shards)s::smallint[]) "
+                "and last_error is not null and published_at is null "
+                "group by aggregatetype, aggregateid")
 
     # ------------------------------------------------------------------ shards
     @property
@@ -166,10 +209,25 @@ class Queries:
     # ------------------------------------------------------------------ status
     @property
     def backlog(self) -> str:
-        """Pending rows and the age in seconds of the oldest, optionally for some shards."""
-        return (f"select count(*), extract(epoch from {NOW_UTC} - min(created_at))::float8 "
-                f"from {self.qualified} where published_at is null and failed_at is null "
-                "and (%(shards)s::smallint[] is null or shard = any(%(shards)s::smallint[]))")
+        """Undelivered, unparked rows and the age in seconds of the oldest, optionally for
+        some shards: per shard, the fast-path rows its cursor has not covered (a range of
+        ``ix_<table>_window``), plus rows waiting in the retry claim."""
+        shards = ("coalesce(%(shards)s::smallint[], "
+                  f"array(select generate_series(0, {SHARD_COUNT - 1})::smallint))")
+        return (
+            f"select count(*), extract(epoch from {NOW_UTC} - min(created_at))::float8 from ("
+            f"  select o.created_at from unnest({shards}) as s(shard) "
+            f"  left join {self.cursor_table} c on c.shard = s.shard "
+            f"  cross join lateral (select created_at, seq, txid from {self.qualified} "
+            "    where shard = s.shard and last_error is null "
+            "    and txid >= coalesce(pg_snapshot_xmin(c.done::pg_snapshot), '0'::xid8)) as o "
+            "  where c.shard is null or not (pg_visible_in_snapshot(o.txid, c.done::pg_snapshot) "
+            "    or (c.win is not null and o.seq <= c.upto "
+            "        and pg_visible_in_snapshot(o.txid, c.win::pg_snapshot))) "
+            "  union all "
+            f"  select created_at from {self.qualified} where shard = any({shards}) "
+            "    and last_error is not null and published_at is null and failed_at is null"
+            ") as pending")
 
     @property
     def failed_count(self) -> str:
@@ -193,25 +251,29 @@ class Queries:
     # ------------------------------------------------------------------ retention
     @property
     def purge_batch(self) -> str:
-        """Walk %(limit)s rows in seq order after %(after)s; delete those published before the
-        cutoff. Returns (deleted, last seq walked, rows walked, rows created after the cutoff).
+        """Walk %(limit)s rows in seq order after %(after)s; delete those delivered and older
+        than the cutoff. Returns (deleted, last seq walked, rows walked, rows created after
+        the cutoff).
 
-        No index on ``published_at`` (every mark would pay for it): the walk uses the
-        ``seq`` index from the oldest row on, and :func:`relay.retention.purge` stops at the
-        first batch that holds a row created after the cutoff, since a row is published
-        after it is created. Rows still pending or parked in the old range are walked over
-        (and walked again on the next run) but never deleted. Writers never touch
-        published rows and the relay only updates pending ones, so the short delete takes
-        no lock anybody waits for.
+        Age counts from ``created_at`` for rows the relay's cursor delivered (they carry no
+        delivery time) and from ``published_at`` for rows delivered one by one. The walk
+        uses the ``seq`` index from the oldest row on, and :func:`relay.retention.purge`
+        stops at the first batch that holds a row created after the cutoff. Rows still
+        pending or parked in the old range are walked over (and walked again on the next
+        run) but never deleted. Writers never touch delivered rows and the relay only
+        updates undelivered ones, so the short delete takes no lock anybody waits for.
         """
         cutoff = f"{NOW_UTC} - make_interval(secs => %(older_than)s)"
         # %(captured)s: Debezium reads rows from the WAL and never marks them, so with CDC
         # an old row counts as delivered once it is older than the cutoff.
-        return (f"with walked as materialized (select seq, published_at, created_at "
-                f"  from {self.qualified} where seq > %(after)s order by seq limit %(limit)s), "
+        return (f"with walked as materialized (select seq, shard, txid, published_at, "
+                f"  last_error, created_at from {self.qualified} where seq > %(after)s "
+                "  order by seq limit %(limit)s), "
                 f"deleted as (delete from {self.qualified} o using walked w "
-                f"  where o.seq = w.seq and (w.published_at < {cutoff} or (%(captured)s "
-                f"  and w.published_at is null and w.created_at < {cutoff})) returning o.seq) "
+                f"  where o.seq = w.seq and (w.published_at < {cutoff} "
+                f"  or (w.created_at < {cutoff} and w.published_at is null "
+                f"      and (%(captured)s or {delivered_on_fast_path('w', self.cursor_table)})))"
+                "  returning o.seq) "
                 "select (select count(*) from deleted), (select max(seq) from walked), "
                 "(select count(*) from walked), "
                 f"(select count(*) from walked where created_at >= {cutoff})")

@@ -27,12 +27,12 @@ from psycopg import sql
 from outbox.cli_options import settings_options
 from outbox.record import StoredRow, invalid_topic_reason, stored_record
 from outbox.settings import Settings, redact_url
-from relay.queries import RECORD_COLUMNS
+from relay.queries import RECORD_COLUMNS, Queries
 
 SELECT_ROWS = """
 select """ + RECORD_COLUMNS + """
   from {table} as o
- where ({published_only} = false or published_at is not null)
+ where ({published_only} = false or {delivered})
    and (%(ids)s::uuid[] is null or id = any(%(ids)s))
    and (%(aggregate_type)s::text is null or aggregatetype = %(aggregate_type)s)
    and (%(aggregate_ids)s::text[] is null or aggregateid = any(%(aggregate_ids)s))
@@ -91,7 +91,9 @@ def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
 def _query(settings: Settings, flt: ReplayFilter, count: bool) -> sql.Composed:
     table = sql.Identifier(settings.db_schema, settings.outbox_table)
     query = sql.SQL(SELECT_ROWS).format(
-        table=table, published_only=sql.Literal(not flt.include_unpublished))
+        table=table, published_only=sql.Literal(not flt.include_unpublished),
+        # Built from identifiers checked by Settings (Queries.for_settings).
+        delivered=sql.SQL(Queries.for_settings(settings).delivered("o")))
     if count:
         return sql.SQL("select count(*) from ({}) as chosen").format(query)
     return query

@@ -15,6 +15,7 @@ from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
 from outbox.settings import check_identifier
+from outbox.tables import Xid8, relay_cursor_name
 
 UTC_NOW = sa.text("(now() at time zone 'utc')")
 
@@ -97,6 +98,72 @@ def downgrade_schema_v2(op: Operations, schema: str = "public", outbox: str = "o
                     postgresql_where=sa.text("published_at is not null"))
     op.create_index(f"ix_{outbox}_aggregate", outbox, ["aggregatetype", "aggregateid", "seq"],
                     schema=schema)
+
+
+def delivered_on_fast_path(row: str, cursor: str) -> str:
+    """SQL: row ``row`` (an alias) of the outbox is delivered according to the relay's
+    cursor table ``cursor`` (qualified). See relay.window for the reasoning."""
+    return (f"({row}.txid is not null and {row}.last_error is null and exists ("
+            f"select 1 from {cursor} c where c.shard = {row}.shard and ("
+            f"pg_visible_in_snapshot({row}.txid, c.done::pg_snapshot) or (c.win is not null "
+            f"and {row}.seq <= c.upto and pg_visible_in_snapshot({row}.txid, "
+            "c.win::pg_snapshot)))))")
+
+
+def upgrade_schema_v3(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Version 3: the relay stops updating each delivered row.
+
+    - ``txid xid8`` (default ``pg_current_xact_id()``): with PostgreSQL snapshots the relay
+      reads "rows committed since I last looked" and records its progress once per batch
+      per shard in ``<outbox>_relay_cursor`` instead of an ``UPDATE`` per row. Added
+      without a table rewrite (nullable, default set afterwards); pending rows get the
+      migration's own transaction id, so the relay's first window picks them up. Rows
+      published before this version keep ``txid`` null and their ``published_at``.
+    - ``ix_<outbox>_window (shard, txid)`` replaces ``ix_<outbox>_pending``; rows taken off
+      the fast path (a failed delivery, held behind one) are found through the small
+      partial ``ix_<outbox>_retry``.
+    """
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    cursor = relay_cursor_name(outbox)
+    table = f'"{schema}"."{outbox}"'
+    op.add_column(outbox, sa.Column("txid", Xid8(), nullable=True), schema=schema)
+    op.execute(sa.text(f"alter table {table} alter column txid set default pg_current_xact_id()"))
+    op.execute(sa.text(f"update {table} set txid = pg_current_xact_id() where published_at "
+                       "is null and failed_at is null and last_error is null"))
+    op.create_index(f"ix_{outbox}_window", outbox, ["shard", "txid"], schema=schema)
+    op.create_index(f"ix_{outbox}_retry", outbox, ["shard", "seq"], schema=schema,
+                    postgresql_where=sa.text("last_error is not null and published_at is null"))
+    op.drop_index(f"ix_{outbox}_pending", outbox, schema=schema)
+    op.create_table(
+        cursor,
+        sa.Column("shard", sa.SmallInteger(), nullable=False),
+        sa.Column("done", sa.Text(), nullable=False),
+        sa.Column("win", sa.Text(), nullable=True),
+        sa.Column("upto", sa.BigInteger(), nullable=False, server_default=sa.text("0")),
+        sa.Column("updated_at", sa.DateTime(timezone=False), nullable=False,
+                  server_default=UTC_NOW),
+        sa.PrimaryKeyConstraint("shard", name=f"pk_{cursor}"),
+        schema=schema,
+    )
+
+
+def downgrade_schema_v3(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Back to version 2: rows the cursor records as delivered get ``published_at``, so a
+    version-2 relay does not send them again."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    cursor = relay_cursor_name(outbox)
+    table = f'"{schema}"."{outbox}"'
+    delivered = delivered_on_fast_path("o", f'"{schema}"."{cursor}"')
+    op.execute(sa.text(f"update {table} o set published_at = {UTC_NOW.text} "
+                       f"where o.published_at is null and o.failed_at is null and {delivered}"))
+    op.create_index(f"ix_{outbox}_pending", outbox, ["shard", "seq"], schema=schema,
+                    postgresql_where=sa.text("published_at is null and failed_at is null"))
+    op.drop_table(cursor, schema=schema)
+    op.drop_index(f"ix_{outbox}_retry", outbox, schema=schema)
+    op.drop_index(f"ix_{outbox}_window", outbox, schema=schema)
+    op.drop_column(outbox, "txid", schema=schema)
 
 
 def drop_schema_v1(op: Operations, schema: str = "public", outbox: str = "outbox",

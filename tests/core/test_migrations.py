@@ -69,7 +69,7 @@ def test_custom_schema_and_table_names(empty_db: str) -> None:
                         inbox_table="events_seen")
     migrate.upgrade(settings)
     assert tables(empty_db, "billing") == {"events_out", "events_seen",
-                                           "outbox_alembic_version"}
+                                           "events_out_relay_cursor", "outbox_alembic_version"}
     assert tables(empty_db) == set()
     assert migrate.check(settings) == []
     # A second schema is independent of the first (the saga runs one per service).
@@ -90,12 +90,11 @@ def test_version_2_indexes_and_the_step_back_to_version_1(empty_db: str) -> None
     migrate.upgrade(settings, "0001")
     v1 = outbox_indexes(empty_db)
     assert "ix_outbox_aggregate" in v1 and "btree" in v1["ix_outbox_published_at"]
-    migrate.upgrade(settings)
+    migrate.upgrade(settings, "0002")
     v2 = outbox_indexes(empty_db)
     assert "ix_outbox_aggregate" not in v2
     assert "ix_outbox_published_at" not in v2
     assert set(v2) == {"outbox_pkey", "outbox_seq_key", "ix_outbox_pending"}
-    assert migrate.check(settings) == []
     migrate.downgrade(settings)  # one step: back to 0001
     assert migrate.current(settings) == "0001"
     assert outbox_indexes(empty_db) == v1
@@ -214,6 +213,16 @@ def test_an_application_alembic_history_can_include_the_toolkit_tables(
             upgrade_schema_v2(Operations(op.get_context()), schema="public")
         def downgrade():
             downgrade_schema_v2(Operations(op.get_context()), schema="public")
+    """))
+    (app / "versions" / "a4_outbox_v3.py").write_text(textwrap.dedent("""
+        from alembic import op
+        from alembic.operations import Operations
+        from outbox.migrations.ddl import downgrade_schema_v3, upgrade_schema_v3
+        revision, down_revision, branch_labels, depends_on = "a4", "a3", None, None
+        def upgrade():
+            upgrade_schema_v3(Operations(op.get_context()), schema="public")
+        def downgrade():
+            downgrade_schema_v3(Operations(op.get_context()), schema="public")
     """))
     config = Config()
     config.set_main_option("script_location", str(app))

@@ -21,6 +21,7 @@ from outbox.publish import Event, publish
 from outbox.settings import Settings, load_settings
 from outbox.tables import outbox_table
 from relay.loop import Relay, RelayOptions
+from relay.queries import Queries
 from tests.harness.kafka import Record, consume_all
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -94,10 +95,20 @@ def make_events(count: int, aggregates: int, aggregatetype: str = "order",
             for i in range(count)]
 
 
+# Whether outbox row ``o`` reached Kafka: marked, or covered by the relay's cursor.
+DELIVERED = Queries("public", "outbox").delivered("o")
+
+
 def pending(url: str) -> int:
+    """Rows not delivered yet (parked ones included)."""
     with psycopg.connect(url) as conn:
-        row = conn.execute("select count(*) from outbox where published_at is null").fetchone()
+        row = conn.execute(f"select count(*) from outbox o where not {DELIVERED}").fetchone()
     return int(row[0]) if row else -1
+
+
+def delivered_ids(url: str) -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {str(r[0]) for r in conn.execute(f"select id from outbox o where {DELIVERED}")}
 
 
 def expected_order(url: str, table: str = "outbox") -> dict[str, list[str]]:

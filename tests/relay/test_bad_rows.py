@@ -22,6 +22,7 @@ from relay.cli import relay as relay_group
 from relay.cli import status
 from tests.harness.kafka import create_topic, wait_for_topic
 from tests.relay.conftest import (
+    DELIVERED,
     check_kafka_order,
     consume_topic,
     expected_order,
@@ -33,8 +34,8 @@ from tests.relay.conftest import (
 def rows(url: str) -> dict[str, tuple[Any, ...]]:
     with psycopg.connect(url) as conn:
         return {str(r[0]): r[1:] for r in conn.execute(
-            "select id, published_at is not null, failed_at is not null, attempts, last_error "
-            "from outbox")}
+            f"select id, {DELIVERED}, failed_at is not null, attempts, last_error "
+            "from outbox o")}
 
 
 def wait_until(check: Any, timeout: float = 30) -> None:

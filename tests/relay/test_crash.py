@@ -16,6 +16,7 @@ from tests.harness.kafka import create_topic
 from tests.relay.conftest import (
     check_kafka_order,
     consume_topic,
+    delivered_ids,
     expected_order,
     insert_events,
     kill_hard,
@@ -203,9 +204,7 @@ def test_graceful_shutdown_leaves_nothing_produced_but_unmarked(
     published = 20000 - pending(outbox_url)
     assert 0 < published < 20000, "the relay should have been stopped mid-stream"
     records = consume_topic(kafka_bootstrap, topic, published, timeout=30)
-    with psycopg.connect(outbox_url) as conn:
-        marked = {str(r[0]) for r in conn.execute(
-            "select id from outbox where published_at is not null")}
+    marked = delivered_ids(outbox_url)
     in_kafka = [(r.header("id") or b"").decode() for r in records]
     assert set(in_kafka) == marked, "a row reached Kafka but was not marked (or vice versa)"
     assert len(in_kafka) == len(marked), "duplicates after a graceful stop"

@@ -16,6 +16,7 @@ from outbox.record import (
     OutboxRow,
     StoredRow,
     compact_json,
+    compact_json_many,
     encode_value,
     invalid_topic_reason,
     stored_record,
@@ -107,6 +108,21 @@ def test_compact_json_equals_a_json_round_trip(value: object) -> None:
                    json.dumps(value, ensure_ascii=False, indent=2)):
         assert compact_json(spaced) == json.dumps(value, ensure_ascii=False,
                                                   separators=(",", ":"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_json, max_size=6), st.booleans())
+def test_compact_json_many_equals_compact_json_of_each(values: list[object],
+                                                       indent: bool) -> None:
+    texts = [json.dumps(v, ensure_ascii=False, indent=2 if indent else None) for v in values]
+    assert compact_json_many(texts) == [
+        json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
+
+
+def test_compact_json_many_takes_the_fast_path_on_jsonb_text() -> None:
+    texts = ['{"a": "x, y: z", "b": [1, 2, {"c": null}]}', '"s p"', "[]", '{"k": true}']
+    assert compact_json_many(texts) == ['{"a":"x, y: z","b":[1,2,{"c":null}]}', '"s p"', "[]",
+                                        '{"k":true}']
 
 
 def test_compact_json_of_jsonb_text_matches_the_python_record(pg_url: str) -> None:

@@ -188,10 +188,11 @@ def test_status_purge_and_cli(outbox_url: str, kafka_bootstrap: str, prefix: str
     with psycopg.connect(outbox_url) as conn:
         seqs = [r[0] for r in conn.execute("select seq from outbox order by seq")]
         old, pending_old = seqs[:12], seqs[2]
-        conn.execute("update outbox set published_at = published_at - interval '2 hours', "
-                     "created_at = created_at - interval '2 hours' where seq = any(%s)", (old,))
-        # An old row still pending (a stalled shard, say) is walked over, never deleted.
-        conn.execute("update outbox set published_at = null where seq = %s", (pending_old,))
+        conn.execute("update outbox set created_at = created_at - interval '2 hours' "
+                     "where seq = any(%s)", (old,))
+        # An old row not delivered (taken off the fast path by a failure, say) is walked
+        # over, never deleted.
+        conn.execute("update outbox set last_error = 'test' where seq = %s", (pending_old,))
     out = runner.invoke(purge, ["--database-url", outbox_url, "--older-than", "1h",
                                 "--batch-size", "3"])
     assert out.exit_code == 0 and "purged 11 " in out.output, out.output

@@ -1,0 +1,115 @@
+"""Snapshot windows: how the relay knows what it delivered without updating each row.
+
+Marking every delivered row (an ``UPDATE`` per row: a new row version and new index
+entries) capped the relay at about a fifth of what Kafka takes (docs/benchmarks.md).
+Instead the relay keeps, per shard, one small cursor row (``<outbox>_relay_cursor``):
+
+- ``done``: a PostgreSQL snapshot (``pg_snapshot``). Every fast-path row of the shard whose
+  writing transaction (``txid``) is visible in it has been delivered.
+- ``win`` and ``upto``: the window being delivered, a later snapshot, and the last seq
+  delivered in it. Rows visible in ``win`` with ``seq <= upto`` have been delivered too.
+
+A window is read in ``seq`` order: rows visible in ``win`` and not in ``done``. When it
+has been read to the end and every row of it acknowledged, ``done`` becomes ``win``.
+
+Why nothing is skipped: a row becomes visible in a snapshot exactly when its transaction
+has committed, and a snapshot taken later sees every transaction an earlier one saw. So
+the rows not visible in ``done`` but visible in ``win`` are exactly the rows that
+committed in between, however long their transactions ran and whatever seq they drew.
+(A high-water mark on ``seq`` would skip a row whose transaction drew a low seq and
+committed late; ``txid >= xmin(done)`` only bounds the index scan, the visibility test
+decides.)
+
+Why per-aggregate order holds: ``publish()`` takes a transaction-scoped lock on the
+aggregate, so the transactions of one aggregate commit one after the other and each draws
+its seq after the previous one committed. Within a window, seq order is therefore commit
+order per aggregate; across windows, an earlier window holds only transactions that
+committed earlier. docs/ordering.md has the lock's half of the argument.
+
+Why a crash loses nothing: progress is written after Kafka acknowledged the rows it
+covers, on the session that holds the shard's lock; a crash before that write means the
+rows are read again (duplicates, never a gap).
+
+Rows the relay takes off the fast path (a failed delivery, or held behind an earlier
+failed row of the aggregate) get ``last_error`` set; from then on their own columns
+(``published_at``, ``failed_at``) tell their state, and the window read skips them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+# A snapshot in which no transaction is visible: nothing delivered yet.
+NOTHING = "1:1:"
+
+
+@dataclass
+class ShardCursor:
+    """One row of ``<outbox>_relay_cursor``."""
+
+    done: str = NOTHING
+    win: str | None = None
+    upto: int = 0
+
+
+@dataclass
+class Window:
+    """One shard group's window being read: each shard's window snapshot, and progress."""
+
+    wins: dict[int, str]
+    # shards whose cursor must move to their window once it is complete: those with rows
+    # read so far, and those that came with a window already open (a previous owner's)
+    touched: set[int] = field(default_factory=set)
+    # seq of the last row read (rows up to it were handed out in batches)
+    read_upto: int = 0
+    # every row of the window has been read
+    exhausted: bool = False
+
+
+def open_window(shards: Sequence[int], cursors: dict[int, ShardCursor],
+                snapshot: str) -> Window:
+    """A new window over ``shards``: a shard continues its open window, others use
+    ``snapshot`` (taken by the statement that read the first rows)."""
+    wins = {s: cursors[s].win or snapshot for s in shards}
+    return Window(wins=wins, touched={s for s in shards if cursors[s].win is not None})
+
+
+def read_params(shards: Sequence[int], cursors: dict[int, ShardCursor],
+                wins: dict[int, str] | None, after: int = 0
+                ) -> dict[str, list[int] | list[str] | list[str | None]]:
+    """Bound parameters of the window reads (``Queries.first_window_batch`` and
+    ``Queries.declare_window``). ``wins`` None: shards without an open window read up to
+    the statement's own snapshot."""
+    return {
+        "shards": list(shards),
+        "done": [cursors[s].done for s in shards],
+        "win": [cursors[s].win if wins is None else wins[s] for s in shards],
+        "upto": [max(cursors[s].upto, after) for s in shards],
+    }
+
+
+def progress(cursors: dict[int, ShardCursor], window: Window,
+             settled: Iterable[tuple[int, int]], complete: bool) -> dict[int, ShardCursor]:
+    """The cursors to write after a batch settled.
+
+    ``settled``: (shard, seq) of the batch's rows that are delivered or taken off the fast
+    path, in seq order, up to (not including) the first row that must be read again.
+    ``complete``: that was the whole batch and the batch ended the window. Returns the new
+    cursor of every shard that changed (``cursors`` is not modified).
+    """
+    changed: dict[int, ShardCursor] = {}
+    last = None
+    shards: set[int] = set()
+    for shard, seq in settled:
+        shards.add(shard)
+        last = seq
+    if complete:
+        for shard in window.touched | shards:
+            changed[shard] = ShardCursor(done=window.wins[shard])
+        return changed
+    if last is not None:
+        for shard in shards:
+            changed[shard] = ShardCursor(done=cursors[shard].done, win=window.wins[shard],
+                                         upto=last)
+    return changed
