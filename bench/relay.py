@@ -7,8 +7,8 @@
    relay then publishes them (events/s from first claim to last ack). In the same run the
    raw confluent-kafka producer, with the same configuration, sends the same records from
    memory: the ceiling. Reported: both rates and their ratio (target >= 0.5). Then the
-   relay's database work alone (claim + mark the same rows, no Kafka): the rate no relay
-   can beat on this machine, and its ratio to raw.
+   relay's database work alone (read the same rows and record progress, no Kafka): a
+   bound on what the relay can reach on this machine, and its ratio to raw.
 2. Latency: a separate writer process commits one event per transaction with ``publish()``
    at a steady rate (default 1,000/s); for each event, the time from its commit returning
    to the relay's delivery report (ack) is measured. Reported: p50/p99/max (target p99 <= 25 ms).
@@ -58,8 +58,7 @@ from services.launcher import load_stack_env  # noqa: E402
 
 # Set from the command line: extra producer properties and the relay's pipeline depth.
 EXTRA_KAFKA: dict[str, str] = {}
-TUNING: dict[str, Any] = {"pipeline_depth": RelayOptions.pipeline_depth,
-                          "retention_seconds": None}
+TUNING: dict[str, Any] = {"pipeline_depth": RelayOptions.pipeline_depth}
 
 
 def with_db(url: str, name: str) -> str:
@@ -154,8 +153,7 @@ def bench_relay(db_url: str, bootstrap: str, prefix: str, events: int, batch: in
                              kafka_config=EXTRA_KAFKA)
     relay = Relay(settings, RelayOptions(batch_size=batch, listen=False, poll_interval=0.2,
                                          stats_interval=3600,
-                                         pipeline_depth=TUNING["pipeline_depth"],
-                                         retention_seconds=TUNING["retention_seconds"]))
+                                         pipeline_depth=TUNING["pipeline_depth"]))
     profiler: Any = None
     if profile is not None:
         from pyinstrument import Profiler
@@ -458,14 +456,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="cdc: relay and Debezium side by side (runs bench/cdc.py)")
     parser.add_argument("--cdc", action="store_const", const="cdc", dest="mode",
                         help="same as --mode cdc")
-    parser.add_argument("--retention", type=float, default=None, metavar="SECONDS",
-                        help="the relay's retention; 0 deletes rows on delivery instead of "
-                             "marking them (default: keep rows)")
     parser.add_argument("--keep-db", action="store_true")
     args = parser.parse_args(argv)
     EXTRA_KAFKA.update(kv.split("=", 1) for kv in args.kafka_config)
     TUNING["pipeline_depth"] = args.pipeline_depth
-    TUNING["retention_seconds"] = args.retention
     if args.mode == "cdc":
         # Same workload through the relay and through Debezium in one run: bench/cdc.py.
         from bench import cdc
@@ -476,7 +470,6 @@ def main(argv: list[str] | None = None) -> int:
     url = os.environ["OUTBOX_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
     bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
     report: dict[str, Any] = {"events": args.events, "pipeline_depth": TUNING["pipeline_depth"],
-                              "retention": args.retention,
                               "kafka_config": EXTRA_KAFKA, "writer": args.writer,
                               "aggregates": args.aggregates,
                               "payload_bytes": args.payload_bytes,
@@ -492,18 +485,15 @@ def main(argv: list[str] | None = None) -> int:
                                                     args.payload_bytes)
             print(f"backlog of {args.events} written in {report['write_seconds']:.1f}s",
                   file=sys.stderr)
-            # Raw first: it reads the rows, and with --retention 0 the relay deletes them.
             report["raw"] = bench_raw(db_url, bootstrap, raw_prefix)
             print(f"raw:   {report['raw']['rate']:.0f} events/s", file=sys.stderr)
             report["relay"] = bench_relay(db_url, bootstrap, relay_prefix, args.events,
                                           args.batch_size, args.profile)
             print(f"relay: {report['relay']['rate']:.0f} events/s", file=sys.stderr)
             report["ratio"] = report["relay"]["rate"] / report["raw"]["rate"]
-            if args.retention == 0:  # the relay deleted the rows: the same backlog again
-                write_backlog(db_url, args.events, args.aggregates, args.payload_bytes)
             report["db_floor"] = bench_db_floor(db_url, args.batch_size)
             report["ratio_db_floor"] = report["db_floor"]["rate"] / report["raw"]["rate"]
-            print(f"database work alone (claim + mark, no Kafka): "
+            print(f"database work alone (read + record progress, no Kafka): "
                   f"{report['db_floor']['rate']:.0f} events/s", file=sys.stderr)
         finally:
             delete_topics(bootstrap, [f"{relay_prefix}-bench", f"{raw_prefix}-bench"])

@@ -186,6 +186,11 @@ class Relay:
             try:
                 if self.conn is None:
                     self._connect()
+                    problem = self._schema_problem()
+                    if problem is not None:
+                        log.error("%s", problem, extra={"action": "config_error"})
+                        self._lose_connection()
+                        return EXIT_CONFIG
                 if self.producer is None:
                     try:
                         self.producer = make_producer(producer_config(
@@ -210,6 +215,18 @@ class Relay:
                 self._lose_connection()
                 self.stopping.wait(delay)
         return self._shutdown()
+
+    def _schema_problem(self) -> str | None:
+        """Why this database cannot be relayed by this version, or None."""
+        assert self.conn is not None
+        row = self.conn.execute(self.queries.schema_check).fetchone()
+        if row is None or not row[0]:
+            return (f"the outbox table {self.queries.qualified} does not exist: run "
+                    "`outbox db upgrade` (check --schema / --outbox-table)")
+        if not row[1]:
+            return (f"{self.queries.cursor_table} does not exist: the outbox schema is older "
+                    "than this relay; run `outbox db upgrade`")
+        return None
 
     def _connect(self) -> None:
         app = f"{self.queries.application_name}:{self.options.instance_id}"

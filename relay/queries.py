@@ -67,6 +67,12 @@ class Queries:
                 f"{delivered_on_fast_path(row, self.cursor_table)})")
 
     @property
+    def schema_check(self) -> str:
+        """Whether the outbox table and the relay cursor table (schema version 3) exist."""
+        return (f"select to_regclass('{self.qualified}') is not null, "
+                f"to_regclass('{self.cursor_table}') is not null")
+
+    @property
     def load_cursors(self) -> str:
         """The relay cursor of each given shard that has one: (shard, done, win, upto)."""
         return (f"select shard, done, win, upto from {self.cursor_table} "

@@ -100,6 +100,43 @@ def test_version_2_indexes_and_the_step_back_to_version_1(empty_db: str) -> None
     assert outbox_indexes(empty_db) == v1
 
 
+def test_version_3_keeps_what_was_published_and_what_was_pending(empty_db: str) -> None:
+    """Upgrading to the relay cursor: published rows are not sent again, pending rows are
+    picked up, rows in the middle of failing go on through the retry claim; downgrading
+    marks what the cursor delivered, so a version-2 relay does not send it again."""
+    from relay.queries import Queries
+
+    settings = Settings(database_url=empty_db)
+    migrate.upgrade(settings, "0002")
+    insert = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, published_at, "
+              "attempts, last_error) values (gen_random_uuid(), 'order', %s, 'T', '{}', "
+              "%s, %s, %s) returning seq")
+    with psycopg.connect(empty_db) as conn:
+        published, waiting, retrying = (
+            tuple(conn.execute(insert, values).fetchone() or ())
+            for values in (("a", "2026-01-01", 0, None), ("b", None, 0, None),
+                           ("c", None, 1, "boom")))
+    migrate.upgrade(settings)
+    queries = Queries.for_settings(settings)
+    delivered = f"select seq, txid is not null, {queries.delivered('o')} from outbox o order by seq"
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        assert conn.execute(delivered).fetchall() == [
+            (published[0], False, True), (waiting[0], True, False), (retrying[0], False, False)]
+        retry = conn.execute(queries.claim_retry, {"shards": list(range(256)), "limit": 10})
+        assert [r[9] for r in retry] == [retrying[0]]
+        # The relay delivers the pending row: its shard's cursor covers it.
+        shard = conn.execute("select shard from outbox where seq = %s", waiting).fetchone()
+        snapshot = conn.execute(queries.snapshot).fetchone()
+        assert shard is not None and snapshot is not None
+        conn.execute(queries.save_cursors, {"shards": [shard[0]], "done": [snapshot[0]],
+                                            "win": [None], "upto": [0]})
+        assert [r[2] for r in conn.execute(delivered)] == [True, True, False]
+    migrate.downgrade(settings, "0002")
+    with psycopg.connect(empty_db) as conn:
+        marked = conn.execute("select seq, published_at is not null from outbox order by seq")
+        assert marked.fetchall() == [(published[0], True), (waiting[0], True), (retrying[0], False)]
+
+
 def test_no_drift_between_migrations_and_models(database_url: str) -> None:
     # database_url comes from the template, which the migrations built.
     assert migrate.check(Settings(database_url=database_url)) == []

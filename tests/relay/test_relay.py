@@ -281,3 +281,22 @@ def test_rejected_kafka_configuration_exits_with_the_configuration_code(
                             timeout=60, cwd=tmp_path)
     assert result.returncode == 3, result.stderr[-2000:]
     assert "no.such.property" in result.stderr
+
+
+def test_a_database_behind_the_relay_schema_exits_with_the_configuration_code(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, caplog: Any) -> None:
+    """Schema version 2 (no relay cursor table): a clear error, not a crash loop."""
+    from outbox import migrate
+    from outbox.settings import Settings
+    from relay.loop import EXIT_CONFIG, Relay, RelayOptions
+
+    migrate.downgrade(Settings(database_url=outbox_url), "0002")
+    relay = Relay(relay_settings(outbox_url, kafka_bootstrap, prefix),
+                  RelayOptions(listen=False))
+    assert relay.run() == EXIT_CONFIG
+    assert "outbox_relay_cursor does not exist" in caplog.text
+    assert "run `outbox db upgrade`" in caplog.text
+    relay = Relay(relay_settings(outbox_url, kafka_bootstrap, prefix, outbox_table="nowhere"),
+                  RelayOptions(listen=False))
+    assert relay.run() == EXIT_CONFIG
+    assert "public.nowhere does not exist" in caplog.text

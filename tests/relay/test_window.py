@@ -1,0 +1,115 @@
+"""Snapshot windows (relay.window): the progress rules, and late commits on real PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+
+from outbox.publish import Event, publish
+from relay.window import NOTHING, ShardCursor, Window, progress
+from tests.harness.kafka import create_topic
+from tests.relay.conftest import (
+    DELIVERED,
+    check_kafka_order,
+    consume_topic,
+    expected_order,
+    insert_events,
+    pending,
+    relay_settings,
+)
+
+
+def test_progress_inside_a_window_records_the_last_seq_of_the_shards_in_the_batch() -> None:
+    cursors = {1: ShardCursor(), 2: ShardCursor("5:9:7"), 3: ShardCursor()}
+    window = Window(wins={1: "9:12:", 2: "9:12:", 3: "9:12:"}, touched={1, 2})
+    changed = progress(cursors, window, [(1, 10), (2, 11), (1, 14)], complete=False)
+    assert changed == {1: ShardCursor(NOTHING, "9:12:", 14), 2: ShardCursor("5:9:7", "9:12:", 14)}
+
+
+def test_a_complete_window_becomes_done_for_every_shard_it_touched() -> None:
+    cursors = {1: ShardCursor(), 2: ShardCursor("5:9:7", "8:9:", 3), 3: ShardCursor()}
+    # shard 2 came with a window of its own (a previous owner's), shard 3 had no rows
+    window = Window(wins={1: "9:12:", 2: "8:9:", 3: "9:12:"}, touched={1, 2})
+    changed = progress(cursors, window, [(1, 20)], complete=True)
+    assert changed == {1: ShardCursor("9:12:"), 2: ShardCursor("8:9:")}
+
+
+def test_nothing_settled_changes_nothing() -> None:
+    window = Window(wins={1: "9:12:"}, touched={1})
+    assert progress({1: ShardCursor()}, window, [], complete=False) == {}
+
+
+def same_shard_ids(url: str, count: int) -> list[str]:
+    """Aggregate ids that hash to one shard (so only visibility, not the shard, tells
+    their rows apart)."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "select id from (select 'late-' || n as id from generate_series(1, 5000) n) c "
+            "where abs(hashtextextended(id, 0) %% 256) = "
+            "abs(hashtextextended('late-1', 0) %% 256) limit %s", (count,)).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_a_row_that_commits_late_with_a_low_seq_is_still_delivered(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any) -> None:
+    """The trap a high-water mark on seq falls into: T1 draws the lower seq, T2 commits and
+    is delivered first, then T1 commits. The window after T2's holds T1's row."""
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=1)  # one partition: send order is visible
+    slow_id, fast_id = same_shard_ids(outbox_url, 2)
+    handle = start_relay(relay_settings(outbox_url, kafka_bootstrap, prefix))
+    with psycopg.connect(outbox_url) as slow:
+        publish(slow, Event(aggregate_type="order", aggregate_id=slow_id, event_type="Slow",
+                            payload={"n": 1}))
+        insert_events(outbox_url, [{"aggregatetype": "order", "aggregateid": fast_id,
+                                    "payload": {"n": 2}}])
+        deadline = time.monotonic() + 20
+        while pending(outbox_url) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pending(outbox_url) == 0  # T2's row; T1's is not visible yet
+        with psycopg.connect(outbox_url) as conn:
+            seqs: dict[str, int] = dict(conn.execute(
+                "select aggregateid, seq from outbox").fetchall())
+        slow.commit()
+    assert seqs == {fast_id: seqs[fast_id]}
+    deadline = time.monotonic() + 20
+    while pending(outbox_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pending(outbox_url) == 0
+    with psycopg.connect(outbox_url) as conn:
+        order = [r[0] for r in conn.execute("select aggregateid from outbox order by seq")]
+        cursor = conn.execute("select done, win from outbox_relay_cursor "
+                              "where shard = abs(hashtextextended(%s, 0) %% 256)",
+                              (slow_id,)).fetchone()
+    assert order == [slow_id, fast_id]  # the late row has the lower seq
+    assert cursor is not None and cursor[1] is None  # its window is complete
+    records = consume_topic(kafka_bootstrap, topic, 2)
+    assert [r.key for r in records] == [fast_id.encode(), slow_id.encode()]
+    assert check_kafka_order(records, expected_order(outbox_url)) == 0
+    assert handle.stop() == 0
+
+
+def test_a_large_backlog_is_read_by_cursor_and_new_rows_join_later_windows(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any) -> None:
+    """Windows larger than a batch (read through the WindowReader's server-side cursor)
+    while writers keep committing: every row once, in order, the cursors caught up."""
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=3)
+    events = [{"aggregatetype": "order", "aggregateid": f"agg-{i % 40}", "payload": {"n": i}}
+              for i in range(3000)]
+    insert_events(outbox_url, events[:2000])
+    handle = start_relay(relay_settings(outbox_url, kafka_bootstrap, prefix), batch_size=150)
+    for start in range(2000, 3000, 100):
+        insert_events(outbox_url, events[start:start + 100])
+        time.sleep(0.02)
+    records = consume_topic(kafka_bootstrap, topic, 3000)
+    assert handle.stop() == 0
+    assert len(records) == 3000
+    assert check_kafka_order(records, expected_order(outbox_url)) == 0
+    with psycopg.connect(outbox_url) as conn:
+        left = conn.execute(f"select count(*) from outbox o where not {DELIVERED}").fetchone()
+        open_windows = conn.execute(
+            "select count(*) from outbox_relay_cursor where win is not null").fetchone()
+    assert left == (0,) and open_windows == (0,)
