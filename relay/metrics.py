@@ -39,6 +39,17 @@ class HotHistogram:
         self.counts[bisect_left(self.upper, value)] += 1
         self.sum += value
 
+    def observe_ages(self, now: float, created_ms: list[int]) -> None:
+        """Count ``now - created`` (seconds) for each epoch-millisecond timestamp."""
+        upper, counts = self.upper, self.counts
+        total = 0.0
+        for ms in created_ms:
+            age = now - ms / 1000.0
+            age = max(age, 0.0)
+            counts[bisect_left(upper, age)] += 1
+            total += age
+        self.sum += total
+
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation)
 
