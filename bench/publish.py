@@ -11,6 +11,12 @@ median per-transaction time of each and the ratio (target <= 1.15). A third vari
 business insert plus one *plain* insert into a bare audit table, shows the floor that any
 second statement costs (one more round trip), so the outbox's own share can be read off.
 
+``--durable`` runs it all against a private PostgreSQL cluster with production durability
+(``fsync``, ``synchronous_commit`` and ``full_page_writes`` on), started by
+``devstack/stack.py`` under ``.stack/durable`` on its own port and stopped afterwards: the
+dev cluster runs with them off, which makes commits artificially cheap and every extra
+statement look expensive.
+
 ``--pipeline`` measures the same three variants on a plain psycopg 3 connection in
 pipeline mode (``with conn.pipeline():``): the business insert, the event and the commit
 leave in one flush, so the event costs its server-side work but no extra round trip.
@@ -21,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -107,10 +114,38 @@ def one_round_pipeline(conn: psycopg.Connection[object], n: int, variant: str) -
     return timings
 
 
+DURABLE_PORT = "55440"
+
+
+def durability_settings(url: str) -> str:
+    """The server settings that decide what a commit costs, as ``name=value, ...``."""
+    with psycopg.connect(url) as pg:
+        rows = pg.execute("select name, setting from pg_settings where name in "
+                          "('fsync', 'synchronous_commit', 'full_page_writes') "
+                          "order by name").fetchall()
+    return ", ".join(f"{name}={value}" for name, value in rows)
+
+
+def durable_cluster(action: str) -> str:
+    """Start (``up``) or stop (``down``) the private durable cluster; returns its admin URL."""
+    stack_dir = ROOT / ".stack" / "durable"
+    env = {**os.environ, "OUTBOX_STACK_DIR": str(stack_dir),
+           "OUTBOX_STACK_PG_PORT": DURABLE_PORT, "OUTBOX_STACK_PG_FSYNC": "on"}
+    subprocess.run([sys.executable, str(ROOT / "devstack" / "stack.py"), action, "postgres"],
+                   env=env, check=True)
+    for line in (stack_dir / "env").read_text().splitlines():
+        if line.startswith("OUTBOX_DATABASE_URL="):
+            return line.split("=", 1)[1]
+    raise RuntimeError(f"no OUTBOX_DATABASE_URL in {stack_dir / 'env'}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=250)
+    parser.add_argument("--durable", action="store_true",
+                        help="a private cluster with fsync, synchronous_commit and "
+                             "full_page_writes on (production settings)")
     parser.add_argument("--pipeline", action="store_true",
                         help="psycopg 3 connection in pipeline mode instead of a Session")
     parser.add_argument("--schema-revision", default="head",
@@ -118,7 +153,7 @@ def main() -> int:
                              "changes of 0002)")
     args = parser.parse_args()
     load_stack_env()
-    admin = os.environ["OUTBOX_DATABASE_URL"]
+    admin = durable_cluster("up") if args.durable else os.environ["OUTBOX_DATABASE_URL"]
     url = fresh_database(admin)
     try:
         settings = Settings(database_url=url)
@@ -148,11 +183,14 @@ def main() -> int:
         if pg is not None:
             pg.close()
         engine.dispose()
+        durability = durability_settings(url)
     finally:
         drop_database(admin, url)
+        if args.durable:
+            durable_cluster("down")
     b, o, a = (statistics.median(timings[v]) for v in variants)
     print(f"mode: {'psycopg pipeline' if args.pipeline else 'SQLAlchemy Session'}, "
-          f"outbox schema revision {args.schema_revision}")
+          f"outbox schema revision {args.schema_revision}; {durability}")
     print(f"transactions per variant: {len(timings['base'])}")
     print(f"business transaction alone:             median {b * 1000:.3f} ms")
     print(f"business transaction + publish():       median {o * 1000:.3f} ms")
