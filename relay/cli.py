@@ -211,6 +211,10 @@ def compress_ranges(numbers: list[int]) -> str:
     return ",".join(parts)
 
 
+# A writing transaction open this long is worth a line in `outbox status` (relay.window).
+LONG_TRANSACTION_SECONDS = 60.0
+
+
 def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]:
     """Backlog, oldest pending age, failed rows and shard owners, as plain data."""
     queries = Queries.for_settings(settings)
@@ -218,6 +222,8 @@ def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]
                          application_name="outbox-status") as conn:
         count, age = conn.execute(queries.backlog, {"shards": None}).fetchone() or (0, None)
         failed_row = conn.execute(queries.failed_count).fetchone()
+        retrying = conn.execute(queries.retrying_count).fetchone()
+        writer = conn.execute(queries.oldest_writer).fetchone()
         failed = conn.execute(queries.failed_rows, {"limit": failed_limit}).fetchall()
         owners: dict[str, list[int]] = defaultdict(list)
         for shard, pid, app in conn.execute(queries.shard_owners).fetchall():
@@ -226,6 +232,9 @@ def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]
         "table": queries.qualified,
         "backlog": int(count),
         "oldest_pending_age_seconds": float(age) if age is not None else None,
+        "retrying": int(retrying[0]) if retrying else 0,
+        "oldest_writing_transaction_seconds": (
+            float(writer[0]) if writer and writer[0] is not None else None),
         "failed": int(failed_row[0]) if failed_row else 0,
         "failed_rows": [
             {"seq": r[0], "id": str(r[1]), "aggregatetype": r[2], "aggregateid": r[3],
@@ -252,6 +261,11 @@ def status(settings: Settings, as_json: bool) -> None:
     click.echo(f"table:            {info['table']}")
     click.echo(f"backlog:          {info['backlog']} pending rows")
     click.echo(f"oldest pending:   {'-' if age is None else f'{age:.1f}s'}")
+    click.echo(f"retrying:         {info['retrying']} rows (after a failed delivery)")
+    writer = info["oldest_writing_transaction_seconds"]
+    if writer is not None and writer >= LONG_TRANSACTION_SECONDS:
+        click.echo(f"long transaction: one has been writing for {writer:.0f}s; until it ends "
+                   "the relay reads every row committed since it began again")
     click.echo(f"failed (parked):  {info['failed']}")
     for row in info["failed_rows"]:
         click.echo(f"  seq {row['seq']} {row['aggregatetype']}/{row['aggregateid']} "

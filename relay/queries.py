@@ -236,6 +236,20 @@ class Queries:
             ") as pending")
 
     @property
+    def retrying_count(self) -> str:
+        """Rows off the fast path waiting for the retry claim (failed, not parked yet, or
+        held behind such a row)."""
+        return (f"select count(*) from {self.qualified} where last_error is not null "
+                "and published_at is null and failed_at is null")
+
+    @property
+    def oldest_writer(self) -> str:
+        """Seconds since the oldest transaction holding a transaction id began: until it
+        ends, every window reads again the rows committed since then (relay.window)."""
+        return ("select extract(epoch from now() - min(xact_start))::float8 "
+                "from pg_stat_activity where backend_xid is not null")
+
+    @property
     def failed_count(self) -> str:
         return (f"select count(*) from {self.qualified} "
                 "where failed_at is not null and published_at is null")

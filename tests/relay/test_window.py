@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 
 from outbox.publish import Event, publish
+from relay.cli import collect_status
 from relay.window import NOTHING, ShardCursor, Window, progress
 from tests.harness.kafka import create_topic
 from tests.relay.conftest import (
@@ -69,6 +70,9 @@ def test_a_row_that_commits_late_with_a_low_seq_is_still_delivered(
         while pending(outbox_url) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert pending(outbox_url) == 0  # T2's row; T1's is not visible yet
+        # `outbox status` points at the open writing transaction (it holds windows back).
+        info = collect_status(relay_settings(outbox_url, kafka_bootstrap, prefix))
+        assert info["oldest_writing_transaction_seconds"] > 0.05 and info["retrying"] == 0
         with psycopg.connect(outbox_url) as conn:
             seqs: dict[str, int] = dict(conn.execute(
                 "select aggregateid, seq from outbox").fetchall())
