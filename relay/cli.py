@@ -220,6 +220,9 @@ def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]
     queries = Queries.for_settings(settings)
     with psycopg.connect(settings.libpq_url(), autocommit=True,
                          application_name="outbox-status") as conn:
+        problem = queries.schema_problem(conn)
+        if problem is not None:
+            raise ConfigurationError(problem)
         count, age = conn.execute(queries.backlog, {"shards": None}).fetchone() or (0, None)
         failed_row = conn.execute(queries.failed_count).fetchone()
         retrying = conn.execute(queries.retrying_count).fetchone()

@@ -185,8 +185,7 @@ class Relay:
         while not self.stopping.is_set():
             try:
                 if self.conn is None:
-                    self._connect()
-                    problem = self._schema_problem()
+                    problem = self.queries.schema_problem(self._connect())
                     if problem is not None:
                         log.error("%s", problem, extra={"action": "config_error"})
                         self._lose_connection()
@@ -216,21 +215,9 @@ class Relay:
                 self.stopping.wait(delay)
         return self._shutdown()
 
-    def _schema_problem(self) -> str | None:
-        """Why this database cannot be relayed by this version, or None."""
-        assert self.conn is not None
-        row = self.conn.execute(self.queries.schema_check).fetchone()
-        if row is None or not row[0]:
-            return (f"the outbox table {self.queries.qualified} does not exist: run "
-                    "`outbox db upgrade` (check --schema / --outbox-table)")
-        if not row[1]:
-            return (f"{self.queries.cursor_table} does not exist: the outbox schema is older "
-                    "than this relay; run `outbox db upgrade`")
-        return None
-
-    def _connect(self) -> None:
+    def _connect(self) -> psycopg.Connection[tuple[Any, ...]]:
         app = f"{self.queries.application_name}:{self.options.instance_id}"
-        self.conn = psycopg.connect(self.settings.libpq_url(), autocommit=True,
+        conn = self.conn = psycopg.connect(self.settings.libpq_url(), autocommit=True,
                                     application_name=app, connect_timeout=5,
                                     keepalives=1, keepalives_idle=5, keepalives_interval=2,
                                     keepalives_count=3)
@@ -239,14 +226,15 @@ class Relay:
         # table for a window of a few rows; the window's index range scan is what it must
         # use whatever the statistics say. (Measured with the per-row marking of schema 2:
         # a claim of 3 new rows over 20,000 just-published ones, 11-15 ms -> 1-2 ms.)
-        self.conn.execute("set enable_seqscan = off")
-        self.conn.execute("set enable_bitmapscan = off")
+        conn.execute("set enable_seqscan = off")
+        conn.execute("set enable_bitmapscan = off")
         self.health.database_ok = True
         self.health.detail = "running"
         self.next_rebalance = 0.0
         self.next_stats = 0.0
         self.next_poll = 0.0
         log.info("connected to the database", extra={"action": "db_connected"})
+        return conn
 
     def _lose_connection(self) -> None:
         """The session is gone and so are its shard locks: stop work that relied on them."""

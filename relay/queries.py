@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Any
+
+import psycopg
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
 from outbox.migrations.ddl import delivered_on_fast_path
@@ -71,6 +74,17 @@ class Queries:
         """Whether the outbox table and the relay cursor table (schema version 3) exist."""
         return (f"select to_regclass('{self.qualified}') is not null, "
                 f"to_regclass('{self.cursor_table}') is not null")
+
+    def schema_problem(self, conn: psycopg.Connection[Any]) -> str | None:
+        """Why this database cannot be relayed (or reported on) by this version, or None."""
+        row = conn.execute(self.schema_check).fetchone()
+        if row is None or not row[0]:
+            return (f"the outbox table {self.qualified} does not exist: run "
+                    "`outbox db upgrade` (check --schema / --outbox-table)")
+        if not row[1]:
+            return (f"{self.cursor_table} does not exist: the outbox schema is older than "
+                    "this toolkit; run `outbox db upgrade`")
+        return None
 
     @property
     def load_cursors(self) -> str:

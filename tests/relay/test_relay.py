@@ -300,3 +300,13 @@ def test_a_database_behind_the_relay_schema_exits_with_the_configuration_code(
                   RelayOptions(listen=False))
     assert relay.run() == EXIT_CONFIG
     assert "public.nowhere does not exist" in caplog.text
+
+
+def test_status_on_a_database_without_the_tables_says_what_to_run(outbox_url: str) -> None:
+    from click.testing import CliRunner
+
+    from relay.cli import status
+
+    out = CliRunner().invoke(status, ["--database-url", outbox_url, "--outbox-table", "nope"])
+    assert out.exit_code != 0
+    assert "public.nope does not exist: run `outbox db upgrade`" in out.output
