@@ -117,3 +117,42 @@ def test_a_large_backlog_is_read_by_cursor_and_new_rows_join_later_windows(
         open_windows = conn.execute(
             "select count(*) from outbox_relay_cursor where win is not null").fetchone()
     assert left == (0,) and open_windows == (0,)
+
+
+def test_a_half_delivered_window_left_by_a_dead_owner_is_finished_exactly(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any) -> None:
+    """The cursors as a crashed relay leaves them mid-window (``win`` set, ``upto`` at the
+    last recorded seq): the next owner sends the rest of that window, then what committed
+    after it, and nothing the cursors say was delivered."""
+    from relay.queries import Queries
+
+    topic = f"{prefix}-order"
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    events = [{"aggregatetype": "order", "aggregateid": f"agg-{i % 7}", "payload": {"n": i}}
+              for i in range(300)]
+    insert_events(outbox_url, events[:100])
+    insert_events(outbox_url, events[100:200])
+    queries = Queries("public", "outbox")
+    with psycopg.connect(outbox_url, autocommit=True) as conn:
+        window = conn.execute(queries.snapshot).fetchone()
+        seqs = [r[0] for r in conn.execute("select seq from outbox order by seq")]
+        assert window is not None
+        shards = list(range(256))
+        conn.execute(queries.save_cursors, {
+            "shards": shards, "done": [NOTHING] * 256, "win": [window[0]] * 256,
+            "upto": [seqs[49]] * 256})
+    insert_events(outbox_url, events[200:])  # committed after the window
+    with psycopg.connect(outbox_url) as conn:
+        ids = [str(r[0]) for r in conn.execute("select id from outbox order by seq")]
+    handle = start_relay(relay_settings(outbox_url, kafka_bootstrap, prefix), batch_size=40)
+    records = consume_topic(kafka_bootstrap, topic, 250)
+    assert handle.stop() == 0
+    sent = [(r.header("id") or b"").decode() for r in records]
+    assert sorted(sent) == sorted(ids[50:])  # the first 50 were recorded as delivered
+    expected = {key: [i for i in want if i in set(ids[50:])]
+                for key, want in expected_order(outbox_url).items()}
+    assert check_kafka_order(records, expected) == 0
+    with psycopg.connect(outbox_url) as conn:
+        assert conn.execute("select count(*) from outbox_relay_cursor "
+                            "where win is not null").fetchone() == (0,)
+    assert pending(outbox_url) == 0
