@@ -242,9 +242,9 @@ def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
         while rows:
             total += len(rows)
             done = len(found) <= batch if not declared else len(rows) < batch
-            read = [(int(r[10]), int(r[9])) for r in rows]
-            window.touched.update(shard for shard, _ in read)
-            changed = progress(cursors, window, read, done)
+            shards_read = {int(r[10]) for r in rows}
+            window.touched |= shards_read
+            changed = progress(cursors, window, shards_read, int(rows[-1][9]), done)
             keys = sorted(changed)
             conn.execute(queries.save_cursors, {
                 "shards": keys, "done": [changed[k].done for k in keys],

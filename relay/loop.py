@@ -94,9 +94,9 @@ class Batch:
     rows: list[Row]
     # rows of the fast path (a window) or of the retry claim (marked one by one)
     fast_path: bool = True
-    # (shard, seq) of every row read from the window for this batch, in seq order, also
-    # those diverted behind a failed row instead of produced
-    read: list[tuple[int, int]] = field(default_factory=list)
+    # every row read from the window for this batch, in seq order, also those diverted
+    # behind a failed row instead of produced
+    read: list[Row] = field(default_factory=list)
     # the read reached the end of the window
     ends_window: bool = False
     outstanding: int = 0
@@ -377,9 +377,8 @@ class Relay:
             self.dirty[group] = self.retry_due[group]
             return
         self.dirty[group] = not window.exhausted
-        read = [(row[10], row[9]) for row in rows]
         batch = Batch(group=group, rows=self._divert_blocked(rows, fast_path=True),
-                      read=read, ends_window=window.exhausted)
+                      read=rows, ends_window=window.exhausted)
         self._start(batch)
 
     def _start(self, batch: Batch) -> None:
@@ -455,7 +454,7 @@ class Relay:
     def _advance(window: Window, rows: list[Row]) -> list[Row]:
         if rows:
             window.read_upto = rows[-1][9]
-            window.touched.update(row[10] for row in rows)
+            window.touched |= {row[10] for row in rows}
         return rows
 
     def _reader(self, group: int) -> WindowReader:
@@ -553,6 +552,8 @@ class Relay:
         # cost ~1 µs per row of a ~5 µs loop); a failed report is traced back to its row
         # at settle (_attribute_failures). Rows retried alone keep an exact callback.
         on_batch = functools.partial(self._batch_delivered, batch)
+        # The on_ack hook (benchmarks) needs each record's row: reports carry no headers.
+        exact = self.on_ack
         suspects = self.suspects
         # Payloads compacted for the whole batch at once (outbox.record.compact_json_many).
         values = iter(compact_json_many([row[4] for row in batch.rows if row[4] is not None]))
@@ -573,7 +574,7 @@ class Relay:
             if row[8] is not None:
                 headers.append(("traceparent", row[8]))
             isolate = suspects and row[9] in suspects
-            callback = on_batch
+            callback = on_batch if exact is None else functools.partial(delivered, batch, index)
             if isolate:
                 self.producer.flush(self.options.shutdown_timeout)  # nothing queued before it
                 batch.isolated.add(index)
@@ -605,10 +606,6 @@ class Relay:
             batch.failed_reports.append((msg.key(), msg.value(), is_permanent(err),
                                          f"delivery: {err.str()}"))
             batch.fatal = batch.fatal or err.fatal()
-        elif self.on_ack is not None:
-            event_id = dict(msg.headers() or []).get("id") or b""
-            self.on_ack(event_id.decode() if isinstance(event_id, bytes) else event_id,
-                        time.time())
 
     def _attribute_failures(self, batch: Batch) -> None:
         """Trace failed delivery reports back to rows: every row with the report's key and
@@ -633,7 +630,7 @@ class Relay:
 
     def _delivered(self, batch: Batch, index: int, err: KafkaError | None,
                    msg: Message) -> None:
-        """The exact callback of a row produced alone."""
+        """The exact callback of a row produced alone (or of every row with ``on_ack``)."""
         batch.outstanding -= 1
         if err is not None:
             batch.errors[index] = (is_permanent(err), f"delivery: {err.str()}")
@@ -679,8 +676,12 @@ class Relay:
         transient: list[str] = []
         if batch.rows:
             self.last_ack_at = time.monotonic()
+        delivered_count = 0
         if not batch.errors:  # the common case: everything went through
-            delivered = [row[9] for row in batch.rows]
+            # (seqs only needed to clear suspects and to mark rows of the retry claim)
+            delivered = ([row[9] for row in batch.rows]
+                         if self.suspects or not batch.fast_path else [])
+            delivered_count = len(batch.rows)
             # commit (created_at) -> acknowledged, as seen when the batch settles
             self.metrics.latency.observe_ages(time.time(), [row[5] for row in batch.rows])
         for index, row in enumerate(batch.rows if batch.errors else ()):
@@ -691,6 +692,7 @@ class Relay:
             error = batch.errors.get(index)
             if error is None:
                 delivered.append(row[9])
+                delivered_count += 1
                 self.metrics.latency.observe_ages(time.time(), [row[5]])
                 continue
             permanent, message = error
@@ -718,9 +720,9 @@ class Relay:
             if failed:
                 self.retry_due[batch.group] = True
             self._load_blocked([s for s in self.shards.owned if s % self.depth == batch.group])
-        self.metrics.published.inc(len(delivered))
-        self.published_total += len(delivered)
-        self._after_kafka_result(transient, bool(delivered))
+        self.metrics.published.inc(delivered_count)
+        self.published_total += delivered_count
+        self._after_kafka_result(transient, delivered_count > 0)
         if batch.fatal:
             # A fatal idempotent-producer state (e.g. fenced epoch) cannot be retried on the
             # same producer: start a fresh one; unrecorded rows are simply read again.
@@ -738,12 +740,10 @@ class Relay:
         self._hold(park, wait)
         window = self.windows[batch.group]
         assert window is not None
-        if reread is None:
-            settled, complete = batch.read, batch.ends_window
-        else:
-            settled = [(shard, seq) for shard, seq in batch.read if seq < reread]
-            complete = False
-        changed = progress(self.cursors, window, settled, complete)
+        settled = batch.read if reread is None else [r for r in batch.read if r[9] < reread]
+        complete = reread is None and batch.ends_window
+        changed = progress(self.cursors, window, {row[10] for row in settled},
+                           settled[-1][9] if settled else None, complete)
         self.cursors.update(changed)
         self.unsaved.update(changed)
         if complete or reread is not None:

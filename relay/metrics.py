@@ -40,15 +40,22 @@ class HotHistogram:
         self.sum += value
 
     def observe_ages(self, now: float, created_ms: list[int]) -> None:
-        """Count ``now - created`` (seconds) for each epoch-millisecond timestamp."""
-        upper, counts = self.upper, self.counts
-        total = 0.0
-        for ms in created_ms:
-            age = now - ms / 1000.0
-            age = max(age, 0.0)
-            counts[bisect_left(upper, age)] += 1
-            total += age
-        self.sum += total
+        """Count ``now - created`` (seconds, at least 0) for each epoch-millisecond
+        timestamp: one ``bisect`` per bucket for the whole list, not one per value."""
+        if not created_ms:
+            return
+        stamps = sorted(created_ms)  # nearly sorted already (seq order): linear
+        now_ms = now * 1000.0
+        counted = 0
+        # Ages at most upper[i] are the timestamps at or after now - upper[i], read from the
+        # newest (smallest age) bucket to the oldest.
+        for i, upper in enumerate(self.upper):
+            within = len(stamps) - bisect_left(stamps, now_ms - upper * 1000.0)
+            self.counts[i] += within - counted
+            counted = within
+        self.counts[-1] += len(stamps) - counted
+        # (float rounding over epoch milliseconds: within a millisecond per batch)
+        self.sum += max(0.0, (len(stamps) * now_ms - sum(stamps)) / 1000.0)
 
     def describe(self) -> Iterator[Metric]:
         yield HistogramMetricFamily(self.name, self.documentation)

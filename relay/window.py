@@ -37,7 +37,7 @@ failed row of the aggregate) get ``last_error`` set; from then on their own colu
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 # A snapshot in which no transaction is visible: nothing delivered yet.
@@ -89,27 +89,19 @@ def read_params(shards: Sequence[int], cursors: dict[int, ShardCursor],
     }
 
 
-def progress(cursors: dict[int, ShardCursor], window: Window,
-             settled: Iterable[tuple[int, int]], complete: bool) -> dict[int, ShardCursor]:
+def progress(cursors: dict[int, ShardCursor], window: Window, shards: set[int],
+             last: int | None, complete: bool) -> dict[int, ShardCursor]:
     """The cursors to write after a batch settled.
 
-    ``settled``: (shard, seq) of the batch's rows that are delivered or taken off the fast
-    path, in seq order, up to (not including) the first row that must be read again.
-    ``complete``: that was the whole batch and the batch ended the window. Returns the new
-    cursor of every shard that changed (``cursors`` is not modified).
+    ``shards`` and ``last``: the shards of the batch's rows that are delivered or taken off
+    the fast path, and the seq of the last of them (rows in seq order, up to, not
+    including, the first row that must be read again). ``complete``: that was the whole
+    batch and the batch ended the window. Returns the new cursor of every shard that
+    changed (``cursors`` is not modified).
     """
-    changed: dict[int, ShardCursor] = {}
-    last = None
-    shards: set[int] = set()
-    for shard, seq in settled:
-        shards.add(shard)
-        last = seq
     if complete:
-        for shard in window.touched | shards:
-            changed[shard] = ShardCursor(done=window.wins[shard])
-        return changed
-    if last is not None:
-        for shard in shards:
-            changed[shard] = ShardCursor(done=cursors[shard].done, win=window.wins[shard],
-                                         upto=last)
-    return changed
+        return {shard: ShardCursor(done=window.wins[shard]) for shard in window.touched | shards}
+    if last is None:
+        return {}
+    return {shard: ShardCursor(done=cursors[shard].done, win=window.wins[shard], upto=last)
+            for shard in shards}

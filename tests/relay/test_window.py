@@ -25,7 +25,7 @@ from tests.relay.conftest import (
 def test_progress_inside_a_window_records_the_last_seq_of_the_shards_in_the_batch() -> None:
     cursors = {1: ShardCursor(), 2: ShardCursor("5:9:7"), 3: ShardCursor()}
     window = Window(wins={1: "9:12:", 2: "9:12:", 3: "9:12:"}, touched={1, 2})
-    changed = progress(cursors, window, [(1, 10), (2, 11), (1, 14)], complete=False)
+    changed = progress(cursors, window, {1, 2}, 14, complete=False)
     assert changed == {1: ShardCursor(NOTHING, "9:12:", 14), 2: ShardCursor("5:9:7", "9:12:", 14)}
 
 
@@ -33,13 +33,13 @@ def test_a_complete_window_becomes_done_for_every_shard_it_touched() -> None:
     cursors = {1: ShardCursor(), 2: ShardCursor("5:9:7", "8:9:", 3), 3: ShardCursor()}
     # shard 2 came with a window of its own (a previous owner's), shard 3 had no rows
     window = Window(wins={1: "9:12:", 2: "8:9:", 3: "9:12:"}, touched={1, 2})
-    changed = progress(cursors, window, [(1, 20)], complete=True)
+    changed = progress(cursors, window, {1}, 20, complete=True)
     assert changed == {1: ShardCursor("9:12:"), 2: ShardCursor("8:9:")}
 
 
 def test_nothing_settled_changes_nothing() -> None:
     window = Window(wins={1: "9:12:"}, touched={1})
-    assert progress({1: ShardCursor()}, window, [], complete=False) == {}
+    assert progress({1: ShardCursor()}, window, set(), None, complete=False) == {}
 
 
 def same_shard_ids(url: str, count: int) -> list[str]:
