@@ -32,9 +32,11 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from outbox.backoff import compute_backoff
 from outbox.record import (
+    StoredRow,
     compact_json,
     compact_json_many,
     invalid_topic_reason,
+    stored_headers,
     topic_for,
 )
 from outbox.settings import Settings
@@ -566,13 +568,7 @@ class Relay:
                 batch.errors[index] = (True, reason)
                 stopped.add((row[1], row[2]))
                 continue
-            headers = [("id", row[0]), ("eventType", row[3])]  # outbox.record.stored_headers
-            if row[6] is not None:
-                headers.append(("correlationId", row[6]))
-            if row[7] is not None:
-                headers.append(("causationId", row[7]))
-            if row[8] is not None:
-                headers.append(("traceparent", row[8]))
+            headers = stored_headers(cast(StoredRow, row))
             isolate = suspects and row[9] in suspects
             callback = on_batch if exact is None else functools.partial(delivered, batch, index)
             if isolate:

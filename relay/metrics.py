@@ -17,12 +17,13 @@ LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.
 
 
 class HotHistogram:
-    """A Prometheus histogram for one thread's hot path: one ``bisect`` per observation.
+    """A Prometheus histogram for one thread's hot path.
 
     ``prometheus_client.Histogram.observe`` takes a lock and updates every bucket's value
-    object (~2 µs); the relay observes once per delivered record, from the loop thread
-    only, so plain integers do. Scrapes copy the counts (a scrape may miss the observation
-    being made, never show an inconsistent histogram).
+    object (~2 µs); the relay observes every delivered record, from the loop thread only,
+    a batch at a time (:meth:`observe_ages`), so plain integers do. Scrapes copy the
+    counts (a scrape may miss the observation being made, never show an inconsistent
+    histogram).
     """
 
     def __init__(self, name: str, documentation: str, buckets: Sequence[float],
