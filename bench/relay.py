@@ -52,7 +52,7 @@ from outbox.settings import load_settings  # noqa: E402
 from outbox.tables import outbox_table, relay_cursor_table  # noqa: E402
 from relay.loop import Batch, Relay, RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
-from relay.queries import RECORD_COLUMNS, Queries  # noqa: E402
+from relay.queries import RECORD_COLUMNS, Queries, prefer_index_scans  # noqa: E402
 from relay.window import ShardCursor, open_window, progress, read_params  # noqa: E402
 from services.launcher import load_stack_env  # noqa: E402
 
@@ -230,8 +230,7 @@ def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
     total = 0
     with psycopg.connect(db_url, autocommit=True) as conn, psycopg.connect(db_url) as reader:
         for c in (conn, reader):
-            c.execute("set enable_seqscan = off")
-            c.execute("set enable_bitmapscan = off")
+            prefer_index_scans(c)  # as the relay's sessions
         started = time.perf_counter()
         params: dict[str, Any] = read_params(shards, cursors, None)
         params["limit"] = batch + 1

@@ -42,7 +42,7 @@ from outbox.record import (
 from outbox.settings import Settings
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config
-from relay.queries import Queries
+from relay.queries import Queries, prefer_index_scans
 from relay.reader import WindowReader
 from relay.shards import ShardOwnership
 from relay.window import ShardCursor, Window, open_window, progress, read_params
@@ -227,13 +227,7 @@ class Relay:
                                     application_name=app, connect_timeout=5,
                                     keepalives=1, keepalives_idle=5, keepalives_interval=2,
                                     keepalives_count=3)
-        # Never a sequential or bitmap scan of the outbox from this session: with stale
-        # statistics (a burst just arrived or drained) the planner would scan the whole
-        # table for a window of a few rows; the window's index range scan is what it must
-        # use whatever the statistics say. (Measured with the per-row marking of schema 2:
-        # a claim of 3 new rows over 20,000 just-published ones, 11-15 ms -> 1-2 ms.)
-        conn.execute("set enable_seqscan = off")
-        conn.execute("set enable_bitmapscan = off")
+        prefer_index_scans(conn)
         self.health.database_ok = True
         self.health.detail = "running"
         self.next_rebalance = 0.0
@@ -256,6 +250,7 @@ class Relay:
             log.warning("lost %d shards with the database session (%d rows unrecorded)",
                         len(self.shards.owned), dropped, extra={"action": "shards_lost"})
         self.shards.forget()
+        self.owned_now = ()
         self.blocked.clear()
         self.cursors.clear()
         self.unsaved.clear()  # lost with the session: those rows are sent again
@@ -355,7 +350,6 @@ class Relay:
 
     def _refresh_stats(self) -> None:
         self.metrics.in_flight.set(sum(len(b.rows) for b in self._batches()))
-        self.owned_now = tuple(sorted(self.shards.owned))
 
     # ------------------------------------------------------------------ claim + produce
     def _claim_and_produce(self, group: int) -> None:
@@ -609,14 +603,20 @@ class Relay:
         be told apart; treating both as failed only sends one again). A transient error
         makes the batch be read again from the earliest of them, a permanent one makes
         each be retried alone (``suspects``) before anything is recorded: both exact."""
+        # One pass over the batch (an outage fails every record of it): the rows of the
+        # failed keys, by (key, value) as they were sent.
+        failed_keys = {key for key, *_ in batch.failed_reports}
+        rows_of: dict[tuple[bytes | None, bytes | None], list[int]] = {}
+        for index, row in enumerate(batch.rows):
+            sent_key = row[2].encode()
+            if index in batch.isolated or sent_key not in failed_keys:
+                continue
+            sent_value = None if row[4] is None else compact_json(row[4]).encode()
+            rows_of.setdefault((sent_key, sent_value), []).append(index)
         for key, value, permanent, message in batch.failed_reports:
-            found = False
-            for index, row in enumerate(batch.rows):
-                if (index in batch.isolated or row[2].encode() != key
-                        or (None if row[4] is None else compact_json(row[4]).encode()) != value):
-                    continue
+            found = rows_of.get((key, value), [])
+            for index in found:
                 batch.errors.setdefault(index, (permanent, message))
-                found = True
             if not found:  # cannot happen; if it does, read the whole batch again
                 log.error("a failed delivery report matches no row of its batch",
                           extra={"action": "unmatched_report"})
@@ -670,6 +670,7 @@ class Relay:
         followers: list[Row] = []
         reread: int | None = None  # seq from which the window must be read again
         transient: list[str] = []
+        delivered_created: list[int] = []  # created_at (epoch ms) of delivered rows
         if batch.rows:
             self.last_ack_at = time.monotonic()
         delivered_count = 0
@@ -688,8 +689,7 @@ class Relay:
             error = batch.errors.get(index)
             if error is None:
                 delivered.append(row[9])
-                delivered_count += 1
-                self.metrics.latency.observe_ages(time.time(), [row[5]])
+                delivered_created.append(row[5])
                 continue
             permanent, message = error
             if permanent and message.startswith("delivery:") and index not in batch.isolated:
@@ -706,6 +706,9 @@ class Relay:
             if batch.fast_path:
                 reread = row[9] if reread is None else min(reread, row[9])
             failed[key] = False
+        if batch.errors:
+            delivered_count = len(delivered_created)
+            self.metrics.latency.observe_ages(time.time(), delivered_created)
         if self.suspects:
             self.suspects.difference_update(delivered)
         if batch.fast_path:
@@ -851,21 +854,26 @@ class Relay:
         counting a large backlog takes a while, and the loop has better things to do."""
         conn: psycopg.Connection[tuple[Any, ...]] | None = None
         app = f"outbox-relay-stats:{self.options.instance_id}"
-        while not self.stopping.wait(self.options.stats_interval if conn else 0.5):
+        failures = 0
+        # First figures half a second after start; then every stats_interval, and after a
+        # failure with backoff (a database outage is logged by the loop already).
+        while not self.stopping.wait(compute_backoff(failures) if failures
+                                     else self.options.stats_interval if conn else 0.5):
             try:
                 if conn is None:
                     conn = psycopg.connect(self.settings.libpq_url(), autocommit=True,
                                            application_name=app, connect_timeout=5)
-                    conn.execute("set enable_seqscan = off")
-                    conn.execute("set enable_bitmapscan = off")
+                    prefer_index_scans(conn)
                 row = conn.execute(self.queries.backlog,
                                    {"shards": list(self.owned_now)}).fetchone()
                 if row is not None:
                     self.metrics.backlog.set(float(row[0]))
                     self.metrics.oldest_age.set(float(row[1]) if row[1] is not None else 0.0)
+                failures = 0
             except psycopg.Error as exc:
+                failures += 1
                 log.warning("backlog statistics failed: %s", first_line(exc),
-                            extra={"action": "stats_failed"})
+                            extra={"action": "stats_failed", "attempt": failures})
                 if conn is not None:
                     with contextlib.suppress(psycopg.Error):
                         conn.close()

@@ -33,6 +33,17 @@ NOW_UTC = "(now() at time zone 'utc')"
 APPLICATION_PREFIX = "outbox-relay"
 
 
+def prefer_index_scans(conn: psycopg.Connection[Any]) -> None:
+    """Session settings of every relay connection that reads the outbox: never a
+    sequential or bitmap scan. With stale statistics (a burst just arrived or drained) the
+    planner would scan the whole table for a window of a few rows; the window's index
+    range scan is what it must use whatever the statistics say. (Measured with the
+    per-row marking of schema 2: a claim of 3 new rows over 20,000 just-published ones,
+    11-15 ms -> 1-2 ms.)"""
+    conn.execute("set enable_seqscan = off")
+    conn.execute("set enable_bitmapscan = off")
+
+
 @dataclass(frozen=True)
 class Queries:
     """The SQL for one outbox table."""
@@ -95,12 +106,11 @@ class Queries:
     @property
     def save_cursors(self) -> str:
         """Record delivery progress of several shards in one statement."""
-        return (f"insert into {self.cursor_table} as c (shard, done, win, upto, updated_at) "
-                "select * , {now} from unnest(%(shards)s::smallint[], %(done)s::text[], "
+        return (f"insert into {self.cursor_table} (shard, done, win, upto, updated_at) "
+                f"select *, {NOW_UTC} from unnest(%(shards)s::smallint[], %(done)s::text[], "
                 "%(win)s::text[], %(upto)s::int8[]) "
                 "on conflict (shard) do update set done = excluded.done, win = excluded.win, "
-                "upto = excluded.upto, updated_at = excluded.updated_at").replace(
-                    "{now}", NOW_UTC)
+                "upto = excluded.upto, updated_at = excluded.updated_at")
 
     @property
     def snapshot(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from outbox.settings import Settings
-from relay.queries import Queries
+from relay.queries import Queries, prefer_index_scans
 
 CURSOR = "relay_window"
 
@@ -88,9 +88,7 @@ class WindowReader:
         if self._conn is None:
             conn = psycopg.connect(self.settings.libpq_url(), autocommit=False,
                                    application_name=self.application_name, connect_timeout=5)
-            # The same plan choices as the main session (Relay._connect).
-            conn.execute("set enable_seqscan = off")
-            conn.execute("set enable_bitmapscan = off")
+            prefer_index_scans(conn)
             conn.commit()
             # Repeatable read: the snapshot read by begin() is the cursor's own.
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
