@@ -17,7 +17,15 @@ second statement costs (one more round trip), so the outbox's own share can be r
 dev cluster runs with them off, which makes commits artificially cheap and every extra
 statement look expensive.
 
-``--pipeline`` measures the same three variants on a plain psycopg 3 connection in
+Two more variants split the event's cost, so the part the outbox contract itself costs can be
+read off in the same run: **row**, the business insert plus a bare INSERT of the same
+event's row into the outbox table (values computed before the clock starts: no lock, no
+validation, no JSON encoding), and **statement**, publish()'s own statement (the advisory
+lock and the insert) with its parameters computed before the clock starts. So
+row - base is the floor of any outbox row with the columns of docs/DESIGN.md, statement -
+row the ordering lock, and outbox - statement publish()'s Python.
+
+``--pipeline`` measures the same variants on a plain psycopg 3 connection in
 pipeline mode (``with conn.pipeline():``): the business insert, the event and the commit
 leave in one flush, so the event costs its server-side work but no extra round trip.
 """
@@ -41,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from outbox import migrate  # noqa: E402
-from outbox.publish import Event, publish  # noqa: E402
+from outbox.publish import Event, _prepare, publish  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
 from services.launcher import load_stack_env  # noqa: E402
 
@@ -65,11 +73,35 @@ INSERT_ORDER = text("insert into orders (id, customer_id, amount, status) "
 
 INSERT_AUDIT = text("insert into audit (order_id, note) values (:id, 'created')")
 
+# The bare outbox row: the same columns publish() writes, without the advisory lock.
+INSERT_ROW = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, created_at, "
+              "correlation_id, causation_id, traceparent) values (%(id)s, %(aggregatetype)s, "
+              "%(aggregateid)s, %(type)s, %(payload)s::jsonb, %(created)s, %(correlation_id)s, "
+              "%(causation_id)s, %(traceparent)s)")
+
+
+def order_event(order_id: str, i: int) -> Event:
+    """The ~300-byte ``OrderCreated`` every variant publishes."""
+    return Event("order", order_id, "OrderCreated", {
+        "eventType": "OrderCreated", "orderId": order_id, "correlationId": order_id,
+        "customerId": f"c-{i % 97}",
+        "items": [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-7", "quantity": 1}],
+        "amount": "42.50", "currency": "EUR", "occurredAt": "2026-11-25T10:00:00.000+00:00"})
+
+
+def precomputed(n: int) -> list[tuple[str, str, dict[str, object]]]:
+    """For the row and statement variants: (order id, statement, parameters) per transaction."""
+    out = []
+    for i in range(n):
+        order_id = str(uuid.uuid4())
+        query, params = _prepare([order_event(order_id, i)], None)
+        out.append((order_id, query, params))
+    return out
+
 
 def one_round(engine: Engine, n: int, variant: str) -> list[float]:
     timings = []
-    for i in range(n):
-        order_id = str(uuid.uuid4())
+    for i, (order_id, query, params) in enumerate(precomputed(n)):
         started = time.perf_counter()
         with Session(engine) as session, session.begin():
             session.execute(INSERT_ORDER, {"id": order_id, "customer": f"c-{i % 97}",
@@ -77,26 +109,19 @@ def one_round(engine: Engine, n: int, variant: str) -> list[float]:
             if variant == "audit":
                 session.execute(INSERT_AUDIT, {"id": order_id})
             elif variant == "outbox":
-                publish(session, Event("order", order_id, "OrderCreated", {
-                    "eventType": "OrderCreated", "orderId": order_id,
-                    "correlationId": order_id, "customerId": f"c-{i % 97}",
-                    "items": [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-7", "quantity": 1}],
-                    "amount": "42.50", "currency": "EUR",
-                    "occurredAt": "2026-11-25T10:00:00.000+00:00"}))
+                publish(session, order_event(order_id, i))
+            elif variant == "statement":
+                session.connection().exec_driver_sql(query, params)
+            elif variant == "row":
+                session.connection().exec_driver_sql(INSERT_ROW, params)
         timings.append(time.perf_counter() - started)
     return timings
-
-
-PAYLOAD_SKELETON = {"items": [{"sku": "SKU-1", "quantity": 2}, {"sku": "SKU-7", "quantity": 1}],
-                    "amount": "42.50", "currency": "EUR",
-                    "occurredAt": "2026-11-25T10:00:00.000+00:00"}
 
 
 def one_round_pipeline(conn: psycopg.Connection[object], n: int, variant: str) -> list[float]:
     """Like :func:`one_round`, on a psycopg connection in pipeline mode (one flush)."""
     timings = []
-    for i in range(n):
-        order_id = str(uuid.uuid4())
+    for i, (order_id, query, params) in enumerate(precomputed(n)):
         started = time.perf_counter()
         with conn.pipeline():
             conn.execute("insert into orders (id, customer_id, amount, status) "
@@ -105,10 +130,11 @@ def one_round_pipeline(conn: psycopg.Connection[object], n: int, variant: str) -
                 conn.execute("insert into audit (order_id, note) values (%s, 'created')",
                              (order_id,))
             elif variant == "outbox":
-                publish(conn, Event("order", order_id, "OrderCreated", {
-                    "eventType": "OrderCreated", "orderId": order_id,
-                    "correlationId": order_id, "customerId": f"c-{i % 97}",
-                    **PAYLOAD_SKELETON}))
+                publish(conn, order_event(order_id, i))
+            elif variant == "statement":
+                conn.execute(query, params)
+            elif variant == "row":
+                conn.execute(INSERT_ROW, params)
             conn.commit()
         timings.append(time.perf_counter() - started)
     return timings
@@ -164,7 +190,7 @@ def main() -> int:
                               "amount numeric(12,2), status text, "
                               "created_at timestamp default now())"))
             conn.execute(text("create table audit (order_id uuid, note text)"))
-        variants = ["base", "outbox", "audit"]
+        variants = ["base", "outbox", "audit", "row", "statement"]
         timings: dict[str, list[float]] = {v: [] for v in variants}
         pg: psycopg.Connection[object] | None = (
             psycopg.connect(settings.libpq_url()) if args.pipeline else None)
@@ -178,7 +204,8 @@ def main() -> int:
             run(200, variant)
         for r in range(args.rounds):
             # Rotate which goes first so none always gets the warmer cache.
-            for variant in variants[r % 3:] + variants[:r % 3]:
+            k = r % len(variants)
+            for variant in variants[k:] + variants[:k]:
                 timings[variant].extend(run(args.per_round, variant))
         if pg is not None:
             pg.close()
@@ -188,7 +215,7 @@ def main() -> int:
         drop_database(admin, url)
         if args.durable:
             durable_cluster("down")
-    b, o, a = (statistics.median(timings[v]) for v in variants)
+    b, o, a, row, stmt = (statistics.median(timings[v]) for v in variants)
     print(f"mode: {'psycopg pipeline' if args.pipeline else 'SQLAlchemy Session'}, "
           f"outbox schema revision {args.schema_revision}; {durability}")
     print(f"transactions per variant: {len(timings['base'])}")
@@ -197,6 +224,10 @@ def main() -> int:
     print(f"business transaction + a plain insert:  median {a * 1000:.3f} ms")
     print(f"ratio with/without outbox: {o / b:.3f}  (target <= 1.15)")
     print(f"ratio of a plain second insert (the floor of any extra statement): {a / b:.3f}")
+    print(f"business transaction + the bare outbox row:      median {row * 1000:.3f} ms, "
+          f"ratio {row / b:.3f}  (no lock, no Python: the contract's floor)")
+    print(f"business transaction + publish()'s statement:    median {stmt * 1000:.3f} ms, "
+          f"ratio {stmt / b:.3f}  (lock + row, parameters computed beforehand)")
     return 0
 
 
