@@ -112,17 +112,24 @@ def _check_text(name: str, value: str | None, required: bool) -> None:
     if len(value) > MAX_FIELD_LENGTH:
         raise EventValidationError(
             name, f"is {len(value)} characters long; the limit is {MAX_FIELD_LENGTH}")
-    _check_encodable(name, value)
+    _utf8_size(name, value)
+    if "\x00" in value:
+        raise EventValidationError(name, "contains a NUL character, which PostgreSQL refuses")
 
 
-def _check_encodable(name: str, value: str) -> None:
+def _utf8_size(name: str, value: str) -> int:
+    """``value``'s size in UTF-8, or the error naming ``name`` if it has a lone surrogate."""
+    if value.isascii():  # the common case: nothing to encode
+        return len(value)
     try:
-        value.encode("utf-8")
+        return len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise EventValidationError(
             name, f"is not valid UTF-8 (lone surrogate at position {exc.start})") from None
-    if "\x00" in value:
-        raise EventValidationError(name, "contains a NUL character, which PostgreSQL refuses")
+
+
+# One encoder for every payload (json.dumps would build one per call with these options).
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
 
 def _encode_payload(event: Event, limit: int) -> str | None:
@@ -137,15 +144,16 @@ def _encode_payload(event: Event, limit: int) -> str | None:
                 "payload", f"must be a JSON object (a mapping or a pydantic model), got "
                            f"{type(payload).__name__}")
         try:
-            text = json.dumps(payload, ensure_ascii=False, allow_nan=False,
-                              separators=(",", ":"))
+            text = _JSON.encode(payload)
         except (TypeError, ValueError) as exc:
             raise EventValidationError("payload", f"is not JSON-serialisable: {exc}") from None
-    _check_encodable("payload", text)
+    size = _utf8_size("payload", text)
+    if "\x00" in text:
+        raise EventValidationError("payload", "contains a NUL character, which PostgreSQL "
+                                              "refuses")
     if "\\u0000" in text:
         raise EventValidationError("payload", "contains a NUL character (\\u0000), which "
                                               "PostgreSQL's jsonb refuses")
-    size = len(text.encode("utf-8"))
     if size > limit:
         raise PayloadTooLargeError(
             "payload", f"is {size} bytes as JSON; the limit is {limit} bytes "

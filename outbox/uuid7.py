@@ -19,10 +19,13 @@ _counter = 0
 def uuid7() -> uuid.UUID:
     """A new UUIDv7; later calls in this process return larger ids."""
     global _last_ms, _counter  # noqa: PLW0603 - process-wide monotonic state, guarded by _lock
+    # One read of the system's random source per id: 62 random bits, and 10 more to seed
+    # the counter when the millisecond changes.
+    random = int.from_bytes(os.urandom(9), "big")
     with _lock:
         now_ms = time.time_ns() // 1_000_000
         if now_ms > _last_ms:
-            _last_ms, _counter = now_ms, int.from_bytes(os.urandom(2), "big") & 0x3FF
+            _last_ms, _counter = now_ms, random >> 62 & 0x3FF
         else:
             # Same millisecond (or the clock stepped back): count up; on overflow borrow
             # the next millisecond rather than go backwards.
@@ -30,6 +33,6 @@ def uuid7() -> uuid.UUID:
             if _counter > 0xFFF:
                 _last_ms, _counter = _last_ms + 1, 0
         ms, counter = _last_ms, _counter
-    rand = int.from_bytes(os.urandom(8), "big") & ((1 << 62) - 1)
+    rand = random & ((1 << 62) - 1)
     value = (ms & ((1 << 48) - 1)) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
     return uuid.UUID(int=value)
