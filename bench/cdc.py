@@ -91,7 +91,10 @@ def write_backlog(url: str, n: int) -> list[str]:
 
 def steady_writer(url: str, rate: float, seconds: float) -> dict[str, float]:
     committed: dict[str, float] = {}
-    with psycopg.connect(url) as conn:
+    # Commits wait for their WAL flush, as in production: the dev cluster's
+    # synchronous_commit=off would otherwise leave the WAL for the WAL writer to flush
+    # every wal_writer_delay (200 ms), and logical decoding only sends flushed WAL.
+    with psycopg.connect(url, options="-c synchronous_commit=on") as conn:
         started = time.monotonic()
         for i in range(int(rate * seconds)):
             delay = started + i / rate - time.monotonic()
@@ -110,20 +113,9 @@ def latency(reader: Reader, committed: dict[str, float]) -> tuple[float, float]:
     return statistics.median(values), statistics.quantiles(values, n=100)[98]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=20_000)
-    parser.add_argument("--rate", type=float, default=200.0)
-    parser.add_argument("--seconds", type=float, default=15.0)
-    args = parser.parse_args()
-    load_stack_env()
-    admin = os.environ["OUTBOX_DATABASE_URL"]
-    bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
-    connect_url = os.environ["OUTBOX_CONNECT_URL"]
-    run_id = uuid.uuid4().hex[:6]
-    results: dict[str, dict[str, Any]] = {}
-
-    # --- relay ---
+def bench_relay(admin: str, bootstrap: str, run_id: str,
+                args: argparse.Namespace) -> dict[str, float]:
+    """Drain and latency of one in-process relay on a fresh database."""
     url = fresh_database(admin, "bench_cdc_relay")
     template = f"benchrelay{run_id}-{{aggregatetype}}"
     settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap,
@@ -140,7 +132,30 @@ def main() -> int:
     relay.request_stop()
     thread.join(30)
     reader.stop.set()
-    results["relay"] = {"rate": args.events / drained, "p50": p50, "p99": p99}
+    return {"rate": args.events / drained, "p50": p50, "p99": p99}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a property of the rendered connector config "
+                             "(repeatable), e.g. --set poll.interval.ms=500")
+    parser.add_argument("--skip-relay", action="store_true", help="measure Debezium only")
+    args = parser.parse_args()
+    overrides = dict(item.split("=", 1) for item in args.set)
+    load_stack_env()
+    admin = os.environ["OUTBOX_DATABASE_URL"]
+    bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
+    connect_url = os.environ["OUTBOX_CONNECT_URL"]
+    run_id = uuid.uuid4().hex[:6]
+    results: dict[str, dict[str, Any]] = {}
+
+    # --- relay ---
+    if not args.skip_relay:
+        results["relay"] = bench_relay(admin, bootstrap, run_id, args)
 
     # --- Debezium ---
     url = fresh_database(admin, "bench_cdc_debezium")
@@ -154,7 +169,8 @@ def main() -> int:
     reader = Reader(bootstrap, f"^benchcdc{run_id}-.*")
     slot = render(settings, options)["slot.name"]
     try:
-        client.put_config(name, render(settings, options))
+        config = {**render(settings, options), **overrides}
+        client.put_config(name, config)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             with psycopg.connect(url) as conn:
@@ -181,6 +197,8 @@ def main() -> int:
         with psycopg.connect(admin, autocommit=True) as conn:
             for db in ("bench_cdc_relay", "bench_cdc_debezium"):
                 conn.execute(f'drop database if exists "{db}" with (force)')
+    if overrides:
+        print(f"connector overrides: {overrides}")
     print(f"backlog of {args.events} events; steady {args.rate:g} events/s for "
           f"{args.seconds:g} s")
     print(f"{'path':<10} {'drain events/s':>15} {'p50 ms':>8} {'p99 ms':>8}")

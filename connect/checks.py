@@ -67,6 +67,23 @@ def run_cdc_checks(settings: Settings, slot: str | None = None,
     return problems
 
 
+def cdc_notes(settings: Settings) -> list[str]:
+    """Settings that do not stop Debezium but slow it down, each with its fix; advisory."""
+    notes: list[str] = []
+    with psycopg.connect(settings.libpq_url(), connect_timeout=5) as conn:
+        row = conn.execute("select current_setting('synchronous_commit'), "
+                           "current_setting('wal_writer_delay')").fetchone()
+    if row is not None and row[0] in ("off", "local"):
+        # Logical decoding only sends WAL that is flushed. A commit that does not wait for
+        # its flush leaves it to the WAL writer, so each event can wait wal_writer_delay.
+        notes.append(f"synchronous_commit is {row[0]!r} for this role and database: "
+                     "Debezium sees a commit only once its WAL is flushed, which then waits "
+                     f"for the WAL writer (wal_writer_delay = {row[1]}), adding up to that "
+                     "much latency per event. Writers that want low CDC latency: SET "
+                     "synchronous_commit = on (per role, session or transaction)")
+    return notes
+
+
 def slot_lag_bytes(settings: Settings, slot: str) -> int | None:
     """How far the slot's confirmed position trails the WAL, in bytes (None: no slot)."""
     with psycopg.connect(settings.libpq_url(), connect_timeout=5) as conn:

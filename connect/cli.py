@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from connect.checks import run_cdc_checks, slot_lag_bytes
+from connect.checks import cdc_notes, run_cdc_checks, slot_lag_bytes
 from connect.client import ConnectClient, ConnectError
 from connect.config import CONNECTOR_CLASS, CdcOptions, masked, render
 from outbox.cli_options import settings_options
@@ -164,6 +164,8 @@ def check(settings: Settings, name: str, password_ref: str, database_host: str |
     problems = run_cdc_checks(settings, config["slot.name"], config["publication.name"])
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)
+    for note in cdc_notes(settings):
+        click.echo(f"note: {note}", err=True)
     if problems:
         raise SystemExit(1)
     click.echo("ok: PostgreSQL is ready for Debezium")

@@ -75,10 +75,14 @@ def check(settings: Settings, cdc: bool) -> None:
     """Exit 0 if the tables are installed, current and match the models; else say what to fix."""
     try:
         problems = migrate.check(settings)
+        notes: list[str] = []
         if cdc:
-            problems += _cdc_problems(settings)
+            cdc_problems, notes = _cdc_findings(settings)
+            problems += cdc_problems
     except (sqlalchemy.exc.SQLAlchemyError, OutboxError) as exc:
         raise _database_error(settings, exc) from None
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
     if problems:
         for problem in problems:
             click.echo(f"problem: {problem}", err=True)
@@ -88,10 +92,10 @@ def check(settings: Settings, cdc: bool) -> None:
                + (", CDC prerequisites met" if cdc else ""))
 
 
-def _cdc_problems(settings: Settings) -> list[str]:
+def _cdc_findings(settings: Settings) -> tuple[list[str], list[str]]:
+    """(problems, advisory notes) of the CDC prerequisites check."""
     try:
         checks = importlib.import_module("connect.checks")
     except ModuleNotFoundError:
-        return ["CDC checks are not available in this build (connect.checks is missing)"]
-    problems: list[str] = checks.run_cdc_checks(settings)
-    return problems
+        return ["CDC checks are not available in this build (connect.checks is missing)"], []
+    return list(checks.run_cdc_checks(settings)), list(checks.cdc_notes(settings))
