@@ -20,6 +20,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -31,6 +32,46 @@ from outbox.settings import Settings  # noqa: E402
 from services.demo import fresh_database, fresh_topics  # noqa: E402
 from services.launcher import SagaProcesses, load_stack_env  # noqa: E402
 from services.runtime import prepare_database  # noqa: E402
+
+# Each hop ends when the next service's event happened (its producer's occurredAt, in
+# orders.order_history); the last one when the order service settled the order.
+HOPS_SQL = """
+with steps as (
+    select o.id, o.created_at as t0,
+           max(h.occurred_at) filter (where h.source = 'inventory') as t1,
+           max(h.occurred_at) filter (where h.source = 'payment') as t2,
+           max(h.occurred_at) filter (where h.source = 'shipping') as t3,
+           o.updated_at as t4,
+           min(o.created_at) over () as first
+      from orders.orders o
+      join orders.order_history h on h.order_id = o.id
+     where o.status = 'COMPLETED'
+     group by o.id, o.created_at, o.updated_at
+)
+select extract(epoch from t1 - t0), extract(epoch from t2 - t1),
+       extract(epoch from t3 - t2), extract(epoch from t4 - t3),
+       extract(epoch from t0 - first)
+  from steps
+"""
+HOP_NAMES = ("order -> inventory", "inventory -> payment", "payment -> shipping",
+             "shipping -> order settled")
+
+
+def hop_latencies(conn: psycopg.Connection[tuple[Any, ...]]) -> list[tuple[float, ...]]:
+    """Per completed order: the four hops' durations and when (s after the first) it began."""
+    return [tuple(float(v) for v in row) for row in conn.execute(HOPS_SQL).fetchall()]
+
+
+def print_hops(hops: list[tuple[float, ...]]) -> None:
+    """p50/p99/max per hop, and where in the run the slowest 1 % of orders began."""
+    for i, name in enumerate(HOP_NAMES):
+        values = sorted(h[i] for h in hops)
+        q = statistics.quantiles(values, n=100)
+        print(f"  {name:<26} p50 {statistics.median(values) * 1000:6.0f} ms  "
+              f"p99 {q[98] * 1000:6.0f} ms  max {values[-1] * 1000:6.0f} ms")
+    slowest = sorted(hops, key=lambda h: sum(h[:4]), reverse=True)[:max(1, len(hops) // 100)]
+    print("  slowest 1 % began at (s into the run): "
+          + ", ".join(f"{h[4]:.1f}" for h in sorted(slowest, key=lambda h: h[4])))
 
 
 def main() -> int:
@@ -80,6 +121,7 @@ def main() -> int:
             "select extract(epoch from updated_at - created_at), "
             "extract(epoch from max(updated_at) over () - min(created_at) over ()) "
             "from orders.orders where status = 'COMPLETED'").fetchall()
+        hops = hop_latencies(conn)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'drop database if exists "{name}" with (force)')
     latencies = sorted(float(r[0]) for r in rows)
@@ -90,6 +132,8 @@ def main() -> int:
           f"{len(latencies) / span:.1f} orders/s through all four services")
     print(f"order -> COMPLETED latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
           f"p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    print("per hop (each ends when the next service's event happened, its occurredAt):")
+    print_hops(hops)
     return 0
 
 

@@ -9,8 +9,11 @@ import urllib.request
 import uuid
 from http.server import ThreadingHTTPServer
 
-from tests.consumers.app import Running
-from tests.harness.kafka import produce
+from sqlalchemy.orm import Session
+
+from consumers import ConsumerOptions, IncomingEvent
+from tests.consumers.app import Running, apply_effect, build
+from tests.harness.kafka import create_topic, produce
 
 
 def get(url: str) -> tuple[int, str]:
@@ -58,3 +61,39 @@ def test_health_is_ok_while_consuming_and_503_after_stop_and_metrics_count_and_l
     status, health = get(base + "/health")
     assert status == 503 and json.loads(health)["reason"] == "not running"
     assert get(base + "/nope")[0] == 404
+
+
+def test_lag_shows_a_backlog_while_it_is_worked_off(
+        database_url: str, kafka_bootstrap: str, topic: str) -> None:
+    """The gauge reads librdkafka's cached high watermarks (no broker round trip in the
+    loop), and still shows a backlog as it shrinks to zero."""
+    create_topic(kafka_bootstrap, topic, partitions=1)
+
+    def slow(session: Session, event: IncomingEvent) -> None:
+        time.sleep(0.1)
+        apply_effect(session, event)
+
+    app = build(database_url, kafka_bootstrap, topic, "g-lag", handler=slow,
+                options=ConsumerOptions(poll_timeout=0.2, lag_interval=0.05, batch_size=1))
+    server = app.serve_metrics(0)
+    running = Running(app)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        produce(kafka_bootstrap, topic, [
+            (b"k", json.dumps({"eventType": "Thing", "n": n}).encode(),
+             [("id", str(uuid.uuid4()).encode()), ("eventType", b"Thing")])
+            for n in range(30)])
+        seen: list[float] = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            _, body = get(base + "/metrics")
+            if "outbox_consumer_lag{" in body:
+                seen.append(metric(body, "outbox_consumer_lag"))
+                if metric(body, "outbox_consumer_handled_total") == 30 and seen[-1] == 0:
+                    break
+            time.sleep(0.05)
+        assert max(seen) >= 10, seen  # the backlog was visible ...
+        assert seen[-1] == 0, seen  # ... and gone once everything was handled
+    finally:
+        running.stop()
+        server.shutdown()
