@@ -268,7 +268,8 @@ def status(settings: Settings, as_json: bool) -> None:
     writer = info["oldest_writing_transaction_seconds"]
     if writer is not None and writer >= LONG_TRANSACTION_SECONDS:
         click.echo(f"long transaction: one has been writing for {writer:.0f}s; until it ends "
-                   "the relay reads every row committed since it began again")
+                   "VACUUM cannot reclaim purged outbox rows, and events it wrote wait for "
+                   "its commit")
     click.echo(f"failed (parked):  {info['failed']}")
     for row in info["failed_rows"]:
         click.echo(f"  seq {row['seq']} {row['aggregatetype']}/{row['aggregateid']} "

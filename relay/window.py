@@ -17,8 +17,11 @@ has committed, and a snapshot taken later sees every transaction an earlier one 
 the rows not visible in ``done`` but visible in ``win`` are exactly the rows that
 committed in between, however long their transactions ran and whatever seq they drew.
 (A high-water mark on ``seq`` would skip a row whose transaction drew a low seq and
-committed late; ``txid >= xmin(done)`` only bounds the index scan, the visibility test
-decides.)
+committed late.) "Not visible in ``done``" is read off the snapshot itself: a txid at or
+above its ``xmax``, or one of its in-progress ids (``xip``); every transaction below
+``xmax`` and not in ``xip`` had ended when ``done`` was taken. So a transaction that stays
+open for hours costs one index lookup per window, not a rescan of everything committed
+since it began (relay.queries, ``_window_rows``).
 
 Why per-aggregate order holds: ``publish()`` takes a transaction-scoped lock on the
 aggregate, so the transactions of one aggregate commit one after the other and each draws
