@@ -17,6 +17,7 @@ from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
 from outbox.migrations.ddl import delivered_on_fast_path
 from outbox.settings import Settings, check_identifier
 from outbox.tables import SHARD_COUNT, relay_cursor_name
+from relay.window import PROBED_XIDS, RANGE_XIDS
 
 # The columns of outbox.record.StoredRow, in its order, then the relay's bookkeeping (seq,
 # shard, attempts), over a row ``o``. Nothing is parsed in Python: the id and the payload
@@ -45,6 +46,42 @@ def prefer_index_scans(conn: psycopg.Connection[Any]) -> None:
     conn.execute("set enable_seqscan = off")
     conn.execute("set enable_bitmapscan = off")
     conn.execute("set jit = off")
+
+
+def _numbers(param: str, sql_type: str) -> str:
+    """A ``,``-separated parameter (relay.window.read_params) as an array of ``sql_type``."""
+    return f"string_to_array(%({param})s, ',')::{sql_type}[]"
+
+
+def _snapshots(param: str) -> str:
+    """A ``;``-separated parameter of snapshots, an empty one null, as ``pg_snapshot[]``."""
+    return f"string_to_array(%({param})s, ';', '')::pg_snapshot[]"
+
+
+def _not_done(table: str, columns: str, shard: str, done: str, conditions: str,
+              everything_if: str | None = None) -> str:
+    """A lateral join ``o`` of ``table``'s rows of ``shard`` (``columns``) that meet
+    ``conditions`` and whose transaction is not visible in the snapshot ``done``; with
+    ``everything_if``, every such row when that holds (a shard without a cursor).
+
+    relay.window.scan_bounds computed in SQL, for queries that read ``done`` from the
+    cursor table (the backlog: every few seconds, not per window)."""
+    probe_below = (
+        f"greatest(pg_snapshot_xmin({done}), least("
+        f"greatest(pg_snapshot_xmax({done})::text::int8 - {RANGE_XIDS}, 0)::text::xid8, "
+        f"coalesce((select x from pg_snapshot_xip({done}) as x order by 1 "
+        f"offset {PROBED_XIDS} limit 1), pg_snapshot_xmax({done}))))")
+    everything = (f"select {columns} from {table} where shard = {shard} and {conditions} "
+                  f"and {everything_if} union all " if everything_if else "")
+    return (
+        f"cross join lateral (select {probe_below} as lo offset 0) as b "
+        f"cross join lateral ({everything}"
+        f"select {columns} from {table} where shard = {shard} and txid >= b.lo "
+        f"and not pg_visible_in_snapshot(txid, {done}) and {conditions} "
+        f"union all select r.* from pg_snapshot_xip({done}) as x(xip) "
+        f"cross join lateral (select {columns} from {table} where shard = {shard} "
+        f"and txid = x.xip and {conditions} offset 0) as r where x.xip < b.lo "
+        "offset 0) as o")
 
 
 @dataclass(frozen=True)
@@ -120,29 +157,28 @@ class Queries:
         return "select pg_current_snapshot()::text"
 
     def _window_rows(self) -> str:
-        # Per shard: not visible in ``done``, visible in ``win`` (no window yet: the
-        # statement's own snapshot), seq above ``upto``, and still on the fast path (no
-        # ``last_error``). "Not visible in done" is read as two index scans of
-        # ix_<table>_window: txid >= xmax(done), and txid among done's in-progress ids
-        # (xip). Transactions below xmin(done) all ended before it, so none of their rows can
-        # be missing; between xmin and xmax only the xip ones are. Scanning from xmin(done)
-        # instead rereads every row committed since the oldest writer still running began
-        # (anywhere in the cluster): with one long transaction open, each empty window of
-        # 100,000 such rows took 22-39 ms.
-        # ``offset 0`` keeps the subquery a per-shard pair of index scans: pulled up, the
-        # planner may prefer to read the whole table in seq order and hash-join the shards
-        # (fine on a fresh table, ruinous on one holding days of delivered rows).
-        rest = ("and (s.win is null or pg_visible_in_snapshot(txid, s.win)) "
+        # Rows not visible in ``done`` (relay.window.scan_bounds: per shard an index scan
+        # from txid ``lo`` skipping what ``done`` sees, plus a lookup per ``probe_*`` entry),
+        # visible in ``win`` (no window yet: the statement's own snapshot), seq above
+        # ``upto``, and still on the fast path (no ``last_error``). ``offset 0`` keeps each
+        # subquery per shard: pulled up, the planner may prefer to read the whole table in
+        # seq order and hash-join the shards (fine on a fresh table, ruinous on one holding
+        # days of delivered rows).
+        rest = ("(s.win is null or pg_visible_in_snapshot(txid, s.win)) "
                 "and seq > s.upto and last_error is null")
         return (
-            "from unnest(%(shards)s::smallint[], %(done)s::pg_snapshot[], "
-            "%(win)s::pg_snapshot[], %(upto)s::int8[]) as s(shard, done, win, upto) "
-            f"cross join lateral (select {_RAW} from {self.qualified} "
-            f"  where shard = s.shard and txid >= pg_snapshot_xmax(s.done) {rest} "
-            "  union all select r.* from pg_snapshot_xip(s.done) as x(xip) "
+            f"from (select r.* from unnest({_numbers('shards', 'smallint')}, "
+            f"  {_snapshots('done')}, {_snapshots('win')}, {_numbers('upto', 'int8')}, "
+            f"  {_numbers('lo', 'xid8')}) as s(shard, done, win, upto, lo) "
             f"  cross join lateral (select {_RAW} from {self.qualified} "
-            f"    where shard = s.shard and txid = x.xip {rest} offset 0) as r "
-            "  offset 0) as o "
+            "    where shard = s.shard and txid >= s.lo "
+            f"    and not pg_visible_in_snapshot(txid, s.done) and {rest} offset 0) as r "
+            f"  union all select r.* from unnest({_numbers('probe_shards', 'smallint')}, "
+            f"  {_numbers('probe_xids', 'xid8')}, {_snapshots('probe_wins')}, "
+            f"  {_numbers('probe_upto', 'int8')}) as s(shard, xip, win, upto) "
+            f"  cross join lateral (select {_RAW} from {self.qualified} "
+            f"    where shard = s.shard and txid = s.xip and {rest} offset 0) as r"
+            ") as o "
             "order by o.seq")
 
     @property
@@ -256,22 +292,16 @@ class Queries:
         ``ix_<table>_window``), plus rows waiting in the retry claim."""
         shards = ("coalesce(%(shards)s::smallint[], "
                   f"array(select generate_series(0, {SHARD_COUNT - 1})::smallint))")
-        pending = "shard = s.shard and last_error is null"
+        not_done = _not_done(self.qualified, "created_at, seq, txid", "s.shard",
+                             "c.done::pg_snapshot", "last_error is null",
+                             everything_if="c.shard is null")
         return (
             f"select count(*), extract(epoch from {NOW_UTC} - min(created_at))::float8 from ("
             f"  select o.created_at from unnest({shards}) as s(shard) "
             f"  left join {self.cursor_table} c on c.shard = s.shard "
-            # Not covered by ``done`` (a shard without a cursor: every row), read as the
-            # window query reads it (_window_rows): txid >= xmax(done), or one of its xip.
-            "  cross join lateral ("
-            f"    select created_at, seq, txid from {self.qualified} "
-            f"      where {pending} and c.shard is null "
-            f"    union all select created_at, seq, txid from {self.qualified} "
-            f"      where {pending} and txid >= pg_snapshot_xmax(c.done::pg_snapshot) "
-            "    union all select r.* from pg_snapshot_xip(c.done::pg_snapshot) as x(xip) "
-            f"      cross join lateral (select created_at, seq, txid from {self.qualified} "
-            f"        where {pending} and txid = x.xip offset 0) as r "
-            "    offset 0) as o "
+            # Not covered by ``done``, read as the window query reads it; a shard without
+            # a cursor yet: every row.
+            f"  {not_done} "
             "  where c.win is null or not (o.seq <= c.upto "
             "        and pg_visible_in_snapshot(o.txid, c.win::pg_snapshot)) "
             "  union all "

@@ -194,7 +194,10 @@ def test_graceful_shutdown_leaves_nothing_produced_but_unmarked(
     create_topic(kafka_bootstrap, topic, partitions=3)
     insert_events(outbox_url, make_events(20000, aggregates=100))
     log = tmp_path / "relay.log"
-    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "500", log=log)
+    # linger.ms: each batch waits 20 ms in librdkafka, so the 40 batches take ~0.4 s
+    # (pipeline depth 2); without it the relay drains them all before the signal lands.
+    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--batch-size", "500",
+                       "--kafka-config", "linger.ms=20", log=log)
     wait_started(log, 1)
     deadline = time.monotonic() + 60
     while pending(outbox_url) == 20000:  # stop it mid-stream, once it has started

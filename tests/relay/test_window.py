@@ -6,11 +6,22 @@ import time
 from typing import Any
 
 import psycopg
+from hypothesis import given
+from hypothesis import strategies as st
 
 from outbox.publish import Event, publish
 from relay.cli import collect_status
 from relay.queries import Queries, prefer_index_scans
-from relay.window import NOTHING, ShardCursor, Window, progress, read_params
+from relay.window import (
+    NOTHING,
+    PROBED_XIDS,
+    RANGE_XIDS,
+    ShardCursor,
+    Window,
+    progress,
+    read_params,
+    scan_bounds,
+)
 from tests.harness.kafka import create_topic
 from tests.relay.conftest import (
     DELIVERED,
@@ -171,28 +182,66 @@ def _outbox_rows_read(plan: dict[str, Any]) -> int:
 def test_a_writer_left_open_does_not_make_windows_reread_delivered_rows(
         outbox_url: str) -> None:
     """``done`` taken while a writing transaction is open has that transaction among its
-    in-progress ids. The window query reads none of the 2,000 rows committed (and
-    delivered) after it began, however long it stays open; once it commits, its row is
-    the next window."""
+    in-progress ids. The window query looks it up instead of scanning from it: of 600
+    rows committed (and delivered) in 300 transactions after it began, it reads at most
+    those of the last RANGE_XIDS transactions, however long the writer stays open. Once it
+    commits, its row is the next window."""
     queries = Queries("public", "outbox")
     shards = list(range(256))
     with psycopg.connect(outbox_url) as long_writer:
         publish(long_writer, Event("order", "long-1", "Slow", {"n": 0}))  # takes a txid
-        insert_events(outbox_url, [{"aggregatetype": "order", "aggregateid": f"a-{i % 50}",
-                                    "payload": {"n": i}} for i in range(2000)])
+        for t in range(300):
+            insert_events(outbox_url, [{"aggregatetype": "order", "aggregateid": f"a-{t}-{i}",
+                                        "payload": {"n": i}} for i in range(2)])
         with psycopg.connect(outbox_url, autocommit=True) as conn:
             prefer_index_scans(conn)
             row = conn.execute("select pg_current_snapshot()::text").fetchone()
             assert row is not None
             done = str(row[0])
-            xmin, xmax, xip = done.split(":")
-            assert xip and int(xmin) < int(xmax)  # the open writer holds xmin back
+            _lo, probes = scan_bounds(done)
+            writer = int(done.split(":", maxsplit=1)[0])
+            assert probes == [writer]  # the writer left open is looked up
             params = {**read_params(shards, {s: ShardCursor(done) for s in shards}, None),
                       "limit": 100}
             explained = conn.execute("explain (analyze, format json) "
                                      + queries.first_window_batch, params).fetchone()
             assert explained is not None
-            assert _outbox_rows_read(explained[0][0]["Plan"]) == 0
+            assert _outbox_rows_read(explained[0][0]["Plan"]) <= 2 * RANGE_XIDS  # not 600
             long_writer.commit()
             window = conn.execute(queries.first_window_batch, params).fetchall()
     assert [(r[2], r[3]) for r in window] == [("long-1", "Slow")]
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> str:
+    xmin = draw(st.integers(3, 10**6))
+    xmax = xmin + draw(st.integers(0, 3000))
+    xip = sorted(draw(st.sets(st.integers(xmin, max(xmin, xmax - 1)), max_size=40))
+                 if xmax > xmin else set())
+    return f"{xmin}:{xmax}:{','.join(map(str, xip))}"
+
+
+@given(snapshots())
+def test_scan_bounds_cover_exactly_what_the_snapshot_does_not_see(done: str) -> None:
+    """Range from lo plus the looked-up ids = every id the snapshot does not see; few
+    lookups; the scan never starts below xmin."""
+    xmin, xmax = (int(v) for v in done.split(":")[:2])
+    xip = {int(x) for x in done.split(":")[2].split(",") if x}
+    lo, probes = scan_bounds(done)
+    assert xmin <= lo <= xmax
+    assert len(probes) <= PROBED_XIDS
+    assert set(probes) == {x for x in xip if x < lo}
+    for txid in range(xmin, xmax + 2):
+        not_visible = txid >= xmax or txid in xip
+        assert not_visible == (txid in probes or (txid >= lo and not_visible))
+
+
+def test_scan_bounds_look_up_a_writer_left_open_and_scan_from_recent_ones() -> None:
+    assert scan_bounds(NOTHING) == (1, [])
+    assert scan_bounds("500:520:505,510") == (500, [])  # all recent: scan from xmin
+    # one transaction far behind, two recent ones: look up the old one only, scan the last
+    # RANGE_XIDS transactions
+    assert scan_bounds("100:5000:100,4990,4995") == (5000 - RANGE_XIDS, [100])
+    # many far behind: the PROBED_XIDS oldest are looked up, the scan starts at the next
+    lo, probes = scan_bounds("100:5000:100,200,300,400")
+    assert probes == [100, 200][:PROBED_XIDS] and lo == [100, 200, 300][PROBED_XIDS]
