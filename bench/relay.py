@@ -52,7 +52,7 @@ from outbox.settings import load_settings  # noqa: E402
 from outbox.tables import outbox_table, relay_cursor_table  # noqa: E402
 from relay.loop import Batch, Relay, RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
-from relay.queries import RECORD_COLUMNS, Queries, prefer_index_scans  # noqa: E402
+from relay.queries import RECORD_COLUMNS, Queries, prefer_index_scans, read_backlog  # noqa: E402
 from relay.window import ShardCursor, open_window, progress, read_params  # noqa: E402
 from services.launcher import load_stack_env  # noqa: E402
 
@@ -308,8 +308,7 @@ def bench_relay_processes(db_url: str, bootstrap: str, prefix: str, events: int,
             queries = Queries.for_settings(load_settings(database_url=db_url))
             watch.execute("set enable_seqscan = off")
             while True:
-                row = watch.execute(queries.backlog, {"shards": None}).fetchone()
-                if row is not None and row[0] == 0:
+                if read_backlog(watch, queries)[0] == 0:
                     break
                 time.sleep(0.05)
             elapsed = time.perf_counter() - started

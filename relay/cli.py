@@ -20,7 +20,7 @@ from outbox.cli_options import fail, settings_options
 from outbox.errors import ConfigurationError
 from outbox.settings import Settings, redact_url
 from relay.loop import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
-from relay.queries import Queries
+from relay.queries import Queries, read_backlog
 from relay.retention import check_captured
 from relay.retention import purge as purge_rows
 
@@ -223,7 +223,7 @@ def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]
         problem = queries.schema_problem(conn)
         if problem is not None:
             raise ConfigurationError(problem)
-        count, age = conn.execute(queries.backlog, {"shards": None}).fetchone() or (0, None)
+        count, age = read_backlog(conn, queries)
         failed_row = conn.execute(queries.failed_count).fetchone()
         retrying = conn.execute(queries.retrying_count).fetchone()
         writer = conn.execute(queries.oldest_writer).fetchone()

@@ -42,7 +42,7 @@ from outbox.record import (
 from outbox.settings import Settings
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config
-from relay.queries import Queries, prefer_index_scans
+from relay.queries import Queries, prefer_index_scans, read_backlog
 from relay.reader import WindowReader
 from relay.shards import ShardOwnership
 from relay.window import ShardCursor, Window, open_window, progress, read_params
@@ -864,11 +864,9 @@ class Relay:
                     conn = psycopg.connect(self.settings.libpq_url(), autocommit=True,
                                            application_name=app, connect_timeout=5)
                     prefer_index_scans(conn)
-                row = conn.execute(self.queries.backlog,
-                                   {"shards": list(self.owned_now)}).fetchone()
-                if row is not None:
-                    self.metrics.backlog.set(float(row[0]))
-                    self.metrics.oldest_age.set(float(row[1]) if row[1] is not None else 0.0)
+                count, age = read_backlog(conn, self.queries, list(self.owned_now))
+                self.metrics.backlog.set(float(count))
+                self.metrics.oldest_age.set(age if age is not None else 0.0)
                 failures = 0
             except psycopg.Error as exc:
                 failures += 1

@@ -17,7 +17,7 @@ from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
 from outbox.migrations.ddl import delivered_on_fast_path
 from outbox.settings import Settings, check_identifier
 from outbox.tables import SHARD_COUNT, relay_cursor_name
-from relay.window import PROBED_XIDS, RANGE_XIDS
+from relay.window import ShardCursor, read_params
 
 # The columns of outbox.record.StoredRow, in its order, then the relay's bookkeeping (seq,
 # shard, attempts), over a row ``o``. Nothing is parsed in Python: the id and the payload
@@ -56,32 +56,6 @@ def _numbers(param: str, sql_type: str) -> str:
 def _snapshots(param: str) -> str:
     """A ``;``-separated parameter of snapshots, an empty one null, as ``pg_snapshot[]``."""
     return f"string_to_array(%({param})s, ';', '')::pg_snapshot[]"
-
-
-def _not_done(table: str, columns: str, shard: str, done: str, conditions: str,
-              everything_if: str | None = None) -> str:
-    """A lateral join ``o`` of ``table``'s rows of ``shard`` (``columns``) that meet
-    ``conditions`` and whose transaction is not visible in the snapshot ``done``; with
-    ``everything_if``, every such row when that holds (a shard without a cursor).
-
-    relay.window.scan_bounds computed in SQL, for queries that read ``done`` from the
-    cursor table (the backlog: every few seconds, not per window)."""
-    probe_below = (
-        f"greatest(pg_snapshot_xmin({done}), least("
-        f"greatest(pg_snapshot_xmax({done})::text::int8 - {RANGE_XIDS}, 0)::text::xid8, "
-        f"coalesce((select x from pg_snapshot_xip({done}) as x order by 1 "
-        f"offset {PROBED_XIDS} limit 1), pg_snapshot_xmax({done}))))")
-    everything = (f"select {columns} from {table} where shard = {shard} and {conditions} "
-                  f"and {everything_if} union all " if everything_if else "")
-    return (
-        f"cross join lateral (select {probe_below} as lo offset 0) as b "
-        f"cross join lateral ({everything}"
-        f"select {columns} from {table} where shard = {shard} and txid >= b.lo "
-        f"and not pg_visible_in_snapshot(txid, {done}) and {conditions} "
-        f"union all select r.* from pg_snapshot_xip({done}) as x(xip) "
-        f"cross join lateral (select {columns} from {table} where shard = {shard} "
-        f"and txid = x.xip and {conditions} offset 0) as r where x.xip < b.lo "
-        "offset 0) as o")
 
 
 @dataclass(frozen=True)
@@ -156,30 +130,35 @@ class Queries:
     def snapshot(self) -> str:
         return "select pg_current_snapshot()::text"
 
-    def _window_rows(self) -> str:
-        # Rows not visible in ``done`` (relay.window.scan_bounds: per shard an index scan
-        # from txid ``lo`` skipping what ``done`` sees, plus a lookup per ``probe_*`` entry),
-        # visible in ``win`` (no window yet: the statement's own snapshot), seq above
-        # ``upto``, and still on the fast path (no ``last_error``). ``offset 0`` keeps each
-        # subquery per shard: pulled up, the planner may prefer to read the whole table in
-        # seq order and hash-join the shards (fine on a fresh table, ruinous on one holding
-        # days of delivered rows).
-        rest = ("(s.win is null or pg_visible_in_snapshot(txid, s.win)) "
-                "and seq > s.upto and last_error is null")
+    def _uncovered(self, columns: str, conditions: str) -> str:
+        """``from`` a derived table ``o`` (``columns``) of the rows of the given shards
+        that their cursor's ``done`` does not see and that meet ``conditions`` (over the
+        row and ``s.win``, ``s.upto``), with read_params' parameters.
+
+        Per shard an index scan of ix_<table>_window from txid ``lo``, skipping what
+        ``done`` sees, plus a lookup per ``probe_*`` entry (relay.window.scan_bounds).
+        ``offset 0`` keeps each subquery per shard: pulled up, the planner may prefer to
+        read the whole table in seq order and hash-join the shards (fine on a fresh table,
+        ruinous on one holding days of delivered rows)."""
         return (
             f"from (select r.* from unnest({_numbers('shards', 'smallint')}, "
             f"  {_snapshots('done')}, {_snapshots('win')}, {_numbers('upto', 'int8')}, "
             f"  {_numbers('lo', 'xid8')}) as s(shard, done, win, upto, lo) "
-            f"  cross join lateral (select {_RAW} from {self.qualified} "
+            f"  cross join lateral (select {columns} from {self.qualified} "
             "    where shard = s.shard and txid >= s.lo "
-            f"    and not pg_visible_in_snapshot(txid, s.done) and {rest} offset 0) as r "
+            f"    and not pg_visible_in_snapshot(txid, s.done) and {conditions} offset 0) as r "
             f"  union all select r.* from unnest({_numbers('probe_shards', 'smallint')}, "
             f"  {_numbers('probe_xids', 'xid8')}, {_snapshots('probe_wins')}, "
             f"  {_numbers('probe_upto', 'int8')}) as s(shard, xip, win, upto) "
-            f"  cross join lateral (select {_RAW} from {self.qualified} "
-            f"    where shard = s.shard and txid = s.xip and {rest} offset 0) as r"
-            ") as o "
-            "order by o.seq")
+            f"  cross join lateral (select {columns} from {self.qualified} "
+            f"    where shard = s.shard and txid = s.xip and {conditions} offset 0) as r"
+            ") as o")
+
+    def _window_rows(self) -> str:
+        # Not seen by ``done``, visible in ``win`` (no window yet: the statement's own
+        # snapshot), seq above ``upto``, and still on the fast path (no ``last_error``).
+        return self._uncovered(_RAW, "(s.win is null or pg_visible_in_snapshot(txid, s.win)) "
+                                     "and seq > s.upto and last_error is null") + " order by o.seq"
 
     @property
     def first_window_batch(self) -> str:
@@ -287,25 +266,18 @@ class Queries:
     # ------------------------------------------------------------------ status
     @property
     def backlog(self) -> str:
-        """Undelivered, unparked rows and the age in seconds of the oldest, optionally for
-        some shards: per shard, the fast-path rows its cursor has not covered (a range of
-        ``ix_<table>_window``), plus rows waiting in the retry claim."""
-        shards = ("coalesce(%(shards)s::smallint[], "
-                  f"array(select generate_series(0, {SHARD_COUNT - 1})::smallint))")
-        not_done = _not_done(self.qualified, "created_at, seq, txid", "s.shard",
-                             "c.done::pg_snapshot", "last_error is null",
-                             everything_if="c.shard is null")
+        """Undelivered, unparked rows and the age in seconds of the oldest (parameters:
+        :func:`backlog_params`): per shard, the fast-path rows its cursor has not covered,
+        plus rows waiting in the retry claim."""
+        uncovered = self._uncovered(
+            "created_at", "last_error is null and not (s.win is not null and seq <= s.upto "
+                          "and pg_visible_in_snapshot(txid, s.win))")
         return (
             f"select count(*), extract(epoch from {NOW_UTC} - min(created_at))::float8 from ("
-            f"  select o.created_at from unnest({shards}) as s(shard) "
-            f"  left join {self.cursor_table} c on c.shard = s.shard "
-            # Not covered by ``done``, read as the window query reads it; a shard without
-            # a cursor yet: every row.
-            f"  {not_done} "
-            "  where c.win is null or not (o.seq <= c.upto "
-            "        and pg_visible_in_snapshot(o.txid, c.win::pg_snapshot)) "
+            f"  select o.created_at {uncovered} "
             "  union all "
-            f"  select created_at from {self.qualified} where shard = any({shards}) "
+            f"  select created_at from {self.qualified} "
+            f"  where shard = any({_numbers('shards', 'smallint')}) "
             "    and last_error is not null and published_at is null and failed_at is null"
             ") as pending")
 
@@ -391,3 +363,17 @@ class Queries:
     def drop_notify_trigger(self) -> str:
         return (f"drop trigger if exists {self.table}_notify_relay on {self.qualified}; "
                 f"drop function if exists {self.schema}.{self.table}_notify_relay();")
+
+
+def read_backlog(conn: psycopg.Connection[Any], queries: Queries,
+                 shards: list[int] | None = None) -> tuple[int, float | None]:
+    """Undelivered, unparked rows of ``shards`` (all: None) and the age in seconds of the
+    oldest: the cursors as stored, then ``queries.backlog``."""
+    shards = list(range(SHARD_COUNT)) if shards is None else shards
+    cursors = {s: ShardCursor() for s in shards}
+    for shard, done, win, upto in conn.execute(queries.load_cursors, {"shards": shards}):
+        cursors[shard] = ShardCursor(done, win, upto)
+    row = conn.execute(queries.backlog, read_params(shards, cursors, None)).fetchone()
+    if row is None:
+        return 0, None
+    return int(row[0]), float(row[1]) if row[1] is not None else None
