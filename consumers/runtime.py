@@ -34,6 +34,7 @@ import os
 import signal
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
@@ -60,6 +61,8 @@ Handler = Callable[[Session, IncomingEvent], None]
 Position = tuple[str, int, int]  # topic, partition, offset
 
 EXIT_OK = 0
+EXIT_ERROR = 1  # a fatal Kafka error other than fencing
+EXIT_FENCED = 5  # another process joined the group with this instance_id
 EXIT_INTERRUPTED = 130
 
 
@@ -84,7 +87,31 @@ class ConsumerOptions:
     shutdown_timeout: float = 30.0
     lag_interval: float = 5.0  # seconds between lag measurements (cached watermarks)
     stall_after: float = 60.0  # /health turns 503 when the loop has not turned for this long
+    # A stable id of this instance (Kafka static membership, ``group.instance.id``): after a
+    # crash, the instance restarted with the same id takes its partitions back at once
+    # instead of after session.timeout.ms. Two live processes must never share one (the
+    # later fences the earlier, which then exits with EXIT_FENCED). Each id must be unique
+    # in the group, e.g. a StatefulSet pod name. See static_member_id for the suffix.
+    instance_id: str | None = None
     kafka_config: dict[str, str] = field(default_factory=dict)
+
+
+def static_member_id(instance_id: str, topics: list[str]) -> str:
+    """``group.instance.id`` for ``instance_id`` subscribed to ``topics``: the id with a
+    short hash of the topics. Kafka hands a static member that comes back its previous
+    assignment without a rebalance; one that came back subscribed to other topics would
+    never be given them (measured: a new topic not consumed after 90 s). A new set of
+    topics is a new member instead, which joins with a rebalance."""
+    digest = zlib.crc32(",".join(sorted(topics)).encode()) & 0xFFFFFF
+    return f"{instance_id}.{digest:06x}"
+
+
+class _Fatal(Exception):  # noqa: N818 - control flow, never escapes the module
+    """The Kafka consumer reported a fatal error: stop :meth:`Consumer.run`."""
+
+    def __init__(self, message: str, fenced: bool) -> None:
+        super().__init__(message)
+        self.fenced = fenced
 
 
 class _Rewind(Exception):  # noqa: N818 - control flow, never escapes the module
@@ -196,6 +223,8 @@ class Consumer:
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
+            **({"group.instance.id": static_member_id(self.options.instance_id, self.topics)}
+               if self.options.instance_id else {}),
             **self.options.kafka_config,
         })
         self.producer = Producer({
@@ -221,6 +250,12 @@ class Consumer:
                 if batch:
                     self._process(batch)
                 self._measure_lag()
+        except _Fatal as exc:
+            # librdkafka cannot go on with this consumer (e.g. fenced: another process
+            # joined with the same group.instance.id); polling on would only repeat it.
+            log.error("consumer stopped by a fatal Kafka error: %s", exc,
+                      extra={"action": "consumer_fatal", "group": self.group})
+            return EXIT_FENCED if exc.fenced else EXIT_ERROR
         finally:
             self._running = False
             self._close()
@@ -268,6 +303,16 @@ class Consumer:
         err = msg.error()
         if err is None:
             return True
+        # A fatal error arrives once, as an event with code _FATAL whose text names the
+        # cause; the consumer then stays silent forever.
+        if err.fatal() or err.code() == KafkaError._FATAL:
+            fenced = (err.code() == KafkaError.FENCED_INSTANCE_ID
+                      or "fenced" in err.str().lower())
+            raise _Fatal(err.str() + (
+                f" (another consumer of group {self.group!r} joined with instance id "
+                f"{self.options.instance_id!r} and the same topics: two live processes must "
+                "not share one)"
+                if fenced else ""), fenced=fenced)
         if err.code() != KafkaError._PARTITION_EOF:
             log.warning("consumer error: %s", err.str(), extra={"action": "kafka_error"})
         return False

@@ -69,8 +69,11 @@ class SagaProcesses:
         """Start one process (its output goes to ``log_dir/name.log``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
+        # One stable consumer instance id per service of this run: restarted after a
+        # crash, it takes its partitions back at once (static group membership).
+        instance = {"OUTBOX_CONSUMER_INSTANCE_ID": f"{name}-{self.port}"}
         self.procs[name] = subprocess.Popen(
-            self.command(name), env={**os.environ, **self.env}, stdout=log,
+            self.command(name), env={**os.environ, **instance, **self.env}, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 

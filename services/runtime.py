@@ -8,6 +8,7 @@ own consumer group. Topic names follow the toolkit's topic template
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Callable
 
@@ -128,8 +129,12 @@ def shipping_consumer(base: Settings, engine: Engine | None = None,
 
 
 def default_options() -> ConsumerOptions:
-    """Service consumers: a crashed member is noticed after 10 s, not Kafka's default 45 s."""
-    return ConsumerOptions(kafka_config={"session.timeout.ms": "10000",
+    """Service consumers: a crashed member is noticed after 10 s, not Kafka's default 45 s.
+    With ``OUTBOX_CONSUMER_INSTANCE_ID`` set (unique per running instance), a restarted
+    one takes its partitions back at once (static membership, ConsumerOptions.instance_id).
+    """
+    return ConsumerOptions(instance_id=os.environ.get("OUTBOX_CONSUMER_INSTANCE_ID") or None,
+                           kafka_config={"session.timeout.ms": "10000",
                                          "heartbeat.interval.ms": "1000"})
 
 

@@ -3,7 +3,7 @@
 Its effect: one row in ``effects`` per event applied, plus an outbox event — so a double
 effect shows up as two rows, and a rolled-back handler leaves neither.
 
-    python -m tests.consumers.app DATABASE_URL BOOTSTRAP TOPIC GROUP
+    python -m tests.consumers.app DATABASE_URL BOOTSTRAP TOPIC GROUP [INSTANCE_ID [SESSION_MS]]
 """
 
 from __future__ import annotations
@@ -71,6 +71,14 @@ class Running:
 
 if __name__ == "__main__":
     url, boot, topic_name, group_name = sys.argv[1:5]
-    consumer = build(url, boot, topic_name, group_name)
+    # An optional fifth argument: a static group member with this instance id, whose crash
+    # the group would otherwise only notice after a long session timeout (60 s, or the
+    # sixth argument in ms).
+    static = ConsumerOptions(
+        backoff_base=0.05, backoff_cap=0.2, poll_timeout=0.2, instance_id=sys.argv[5],
+        kafka_config={"session.timeout.ms": sys.argv[6] if len(sys.argv) > 6 else "60000",
+                      "heartbeat.interval.ms": "1000"}
+    ) if len(sys.argv) > 5 else None
+    consumer = build(url, boot, topic_name, group_name, options=static)
     consumer.install_signal_handlers()
     sys.exit(consumer.run())

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -20,6 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from consumers import ConsumerOptions, IncomingEvent
+from consumers.runtime import EXIT_FENCED
 from outbox.cli import main
 from tests.consumers.app import Running, apply_effect, build
 from tests.harness.kafka import Header, consume_all, create_topic, produce, wait_for_topic
@@ -257,3 +259,79 @@ def test_a_failing_commit_rewinds_the_batch_instead_of_crashing(
     assert running.thread.is_alive(), "the consumer crashed on a failed commit"
     running.stop()
     assert calls == 3 and len(effects(database_url)) == 1
+
+
+@pytest.mark.slow
+def test_a_static_member_restarted_after_kill_9_takes_its_partitions_back_at_once(
+        database_url: str, kafka_bootstrap: str, topic_ready: str, tmp_path: Path) -> None:
+    """With ``instance_id`` the group does not wait for the killed member's session
+    timeout (60 s here) to hand its partitions to its restart."""
+    cmd = [sys.executable, "-m", "tests.consumers.app", database_url, kafka_bootstrap,
+           topic_ready, f"g-static-{uuid.uuid4().hex[:8]}", "static-1"]
+    log = (tmp_path / "first.log").open("wb")
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    produce(kafka_bootstrap, topic_ready, [thing(1, key="k1"), thing(2, key="k2")])
+    wait_for(lambda: len(effects(database_url)) == 2, timeout=60)
+    first.kill()
+    first.wait(10)
+    restarted = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        produce(kafka_bootstrap, topic_ready, [thing(3, key="k1"), thing(4, key="k2")])
+        started = time.monotonic()
+        wait_for(lambda: len(effects(database_url)) == 4, timeout=60)
+        assert time.monotonic() - started < 30, "waited for the dead member's session"
+    finally:
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(30) == 0
+        log.close()
+
+
+@pytest.mark.slow
+def test_two_live_processes_with_one_instance_id_the_fenced_one_exits_saying_why(
+        database_url: str, kafka_bootstrap: str, topic_ready: str, tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "tests.consumers.app", database_url, kafka_bootstrap,
+           topic_ready, f"g-fenced-{uuid.uuid4().hex[:8]}", "same-id"]
+    first_log = tmp_path / "first.log"
+    with first_log.open("wb") as out:
+        first = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    produce(kafka_bootstrap, topic_ready, [thing(1, key="k1")])
+    wait_for(lambda: len(effects(database_url)) == 1, timeout=60)
+    with (tmp_path / "second.log").open("wb") as out:
+        second = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        assert first.wait(60) == EXIT_FENCED, first_log.read_text()[-2000:]
+        assert "two live processes must not share one" in first_log.read_text()
+        produce(kafka_bootstrap, topic_ready, [thing(2, key="k2")])
+        wait_for(lambda: len(effects(database_url)) == 2, timeout=60)  # the second goes on
+    finally:
+        if first.poll() is None:
+            first.kill()
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(30) == 0
+
+
+@pytest.mark.slow
+def test_a_static_member_that_comes_back_with_other_topics_is_given_them(
+        database_url: str, kafka_bootstrap: str, topic_ready: str, tmp_path: Path) -> None:
+    """Kafka hands a returning static member its old assignment without a rebalance; the
+    id carries a hash of the topics, so a deploy that subscribes to another topic joins as
+    a new member and gets it (after the old member's session, 10 s here)."""
+    group = f"g-topics-{uuid.uuid4().hex[:8]}"
+    other = f"{topic_ready}-other"
+    create_topic(kafka_bootstrap, other, partitions=2)
+    def deploy(topic: str, applied: int) -> None:
+        """Start the instance on ``topic``, see one more event applied, stop it."""
+        with (tmp_path / "consumers.log").open("ab") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.consumers.app", database_url, kafka_bootstrap,
+                 topic, group, "deploy-1", "10000"], cwd=ROOT, stdout=out,
+                stderr=subprocess.STDOUT)
+        try:
+            produce(kafka_bootstrap, topic, [thing(applied, key="k1")])
+            wait_for(lambda: len(effects(database_url)) == applied, timeout=60)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+
+    deploy(topic_ready, 1)
+    deploy(other, 2)  # the same instance id, another topic
