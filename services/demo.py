@@ -134,7 +134,7 @@ def main() -> int:
     print(f"database {DEMO_DB}: each service gets its own schema, outbox and inbox")
     names = fresh_topics(settings)
     prepare_database(settings)
-    procs = SagaProcesses(env={"OUTBOX_DATABASE_URL": url},
+    procs = SagaProcesses(env={"OUTBOX_DATABASE_URL": url}, instance_tag="demo",
                           log_dir=ROOT / ".stack" / "logs" / "demo",
                           payment_args=["--decline-rate", "0.03", "--latency", "0.002"])
     print("starting: relay, order-api, inventory, payment, shipping "

@@ -47,6 +47,10 @@ class SagaProcesses:
     log_dir: Path
     port: int = field(default_factory=free_port)
     payment_args: list[str] = field(default_factory=list)
+    # Names each consumer's static group membership, ``<service>-<tag>``: the same tag in
+    # the next run (same topics) takes over at once what this run's stopped members still
+    # hold; the default, this run's port, keeps runs apart.
+    instance_tag: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     metrics_ports: dict[str, int] = field(default_factory=dict)
 
@@ -69,9 +73,9 @@ class SagaProcesses:
         """Start one process (its output goes to ``log_dir/name.log``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("ab")
-        # One stable consumer instance id per service of this run: restarted after a
-        # crash, it takes its partitions back at once (static group membership).
-        instance = {"OUTBOX_CONSUMER_INSTANCE_ID": f"{name}-{self.port}"}
+        # One stable consumer instance id per service: restarted after a crash, it takes
+        # its partitions back at once (static group membership).
+        instance = {"OUTBOX_CONSUMER_INSTANCE_ID": f"{name}-{self.instance_tag or self.port}"}
         self.procs[name] = subprocess.Popen(
             self.command(name), env={**os.environ, **instance, **self.env}, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
