@@ -106,6 +106,23 @@ def test_psycopg_connection(engine: Engine, database_url: str) -> None:
     assert [r["aggregateid"] for r in rows(engine)] == ["o-3"]
 
 
+def test_psycopg_pipeline_mode(engine: Engine, database_url: str) -> None:
+    """What docs/publishing.md recommends for plain psycopg: the business write, the events
+    and the commit in one flush. A rolled-back pipeline leaves nothing; an invalid event is
+    refused before anything is sent, and the transaction goes on."""
+    with psycopg.connect(database_url) as conn:
+        with conn.pipeline():
+            publish(conn, event(1), event(2))
+            conn.rollback()
+        with conn.pipeline():
+            publish(conn, event(3), event(4))
+            with pytest.raises(EventValidationError):
+                publish(conn, event(5, aggregate_id=""))
+            publish(conn, event(6))
+            conn.commit()
+    assert [r["payload"] for r in rows(engine)] == [{"n": 3}, {"n": 4}, {"n": 6}]
+
+
 def test_async_session_and_async_psycopg(engine: Engine, database_url: str) -> None:
     async def main() -> None:
         aengine = create_async_engine(sa_url(database_url))
