@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -13,29 +14,48 @@ class ConnectError(OutboxError):
     """Kafka Connect refused a request or could not be reached."""
 
 
-class ConnectClient:
-    """The Connect worker at ``url`` (e.g. http://localhost:8083)."""
+def _message(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("message", response.text))
+    except ValueError:
+        return response.text
 
-    def __init__(self, url: str, timeout: float = 30.0) -> None:
+
+def _rebalancing(response: httpx.Response) -> bool:
+    """Connect refuses requests while its workers rebalance: 409 "rebalance is in
+    progress", or 500 "a rebalance is expected". Both pass within seconds."""
+    return (response.status_code == 409 or (
+        response.status_code == 500 and "rebalance" in _message(response).lower()))
+
+
+class ConnectClient:
+    """The Connect worker at ``url`` (e.g. http://localhost:8083). A request refused because
+    the workers are rebalancing is retried for up to ``rebalance_wait`` seconds."""
+
+    def __init__(self, url: str, timeout: float = 30.0, rebalance_wait: float = 30.0) -> None:
         self.url = url.rstrip("/")
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.rebalance_wait = rebalance_wait
 
     def _call(self, method: str, path: str, json: Any = None,
               ok_missing: bool = False) -> Any:
-        try:
-            response = self.http.request(method, path, json=json)
-        except httpx.HTTPError as exc:
-            raise ConnectError(f"Kafka Connect at {self.url} is not reachable ({exc}); "
-                               "check OUTBOX_CONNECT_URL / --connect-url") from None
+        deadline = time.monotonic() + self.rebalance_wait
+        delay = 0.2
+        while True:
+            try:
+                response = self.http.request(method, path, json=json)
+            except httpx.HTTPError as exc:
+                raise ConnectError(f"Kafka Connect at {self.url} is not reachable ({exc}); "
+                                   "check OUTBOX_CONNECT_URL / --connect-url") from None
+            if not _rebalancing(response) or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code >= 400:
-            try:
-                message = response.json().get("message", response.text)
-            except ValueError:
-                message = response.text
             raise ConnectError(f"Kafka Connect {method} {path}: {response.status_code} "
-                               f"{message}")
+                               f"{_message(response)}")
         return response.json() if response.content else None
 
     def validate(self, connector_class: str, config: dict[str, str]) -> dict[str, list[str]]:

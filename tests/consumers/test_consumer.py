@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from consumers import ConsumerOptions, IncomingEvent
 from consumers.runtime import EXIT_FENCED
 from outbox.cli import main
-from tests.consumers.app import Running, apply_effect, build
+from tests.consumers.app import CREATE_EFFECTS, Running, apply_effect, build
 from tests.harness.kafka import Header, consume_all, create_topic, produce, wait_for_topic
 from tests.harness.stack import ROOT
 
@@ -213,6 +213,12 @@ def test_kill_9_between_db_commit_and_offset_commit_has_no_double_effect(
     assert outbox_count(database_url) == 10
 
 
+def ensure_effects(url: str) -> None:
+    """The consumer app's table, before a subprocess of it is polled for effects."""
+    with psycopg.connect(url) as conn:
+        conn.execute(CREATE_EFFECTS)
+
+
 def committed(bootstrap: str, topic: str, group: str) -> int:
     kc = KafkaConsumer({"bootstrap.servers": bootstrap, "group.id": group,
                         "enable.auto.commit": False})
@@ -266,6 +272,7 @@ def test_a_static_member_restarted_after_kill_9_takes_its_partitions_back_at_onc
         database_url: str, kafka_bootstrap: str, topic_ready: str, tmp_path: Path) -> None:
     """With ``instance_id`` the group does not wait for the killed member's session
     timeout (60 s here) to hand its partitions to its restart."""
+    ensure_effects(database_url)
     cmd = [sys.executable, "-m", "tests.consumers.app", database_url, kafka_bootstrap,
            topic_ready, f"g-static-{uuid.uuid4().hex[:8]}", "static-1"]
     log = (tmp_path / "first.log").open("wb")
@@ -291,6 +298,7 @@ def test_two_live_processes_with_one_instance_id_the_fenced_one_exits_saying_why
         database_url: str, kafka_bootstrap: str, topic_ready: str, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "tests.consumers.app", database_url, kafka_bootstrap,
            topic_ready, f"g-fenced-{uuid.uuid4().hex[:8]}", "same-id"]
+    ensure_effects(database_url)
     first_log = tmp_path / "first.log"
     with first_log.open("wb") as out:
         first = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
@@ -316,6 +324,7 @@ def test_a_static_member_that_comes_back_with_other_topics_is_given_them(
     """Kafka hands a returning static member its old assignment without a rebalance; the
     id carries a hash of the topics, so a deploy that subscribes to another topic joins as
     a new member and gets it (after the old member's session, 10 s here)."""
+    ensure_effects(database_url)
     group = f"g-topics-{uuid.uuid4().hex[:8]}"
     other = f"{topic_ready}-other"
     create_topic(kafka_bootstrap, other, partitions=2)
