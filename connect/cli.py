@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from connect.checks import cdc_notes, run_cdc_checks, slot_lag_bytes
+from connect.checks import cdc_findings, slot_lag_bytes
 from connect.client import ConnectClient, ConnectError
 from connect.config import CONNECTOR_CLASS, CdcOptions, masked, render
 from outbox.cli_options import settings_options
@@ -161,10 +161,10 @@ for _action, _help in (("pause", "Pause the connector (the slot keeps WAL meanwh
 def check(settings: Settings, name: str, password_ref: str, database_host: str | None) -> None:
     """Check PostgreSQL's CDC prerequisites for this connector (slot, publication ...)."""
     config = _render(settings, _options(name, password_ref, database_host))
-    problems = run_cdc_checks(settings, config["slot.name"], config["publication.name"])
+    problems, notes = cdc_findings(settings, config["slot.name"], config["publication.name"])
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)
-    for note in cdc_notes(settings):
+    for note in notes:
         click.echo(f"note: {note}", err=True)
     if problems:
         raise SystemExit(1)

@@ -98,4 +98,5 @@ def _cdc_findings(settings: Settings) -> tuple[list[str], list[str]]:
         checks = importlib.import_module("connect.checks")
     except ModuleNotFoundError:
         return ["CDC checks are not available in this build (connect.checks is missing)"], []
-    return list(checks.run_cdc_checks(settings)), list(checks.cdc_notes(settings))
+    problems, notes = checks.cdc_findings(settings)
+    return list(problems), list(notes)
