@@ -96,8 +96,10 @@ def relay() -> None:
               help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--retention", default=None,
-              help="also purge delivered rows older than this (e.g. 7d), every minute; 0 "
-                   "purges every delivered row (nothing kept to replay)")
+              help="also purge delivered rows older than this (e.g. 7d), every "
+                   "--purge-interval; 0 purges every delivered row (nothing kept to replay)")
+@click.option("--purge-interval", default=60.0, show_default=True,
+              help="seconds between purges with --retention")
 @click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
               show_default=True)
 @click.option("--log-level", default="info", show_default=True)
@@ -105,7 +107,8 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
         pipeline_depth: int, max_attempts: int, progress_interval: float,
         rebalance_interval: float,
         shutdown_timeout: float, metrics_port: int | None, metrics_host: str,
-        retention: str | None, log_format: str, log_level: str) -> None:
+        retention: str | None, purge_interval: float, log_format: str,
+        log_level: str) -> None:
     """Run the relay until SIGTERM/SIGINT (first: drain and exit 0; second: exit now).
 
     Exit codes: 0 stopped cleanly, 1 unexpected error, 2 usage, 3 configuration,
@@ -128,7 +131,8 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
         pipeline_depth=pipeline_depth, max_attempts=max_attempts,
         rebalance_interval=rebalance_interval, shutdown_timeout=shutdown_timeout,
         progress_interval=progress_interval,
-        retention_seconds=parse_duration(retention) if retention else None)
+        retention_seconds=parse_duration(retention) if retention else None,
+        purge_interval=purge_interval)
     daemon = Relay(settings, options)
     signals = {"count": 0}
 

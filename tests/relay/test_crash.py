@@ -7,6 +7,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -71,7 +72,8 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 30) -> int:
 def kill_9_repeatedly(outbox_url: str, kafka_bootstrap: str, prefix: str, log: Path, *,
                       backlog: int, transactions: int, kills: int, seed: int,
                       relay_args: tuple[str, ...] = (),
-                      order_table: str = "outbox") -> tuple[int, int]:
+                      order_table: str = "outbox",
+                      before_stop: Callable[[], None] | None = None) -> tuple[int, int]:
     """A backlog plus a busy writer; relays killed with SIGKILL mid-batch ``kills`` times,
     then one left to drain. Checks nothing is lost and per-aggregate order holds; returns
     (events written, duplicates in Kafka)."""
@@ -93,6 +95,8 @@ def kill_9_repeatedly(outbox_url: str, kafka_bootstrap: str, prefix: str, log: P
     wait_started(log, kills + 1)
     try:
         wait_drained(outbox_url)
+        if before_stop is not None:
+            before_stop()  # while the last relay still runs
     finally:
         assert stop(proc) == 0, log.read_text()[-3000:]
     total = backlog + writer.written
@@ -111,6 +115,13 @@ def test_kill_9_mid_batch_repeatedly_loses_nothing_and_keeps_order(
     print(f"kill -9 x6: {total} events, {duplicates} duplicates (re-sent unmarked rows)")
 
 
+def wait_until(check: Callable[[], bool], timeout: float, message: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.2)
+
+
 # A copy of every outbox row as it is inserted: with --retention 0 the relay deletes rows
 # once Kafka has them, so the order Kafka must show is read from here.
 COPY_ROWS = """
@@ -125,15 +136,22 @@ create trigger copy_outbox_row after insert on outbox for each row
 @pytest.mark.slow
 def test_kill_9_with_retention_0_deletes_rows_and_loses_nothing(
         outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
-    """Delete-on-delivery mode: a row is deleted only after Kafka acknowledged it."""
+    """Delete-on-delivery mode: a row is deleted only after Kafka acknowledged it, and
+    every delivered row is deleted by the next purge (every second here)."""
     with psycopg.connect(outbox_url) as conn:
         conn.execute(COPY_ROWS)
+
+    def left() -> int:
+        with psycopg.connect(outbox_url) as conn:
+            row = conn.execute("select count(*) from outbox").fetchone()
+        return int(row[0]) if row else -1
+
     kill_9_repeatedly(outbox_url, kafka_bootstrap, prefix, tmp_path / "relay.log",
                       backlog=10000, transactions=40, kills=3, seed=7,
-                      relay_args=("--retention", "0"), order_table="outbox_copy")
-    with psycopg.connect(outbox_url) as conn:
-        left = conn.execute("select count(*) from outbox").fetchone()
-    assert left is not None and left[0] == 0, "delivered rows were not deleted"
+                      relay_args=("--retention", "0", "--purge-interval", "1"),
+                      order_table="outbox_copy", before_stop=lambda: wait_until(
+                          lambda: left() == 0, 30, "delivered rows were not deleted"))
+    assert left() == 0
 
 
 @pytest.mark.slow
