@@ -29,3 +29,7 @@ class EventValidationError(OutboxError):
 
 class PayloadTooLargeError(EventValidationError):
     """An event's payload is larger than the configured limit."""
+
+
+class ServiceUnavailableError(OutboxError):
+    """The database or the Kafka broker did not answer in time."""

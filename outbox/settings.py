@@ -118,6 +118,26 @@ def redact_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
 
 
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value the settings carry: database and Connect passwords (URL, query
+    string or keyword form) and secret-looking Kafka properties."""
+    found: list[str] = []
+    for url in (settings.database_url, settings.connect_url):
+        found += re.findall(r"://[^:/@?#]+:([^@/?#]+)@", url)
+        found += re.findall(r"[?&]password=([^&#\s]+)", url)
+        found += re.findall(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", url)
+    found += [v for k, v in settings.kafka_config.items() if SECRET_KEYS.search(k)]
+    cleaned = {s.strip("'") for s in found}
+    return sorted((s for s in cleaned if len(s) >= 3), key=len, reverse=True)
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """``text`` with every secret of ``settings`` replaced by ``***`` (for errors and logs)."""
+    for secret in secrets_of(settings):
+        text = text.replace(secret, "***")
+    return text
+
+
 def redact_config(config: dict[str, str]) -> dict[str, str]:
     """A copy of a client configuration with secret values masked, safe to log or print."""
     return {k: ("***" if SECRET_KEYS.search(k) else v) for k, v in config.items()}

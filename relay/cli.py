@@ -9,7 +9,6 @@ import re
 import signal
 import sys
 from collections import defaultdict
-from datetime import datetime
 from types import FrameType
 from typing import Any
 
@@ -18,44 +17,12 @@ import psycopg
 
 from outbox.cli_options import fail, settings_options
 from outbox.errors import ConfigurationError
+from outbox.logs import configure_logging
 from outbox.settings import Settings, redact_url
 from relay.loop import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
 from relay.queries import Queries, read_backlog
 from relay.retention import check_captured
 from relay.retention import purge as purge_rows
-
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, message, and every ``extra`` (``action`` ...)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(), "logger": record.name,
-            "message": record.getMessage()}
-        data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    """Human-readable lines that still carry the ``action`` key."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        action = getattr(record, "action", "-")
-        return f"{self.formatTime(record)} {record.levelname:<7} [{action}] {record.getMessage()}"
-
-
-def configure_logging(fmt: str, level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
 

@@ -1,0 +1,84 @@
+"""Logging for every daemon and command: one format, one level check, librdkafka included.
+
+Every toolkit log line carries a stable ``action`` key (in ``extra``), so lines can be
+filtered and counted. librdkafka's own log (connection refused, broker down ...) goes
+through the logger ``outbox.librdkafka`` instead of raw lines on stderr: pass each client's
+configuration through :func:`with_client_logger`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import datetime
+from typing import Any
+
+from outbox.errors import ConfigurationError
+
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
+KAFKA_LOGGER = "outbox.librdkafka"
+
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, message, and every ``extra`` (``action`` ...)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "message": record.getMessage()}
+        data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
+        if record.exc_info:
+            data["exception"] = self.formatException(record.exc_info)
+        return json.dumps(data, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    """Human-readable lines that still carry the ``action`` key."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        action = getattr(record, "action", "-")
+        line = f"{self.formatTime(record)} {record.levelname:<7} [{action}] {record.getMessage()}"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def check_level(level: str) -> str:
+    """``level`` lower-cased if it is a log level, else a one-line :class:`ConfigurationError`."""
+    value = level.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ConfigurationError(
+            f"log level {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value
+
+
+def configure_logging(fmt: str = "json", level: str = "info") -> None:
+    """Send every log line (the toolkit's and librdkafka's) to stderr in ``fmt``."""
+    if fmt not in LOG_FORMATS:
+        raise ConfigurationError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(check_level(level).upper())
+
+
+def kafka_logger() -> logging.Logger:
+    """The logger librdkafka's own lines go to (``outbox.librdkafka``)."""
+    return logging.getLogger(KAFKA_LOGGER)
+
+
+def with_client_logger(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` plus ``logger``: a confluent-kafka client built from it logs through
+    :func:`kafka_logger` (delivered on the client's ``poll()``) instead of writing raw
+    lines to stderr."""
+    return {**config, "logger": kafka_logger()}
+
+
+__all__ = ["KAFKA_LOGGER", "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "TextFormatter",
+           "check_level", "configure_logging", "kafka_logger", "with_client_logger"]
