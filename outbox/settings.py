@@ -32,6 +32,18 @@ def check_identifier(value: str, what: str) -> str:
     return value
 
 
+def quote_ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier (``Billing`` -> ``"Billing"``, ``user`` ->
+    ``"user"``): the one way the toolkit writes a configured name into SQL, so mixed-case
+    and reserved-word names mean the same object in every statement."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(schema: str, name: str) -> str:
+    """``"schema"."name"``, both parts quoted with :func:`quote_ident`."""
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
 class Settings(BaseSettings):
     """Configuration shared by the library, the relay, the consumers and the CLI."""
 
