@@ -11,6 +11,7 @@ import click
 from connect.checks import cdc_findings, slot_lag_bytes
 from connect.client import ConnectClient, ConnectError
 from connect.config import CONNECTOR_CLASS, CdcOptions, masked, render
+from connect.exporter import exporter
 from outbox.cli_options import settings_options
 from outbox.errors import OutboxError
 from outbox.settings import Settings
@@ -169,3 +170,6 @@ def check(settings: Settings, name: str, password_ref: str, database_host: str |
     if problems:
         raise SystemExit(1)
     click.echo("ok: PostgreSQL is ready for Debezium")
+
+
+connect.add_command(exporter)
