@@ -31,3 +31,8 @@ class ConsumerMetrics:
                                        buckets=BUCKETS, registry=r)
         self.lag = Gauge("outbox_consumer_lag", "Messages behind the high watermark",
                          ["topic", "partition"], registry=r)
+        # Set by the consume loop each time it polls Kafka (0 until then): its age tells a
+        # consumer whose loop stopped turning from a quiet one, while /metrics still answers.
+        self.last_poll = Gauge("outbox_consumer_last_poll_timestamp_seconds",
+                               "Unix time the consume loop last polled Kafka (0: not yet)",
+                               registry=r)
