@@ -23,15 +23,17 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import click
+import httpx
 import psycopg
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from connect.client import ConnectClient, ConnectError
-from connect.config import CdcOptions, render
+from connect.config import CONNECTOR_CLASS, CdcOptions, render
 from outbox import http
 from outbox.cli_options import settings_options
 from outbox.errors import OutboxError, ServiceUnavailableError
@@ -114,9 +116,28 @@ def read_connector(client: ConnectClient, settings: Settings, name: str) -> Conn
     return ConnectorStatus(name, slot, str(status["connector"]["state"]), tasks)
 
 
+def streaming_this_database(client: ConnectClient, settings: Settings) -> list[str]:
+    """Connectors Connect runs with Debezium's PostgreSQL class on the configured database
+    (what the exporter reports on when no ``--name`` is given)."""
+    dbname = unquote(urlsplit(settings.libpq_url()).path.strip("/"))
+    try:
+        # ConnectClient has no list call; its HTTP client is public and carries the base URL.
+        response = client.http.get("/connectors", params={"expand": "info"})
+        response.raise_for_status()
+        listing: dict[str, Any] = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise ConnectError(f"Kafka Connect at {client.url}: listing connectors failed "
+                           f"({exc})") from None
+    return sorted(name for name, entry in listing.items()
+                  if entry.get("info", {}).get("config", {}).get("connector.class")
+                  == CONNECTOR_CLASS
+                  and entry["info"]["config"].get("database.dbname") == dbname)
+
+
 def read_snapshot(settings: Settings, client: ConnectClient, names: Iterable[str],
                   timeout: float = 5.0) -> Snapshot:
-    """Both sources; an error in one is recorded (scrubbed of secrets), never raised."""
+    """Both sources; an error in one is recorded (scrubbed of secrets), never raised.
+    No ``names``: the connectors :func:`streaming_this_database` finds."""
     snap = Snapshot()
     started = time.perf_counter()
     try:
@@ -126,7 +147,8 @@ def read_snapshot(settings: Settings, client: ConnectClient, names: Iterable[str
     snap.seconds["postgres"] = time.perf_counter() - started
     started = time.perf_counter()
     try:
-        snap.connectors = [read_connector(client, settings, name) for name in names]
+        wanted = list(names) or streaming_this_database(client, settings)
+        snap.connectors = [read_connector(client, settings, name) for name in wanted]
     except ConnectError as exc:
         snap.connect_error = scrub(str(exc), settings)
     snap.seconds["connect"] = time.perf_counter() - started
@@ -234,9 +256,9 @@ def _preflight(settings: Settings, names: list[str]) -> None:
 
 
 @click.command("exporter")
-@click.option("--name", "names", multiple=True, default=["outbox-connector"],
-              show_default=True, help="connector to report on (repeatable); its slot is "
-                                      "the one in its Connect configuration")
+@click.option("--name", "names", multiple=True,
+              help="connector to report on (repeatable; one that is missing is reported "
+                   "MISSING); default: every Debezium PostgreSQL connector on this database")
 @click.option("--port", type=int, default=9102, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on (0.0.0.0 in a container)")
@@ -271,8 +293,8 @@ def exporter(settings: Settings, names: tuple[str, ...], port: int, host: str, t
                    "another --port", err=True)
         sys.exit(EXIT_CONFIG)
     log.info("CDC exporter on http://%s:%d/metrics for %s (database %s, Connect %s)", host,
-             port, ", ".join(names), redact_url(settings.database_url),
-             redact_url(settings.connect_url),
+             port, ", ".join(names) or "the connectors on this database",
+             redact_url(settings.database_url), redact_url(settings.connect_url),
              extra={"action": "exporter_listening"})
     sys.exit(_serve_until_signal(server))
 
