@@ -17,7 +17,7 @@ def metric_names(expr: str) -> set[str]:
     # Label lists of aggregations and vector matching: "by (a, b)", "on (group)" ...
     text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
     names = set()
-    for match in re.finditer(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+    for match in re.finditer(r"(?<![\w.])[a-zA-Z_:][a-zA-Z0-9_:]*", text):  # not "10m"
         word = match.group(0)
         following = text[match.end():].lstrip()
         if word.lower() in KEYWORDS or following.startswith("("):

@@ -13,3 +13,4 @@ def test_metric_names_skip_functions_labels_keywords_and_strings() -> None:
                                   "outbox:consumer_up:sum", "up"}
     assert metric_names('time() - (outbox_consumer_last_poll_timestamp_seconds > 0)') == {
         "outbox_consumer_last_poll_timestamp_seconds"}
+    assert metric_names("(x unless x offset 10m) >= increase(x[1h]) > 1e3") == {"x"}
