@@ -124,7 +124,7 @@ def kit(pg_url: str, template_db: str, kafka_bootstrap: str, connect_url: str,
                  "--name", kit.connector], env=env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL)
         for proc_name, port in kit.ports.items():
-            wait_until(f"{proc_name} /metrics", lambda p=port: answers(  # type: ignore[misc]
+            wait_until(f"{proc_name} /metrics", lambda p=port: answers(
                 f"http://127.0.0.1:{p}/metrics"))
         insert_events(url, [{"aggregatetype": "order", "aggregateid": f"o-{i % 4}",
                              "type": "Thing", "payload": {"n": i}} for i in range(20)])

@@ -93,7 +93,8 @@ class Prometheus:
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise AssertionError(f"prometheus not ready after {timeout}s: {self.log.read_text()[-2000:]}")
+        raise AssertionError(f"prometheus not ready after {timeout}s: "
+                             f"{self.log.read_text()[-2000:]}")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
