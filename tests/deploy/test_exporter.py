@@ -225,7 +225,7 @@ def test_families_of_a_snapshot() -> None:
         def collect(self) -> Any:
             return families(snap)
 
-    registry.register(Fixed())  # type: ignore[arg-type]
+    registry.register(Fixed())
     found = samples(generate_latest(registry).decode())
     assert sample(found, "outbox_cdc_up", source="postgres") == 1.0
     assert sample(found, "outbox_cdc_up", source="connect") == 0.0
