@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STACK  := $(PY) devstack/stack.py
 PYTEST_ARGS ?=
 
-.PHONY: help venv stack-up stack-down stack-status test test-fast lint demo bench clean-stack
+.PHONY: help venv stack-up stack-down stack-status test test-fast lint rules-check demo bench clean-stack
 
 help:
 	@echo "make demo          run the order saga demo on the local stack"
@@ -16,6 +16,7 @@ help:
 	@echo "make stack-status  show what runs and where"
 	@echo "make stack-down    stop the stack"
 	@echo "make lint          ruff + mypy --strict"
+	@echo "make rules-check   promtool: check and unit-test deploy/prometheus's rules"
 
 # The virtualenv is rebuilt when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -38,6 +39,11 @@ stack-status:
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy .
+
+# Needs Debian's prometheus package (promtool); .ci/run installs it.
+rules-check:
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
 
 test: venv stack-up
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
