@@ -24,12 +24,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from outbox import rules
 from outbox.errors import EventValidationError, PayloadTooLargeError
 from outbox.locks import AGGREGATE_LOCK_NAMESPACE
-from outbox.settings import Settings
+from outbox.rules import MAX_FIELD_LENGTH
+from outbox.settings import Settings, qualified
 from outbox.uuid7 import uuid7
-
-MAX_FIELD_LENGTH = 255
 
 # The locks come first: the insert's rows are only produced once the InitPlan
 # `(select count(*) from locks)` has run, i.e. once every lock is held.
@@ -79,7 +79,7 @@ class Event:
     aggregate_type: str
     aggregate_id: str
     event_type: str
-    payload: Mapping[str, Any] | BaseModel | None
+    payload: Mapping[str, Any] | BaseModel
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
@@ -95,26 +95,26 @@ def _default_settings() -> Settings:
 
 @functools.cache
 def _insert_sql(schema: str, table: str, single: bool) -> str:
-    # Both names passed Settings' identifier check, so quoting them is enough.
     template = INSERT_ONE_EVENT if single else INSERT_EVENTS
-    return template.format(table=f'"{schema}"."{table}"')
+    return template.format(table=qualified(schema, table))
 
 
-def _check_text(name: str, value: str | None, required: bool) -> None:
+def _check_text(name: str, value: str | None, required: bool) -> int:
+    """The UTF-8 size of a text field (-1 when unset), or the error naming ``name``."""
     if value is None:
         if required:
-            raise EventValidationError(name, "is missing")
-        return
+            raise EventValidationError(name, rules.missing())
+        return -1
     if not isinstance(value, str):
         raise EventValidationError(name, f"must be a string, got {type(value).__name__}")
     if required and not value.strip():
-        raise EventValidationError(name, "is empty")
+        raise EventValidationError(name, rules.empty())
     if len(value) > MAX_FIELD_LENGTH:
-        raise EventValidationError(
-            name, f"is {len(value)} characters long; the limit is {MAX_FIELD_LENGTH}")
-    _utf8_size(name, value)
+        raise EventValidationError(name, rules.too_long(len(value)))
+    size = _utf8_size(name, value)
     if "\x00" in value:
         raise EventValidationError(name, "contains a NUL character, which PostgreSQL refuses")
+    return size
 
 
 def _utf8_size(name: str, value: str) -> int:
@@ -130,19 +130,23 @@ def _utf8_size(name: str, value: str) -> int:
 
 # One encoder for every payload (json.dumps would build one per call with these options).
 _JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+# The JSON type of a pydantic model's output, by its first character.
+_JSON_TYPE_BY_FIRST = {"[": "array", '"': "string", "t": "boolean", "f": "boolean",
+                       "n": "null"}
 
 
-def _encode_payload(event: Event, limit: int) -> str | None:
+def _encode_payload(event: Event, text_sizes: list[int], s: Settings) -> str:
+    """The payload as compact JSON, checked against the payload and record limits."""
     payload = event.payload
-    if payload is None:
-        return None
     if isinstance(payload, BaseModel):
         text = payload.model_dump_json(by_alias=True)
+        if not text.startswith("{"):
+            raise EventValidationError("payload", rules.not_an_object(
+                _JSON_TYPE_BY_FIRST.get(text[:1], "number")))
     else:
         if not isinstance(payload, Mapping):
-            raise EventValidationError(
-                "payload", f"must be a JSON object (a mapping or a pydantic model), got "
-                           f"{type(payload).__name__}")
+            raise EventValidationError("payload", rules.not_an_object(
+                rules.json_type_name(payload)))
         try:
             text = _JSON.encode(payload)
         except (TypeError, ValueError) as exc:
@@ -154,18 +158,38 @@ def _encode_payload(event: Event, limit: int) -> str | None:
     if "\\u0000" in text:
         raise EventValidationError("payload", "contains a NUL character (\\u0000), which "
                                               "PostgreSQL's jsonb refuses")
-    if size > limit:
-        raise PayloadTooLargeError(
-            "payload", f"is {size} bytes as JSON; the limit is {limit} bytes "
-                       "(OUTBOX_MAX_PAYLOAD_BYTES)")
+    size = rules.stored_json_size(text, size)
+    if size > s.max_payload_bytes:
+        raise PayloadTooLargeError("payload", rules.payload_too_large(size,
+                                                                      s.max_payload_bytes))
+    # text_sizes: the UTF-8 sizes of TEXT_FIELDS, in order (aggregate_id is the key).
+    record = rules.record_size(text_sizes[1], size, text_sizes[2:])
+    if record > s.max_record_bytes:
+        raise PayloadTooLargeError("payload", rules.record_too_large(record,
+                                                                     s.max_record_bytes))
     return text
 
 
-def _params(events: Sequence[Event], limit: int) -> dict[str, Any]:
+def _validate(ev: Event, s: Settings) -> list[int]:
+    """Check the text fields and the topic; their UTF-8 sizes in TEXT_FIELDS order."""
+    if not isinstance(ev, Event):
+        raise TypeError(f"publish() takes Event objects, got {type(ev).__name__}")
+    sizes = [_check_text("aggregate_type", ev.aggregate_type, required=True),
+             _check_text("aggregate_id", ev.aggregate_id, required=True),
+             _check_text("event_type", ev.event_type, required=True),
+             _check_text("correlation_id", ev.correlation_id, required=False),
+             _check_text("causation_id", ev.causation_id, required=False),
+             _check_text("traceparent", ev.traceparent, required=False)]
+    problem = rules.topic_problem(ev.aggregate_type, s.topic_template)
+    if problem is not None:
+        raise EventValidationError("aggregate_type", problem)
+    return sizes
+
+
+def _params(events: Sequence[Event], s: Settings) -> dict[str, Any]:
     if len(events) == 1:
-        return _one_event_params(events[0], limit)
-    for ev in events:
-        _validate(ev)
+        return _one_event_params(events[0], s)
+    payloads = [_encode_payload(e, _validate(e, s), s) for e in events]
     return {
         "namespace": AGGREGATE_LOCK_NAMESPACE,
         "lock_keys": [f"{e.aggregate_type}:{e.aggregate_id}" for e in events],
@@ -173,7 +197,7 @@ def _params(events: Sequence[Event], limit: int) -> dict[str, Any]:
         "aggregatetypes": [e.aggregate_type for e in events],
         "aggregateids": [e.aggregate_id for e in events],
         "types": [e.event_type for e in events],
-        "payloads": [_encode_payload(e, limit) for e in events],
+        "payloads": payloads,
         "created": [_naive_utc(e.created_at) for e in events],
         "correlation_ids": [e.correlation_id for e in events],
         "causation_ids": [e.causation_id for e in events],
@@ -181,23 +205,12 @@ def _params(events: Sequence[Event], limit: int) -> dict[str, Any]:
     }
 
 
-def _validate(ev: Event) -> None:
-    if not isinstance(ev, Event):
-        raise TypeError(f"publish() takes Event objects, got {type(ev).__name__}")
-    _check_text("aggregate_type", ev.aggregate_type, required=True)
-    _check_text("aggregate_id", ev.aggregate_id, required=True)
-    _check_text("event_type", ev.event_type, required=True)
-    _check_text("correlation_id", ev.correlation_id, required=False)
-    _check_text("causation_id", ev.causation_id, required=False)
-    _check_text("traceparent", ev.traceparent, required=False)
-
-
 def _naive_utc(value: dt.datetime) -> dt.datetime:
     return value.astimezone(dt.UTC).replace(tzinfo=None) if value.tzinfo else value
 
 
-def _one_event_params(ev: Event, limit: int) -> dict[str, Any]:
-    _validate(ev)
+def _one_event_params(ev: Event, s: Settings) -> dict[str, Any]:
+    sizes = _validate(ev, s)
     return {
         "namespace": AGGREGATE_LOCK_NAMESPACE,
         "lock_key": f"{ev.aggregate_type}:{ev.aggregate_id}",
@@ -205,7 +218,7 @@ def _one_event_params(ev: Event, limit: int) -> dict[str, Any]:
         "aggregatetype": ev.aggregate_type,
         "aggregateid": ev.aggregate_id,
         "type": ev.event_type,
-        "payload": _encode_payload(ev, limit),
+        "payload": _encode_payload(ev, sizes, s),
         "created": _naive_utc(ev.created_at),
         "correlation_id": ev.correlation_id,
         "causation_id": ev.causation_id,
@@ -216,7 +229,7 @@ def _one_event_params(ev: Event, limit: int) -> dict[str, Any]:
 def _prepare(events: Sequence[Event], settings: Settings | None) -> tuple[str, dict[str, Any]]:
     s = settings if settings is not None else _default_settings()
     query = _insert_sql(s.db_schema, s.outbox_table, len(events) == 1)
-    return query, _params(events, s.max_payload_bytes)
+    return query, _params(events, s)
 
 
 SyncTarget = Session | SAConnection | psycopg.Connection[Any]

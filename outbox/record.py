@@ -37,7 +37,7 @@ _MS = timedelta(milliseconds=1)
 # call; made once because the relay encodes every row (a measurable share of its CPU).
 _ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 # Kafka's own rule for topic names (org.apache.kafka.common.internals.Topic).
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
 
 class OutboxRow(NamedTuple):
@@ -97,7 +97,7 @@ def invalid_topic_reason(topic: str) -> str | None:
     """Why Kafka would refuse ``topic`` as a name, or ``None`` if it is acceptable."""
     if topic in (".", ".."):
         return f"topic name {topic!r} is reserved"
-    if not _TOPIC_NAME.match(topic):
+    if not _TOPIC_NAME.fullmatch(topic):  # fullmatch: `$` would accept a final newline
         return (f"topic name {topic!r} is invalid: Kafka accepts 1 to 249 characters of "
                 "[A-Za-z0-9._-]; check the aggregatetype and the topic template")
     return None

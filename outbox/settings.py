@@ -14,6 +14,7 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from outbox.errors import ConfigurationError, InvalidIdentifierError
+from outbox.rules import DEFAULT_MAX_RECORD_BYTES
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 URL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
@@ -63,6 +64,9 @@ class Settings(BaseSettings):
     inbox_table: str = "inbox"
     topic_template: str = "{aggregatetype}-events"
     max_payload_bytes: int = 1024 * 1024
+    # Key, value and headers of one Kafka record; the default fits librdkafka's and the
+    # broker's default message.max.bytes (outbox.rules).
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
 
     @field_validator("db_schema", "outbox_table", "inbox_table")
     @classmethod

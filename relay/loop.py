@@ -39,6 +39,7 @@ from outbox.record import (
     stored_headers,
     topic_for,
 )
+from outbox.rules import record_too_large, relay_record_size
 from outbox.settings import Settings
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config
@@ -161,6 +162,11 @@ class Relay:
         self.kafka_failures = 0
         self.kafka_retry_at = 0.0
         self.template = settings.topic_template
+        # outbox.rules: the record-size rule publish() applies, checked again here for rows
+        # written another way; values shorter than this (4 bytes a character at most, plus
+        # key and headers) cannot exceed the limit, so most rows skip the exact count.
+        self.max_record_bytes = settings.max_record_bytes
+        self.size_guard = (settings.max_record_bytes - 6000) // 4
         # aggregatetype -> (topic, why Kafka would refuse that name or None)
         self.topics: dict[str, tuple[str, str | None]] = {}
         self.first_claim_at: float | None = None
@@ -563,6 +569,13 @@ class Relay:
                 stopped.add((row[1], row[2]))
                 continue
             headers = stored_headers(cast(StoredRow, row))
+            if value is not None and len(value) > self.size_guard:
+                size = relay_record_size(row[2], value, headers)
+                if size > self.max_record_bytes:
+                    batch.errors[index] = (True, "payload " + record_too_large(
+                        size, self.max_record_bytes))
+                    stopped.add((row[1], row[2]))
+                    continue
             isolate = suspects and row[9] in suspects
             callback = on_batch if exact is None else functools.partial(delivered, batch, index)
             if isolate:
