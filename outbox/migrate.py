@@ -13,6 +13,7 @@ from contextlib import redirect_stdout
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.config import Config
@@ -20,6 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import MetaData, create_engine, pool
 
+from outbox import publish_sql
 from outbox.settings import Settings
 from outbox.tables import relay_cursor_name, tables_for
 
@@ -60,8 +62,16 @@ def alembic_config(settings: Settings, connection: Any = None) -> Config:
 
 
 def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> str:
-    """Upgrade to ``revision``; with ``sql`` returns the SQL instead of running it."""
-    return _run(command.upgrade, settings, revision, sql)
+    """Upgrade to ``revision``; with ``sql`` returns the SQL instead of running it.
+
+    An installed publish function whose body the current settings render differently (a
+    new topic template or limit) is replaced as well (outbox.publish_sql).
+    """
+    output = _run(command.upgrade, settings, revision, sql)
+    if not sql:
+        with psycopg.connect(settings.libpq_url()) as conn:
+            publish_sql.refresh(conn, settings)
+    return output
 
 
 def downgrade(settings: Settings, revision: str = "-1", sql: bool = False) -> str:
@@ -125,6 +135,8 @@ def check(settings: Settings) -> list[str]:
     finally:
         engine.dispose()
     problems += [f"schema differs from the toolkit's models: {describe(d)}" for d in diffs]
+    with psycopg.connect(settings.libpq_url()) as pg:
+        problems += publish_sql.problems(pg, settings)
     return problems
 
 

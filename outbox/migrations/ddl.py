@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
-from outbox.settings import check_identifier
+from outbox import publish_sql
+from outbox.settings import Settings, check_identifier
 from outbox.tables import Xid8, relay_cursor_name
 
 UTC_NOW = sa.text("(now() at time zone 'utc')")
@@ -164,6 +165,49 @@ def downgrade_schema_v3(op: Operations, schema: str = "public", outbox: str = "o
     op.drop_index(f"ix_{outbox}_retry", outbox, schema=schema)
     op.drop_index(f"ix_{outbox}_window", outbox, schema=schema)
     op.drop_column(outbox, "txid", schema=schema)
+
+
+def _function_settings(schema: str, outbox: str, topic_template: str,
+                       max_payload_bytes: int | None, max_record_bytes: int | None) -> Settings:
+    values: dict[str, object] = {"db_schema": schema, "outbox_table": outbox,
+                                 "topic_template": topic_template}
+    if max_payload_bytes is not None:
+        values["max_payload_bytes"] = max_payload_bytes
+    if max_record_bytes is not None:
+        values["max_record_bytes"] = max_record_bytes
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _execute(op: Operations, statement: str) -> None:
+    # A backslash before each colon: SQLAlchemy's text() would take ':name' for a parameter.
+    op.execute(sa.text(statement.replace(":", "\\:")))
+
+
+def upgrade_schema_v4(op: Operations, schema: str = "public", outbox: str = "outbox",
+                      topic_template: str = "{aggregatetype}-events",
+                      max_payload_bytes: int | None = None,
+                      max_record_bytes: int | None = None) -> None:
+    """Version 4: the SQL publish function ``<outbox>_publish(aggregatetype, aggregateid,
+    type, payload jsonb, correlation_id, causation_id, traceparent) returns uuid``, so any
+    language (and capture triggers) publishes with publish()'s lock, rules and UUIDv7 ids.
+
+    The topic template and the limits (defaults: the toolkit's) are rendered into the body;
+    pass the ones your writers and relay use (outbox.publish_sql).
+    """
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    settings = _function_settings(schema, outbox, topic_template, max_payload_bytes,
+                                  max_record_bytes)
+    for statement in publish_sql.create_sql(settings):
+        _execute(op, statement)
+
+
+def downgrade_schema_v4(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Back to version 3: the function is dropped (capture triggers calling it must be
+    removed first: `outbox capture remove`)."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    _execute(op, publish_sql.drop_sql(Settings(db_schema=schema, outbox_table=outbox)))
 
 
 def drop_schema_v1(op: Operations, schema: str = "public", outbox: str = "outbox",

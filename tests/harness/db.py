@@ -20,8 +20,8 @@ TEMPLATE_BUILDERS: list[TemplateBuilder] = []
 
 
 ROOT = Path(__file__).resolve().parents[2]
-SCHEMA_SOURCES = ("outbox/tables.py", "outbox/migrations", "tests/harness/db.py",
-                  "tests/conftest.py")
+SCHEMA_SOURCES = ("outbox/tables.py", "outbox/migrations", "outbox/sql", "outbox/rules.py",
+                  "outbox/publish_sql.py", "tests/harness/db.py", "tests/conftest.py")
 
 
 def schema_digest() -> str:
@@ -29,7 +29,8 @@ def schema_digest() -> str:
     digest = hashlib.sha256()
     for source in SCHEMA_SOURCES:
         path = ROOT / source
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        files = (sorted(p for p in path.rglob("*") if p.suffix in (".py", ".sql"))
+                 if path.is_dir() else [path])
         for file in files:
             if file.exists():
                 digest.update(str(file.relative_to(ROOT)).encode())
