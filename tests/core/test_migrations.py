@@ -282,3 +282,57 @@ def test_an_application_alembic_history_can_include_the_toolkit_tables(
     engine.dispose()
     command.downgrade(config, "a1")
     assert "outbox" not in tables(empty_db)
+
+
+def functions(url: str, schema: str = "public") -> set[str]:
+    with psycopg.connect(url) as conn:
+        return {r[0] for r in conn.execute(
+            "select p.proname from pg_proc p join pg_namespace n on n.oid = p.pronamespace "
+            "where n.nspname = %s", (schema,))}
+
+
+def test_version_4_installs_the_publish_function_and_check_verifies_it(empty_db: str) -> None:
+    settings = Settings(database_url=empty_db, db_schema="Billing", outbox_table="events_out")
+    migrate.upgrade(settings, "0003")
+    assert "events_out_publish" not in functions(empty_db, "Billing")
+    migrate.upgrade(settings)
+    assert "events_out_publish" in functions(empty_db, "Billing")
+    assert migrate.check(settings) == []
+    # Writers configured with another topic template or limit than the installed body.
+    other = settings.model_copy(update={"topic_template": "shop.{aggregatetype}"})
+    (problem,) = migrate.check(other)
+    assert "function Billing.events_out_publish(...) was installed with other settings" in (
+        problem)
+    assert "'shop.{aggregatetype}'" in problem
+    result = CliRunner().invoke(main, ["db", "check", "--database-url", empty_db, "--schema",
+                                       "Billing", "--outbox-table", "events_out",
+                                       "--topic-template", "shop.{aggregatetype}"])
+    assert result.exit_code == 1
+    assert "run `outbox db upgrade`" in result.output
+    migrate.upgrade(other)  # at head already: only the function is rendered again
+    assert migrate.check(other) == []
+    with psycopg.connect(empty_db) as conn:
+        conn.execute('drop function "Billing".events_out_publish')
+    assert migrate.check(other) == [
+        "function Billing.events_out_publish(...) is not installed: run `outbox db upgrade`"]
+    migrate.downgrade(other, "0003")
+    migrate.upgrade(other)
+    assert migrate.check(other) == []
+    migrate.downgrade(other, "0003")
+    assert "events_out_publish" not in functions(empty_db, "Billing")
+
+
+def test_offline_sql_installs_the_same_function(empty_db: str, pg_url: str) -> None:
+    """A DBA's script (`db upgrade --sql`) gives the body `db check` expects."""
+    settings = Settings(database_url=empty_db, topic_template="{aggregatetype}.v1",
+                        max_record_bytes=500_000)
+    script = migrate.upgrade(settings, sql=True)
+    assert 'create or replace function "public"."outbox_publish"(' in script
+    assert "500000" in script
+    with psycopg.connect(empty_db, autocommit=True) as conn:
+        conn.execute(script.encode())
+    assert migrate.current(settings) == migrate.head()
+    assert migrate.check(settings) == []
+    with psycopg.connect(empty_db) as conn, pytest.raises(
+            psycopg.errors.InvalidParameterValue, match="v1"):
+        conn.execute("select outbox_publish('bad type', 'k', 'T', '{}')")
