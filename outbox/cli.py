@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "dlq": "consumers.cli:dlq",
     "inbox": "consumers.cli:inbox",
     "connect": "connect.cli:connect",
+    "capture": "outbox.capture_cli:capture",
 }
 
 
