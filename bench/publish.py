@@ -25,6 +25,11 @@ lock and the insert) with its parameters computed before the clock starts. So
 row - base is the floor of any outbox row with the columns of docs/DESIGN.md, statement -
 row the ordering lock, and outbox - statement publish()'s Python.
 
+**sql** is the business insert plus the SQL publish function (``select outbox_publish(...)``,
+migration 0004) with the same event, its payload JSON-encoded in Python as a client in any
+language would: the cost of publishing from another language, against publish() in the
+same run (target: within 10%). Per-round medians of both and of their ratio are printed.
+
 ``--pipeline`` measures the same variants on a plain psycopg 3 connection in
 pipeline mode (``with conn.pipeline():``): the business insert, the event and the commit
 leave in one flush, so the event costs its server-side work but no extra round trip.
@@ -33,6 +38,7 @@ leave in one flush, so the event costs its server-side work but no extra round t
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -72,6 +78,17 @@ INSERT_ORDER = text("insert into orders (id, customer_id, amount, status) "
 
 
 INSERT_AUDIT = text("insert into audit (order_id, note) values (:id, 'created')")
+
+# What a writer in another language sends (migration 0004's function).
+CALL_FUNCTION = "select outbox_publish(%s, %s, %s, %s::jsonb, %s, %s, %s)"
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def function_args(ev: Event) -> tuple[object, ...]:
+    """The function's arguments for ``ev``, the payload encoded as a client would."""
+    return (ev.aggregate_type, ev.aggregate_id, ev.event_type, _JSON.encode(ev.payload),
+            ev.correlation_id, ev.causation_id, ev.traceparent)
+
 
 # The bare outbox row: the same columns publish() writes, without the advisory lock.
 INSERT_ROW = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, created_at, "
@@ -114,6 +131,9 @@ def one_round(engine: Engine, n: int, variant: str) -> list[float]:
                 session.connection().exec_driver_sql(query, params)
             elif variant == "row":
                 session.connection().exec_driver_sql(INSERT_ROW, params)
+            elif variant == "sql":
+                session.connection().exec_driver_sql(
+                    CALL_FUNCTION, function_args(order_event(order_id, i)))
         timings.append(time.perf_counter() - started)
     return timings
 
@@ -135,6 +155,8 @@ def one_round_pipeline(conn: psycopg.Connection[object], n: int, variant: str) -
                 conn.execute(query, params)
             elif variant == "row":
                 conn.execute(INSERT_ROW, params)
+            elif variant == "sql":
+                conn.execute(CALL_FUNCTION, function_args(order_event(order_id, i)))
             conn.commit()
         timings.append(time.perf_counter() - started)
     return timings
@@ -190,8 +212,9 @@ def main() -> int:
                               "amount numeric(12,2), status text, "
                               "created_at timestamp default now())"))
             conn.execute(text("create table audit (order_id uuid, note text)"))
-        variants = ["base", "outbox", "audit", "row", "statement"]
+        variants = ["base", "outbox", "audit", "row", "statement", "sql"]
         timings: dict[str, list[float]] = {v: [] for v in variants}
+        per_round: dict[str, list[float]] = {v: [] for v in variants}
         pg: psycopg.Connection[object] | None = (
             psycopg.connect(settings.libpq_url()) if args.pipeline else None)
 
@@ -206,7 +229,9 @@ def main() -> int:
             # Rotate which goes first so none always gets the warmer cache.
             k = r % len(variants)
             for variant in variants[k:] + variants[:k]:
-                timings[variant].extend(run(args.per_round, variant))
+                measured = run(args.per_round, variant)
+                timings[variant].extend(measured)
+                per_round[variant].append(statistics.median(measured))
         if pg is not None:
             pg.close()
         engine.dispose()
@@ -215,7 +240,7 @@ def main() -> int:
         drop_database(admin, url)
         if args.durable:
             durable_cluster("down")
-    b, o, a, row, stmt = (statistics.median(timings[v]) for v in variants)
+    b, o, a, row, stmt, fn = (statistics.median(timings[v]) for v in variants)
     print(f"mode: {'psycopg pipeline' if args.pipeline else 'SQLAlchemy Session'}, "
           f"outbox schema revision {args.schema_revision}; {durability}")
     print(f"transactions per variant: {len(timings['base'])}")
@@ -228,6 +253,17 @@ def main() -> int:
           f"ratio {row / b:.3f}  (no lock, no Python: the contract's floor)")
     print(f"business transaction + publish()'s statement:    median {stmt * 1000:.3f} ms, "
           f"ratio {stmt / b:.3f}  (lock + row, parameters computed beforehand)")
+    print(f"business transaction + outbox_publish() in SQL: median {fn * 1000:.3f} ms, "
+          f"ratio {fn / b:.3f}")
+    ratios = [f / p for f, p in zip(per_round["sql"], per_round["outbox"], strict=True)]
+    print("per round, median ms (publish() / SQL function / ratio): " + "  ".join(
+        f"{p * 1000:.3f}/{f * 1000:.3f}/{f / p:.2f}"
+        for p, f in zip(per_round["outbox"], per_round["sql"], strict=True)))
+    print(f"SQL function / publish(): {fn / o:.3f} over all transactions, per-round ratios "
+          f"{min(ratios):.2f}-{max(ratios):.2f} (median {statistics.median(ratios):.2f}); "
+          "target <= 1.10")
+    print(f"event cost (variant - base): publish() {(o - b) * 1000:.3f} ms, SQL function "
+          f"{(fn - b) * 1000:.3f} ms")
     return 0
 
 

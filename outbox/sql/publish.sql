@@ -19,11 +19,8 @@ volatile
 as $outbox_publish$
 -- {{fingerprint}}
 declare
-    -- outbox.rules.TEXT_FIELDS, in their order: Python's field names, these arguments.
-    names constant text[] := array['aggregate_type', 'aggregate_id', 'event_type',
-                                   'correlation_id', 'causation_id', 'traceparent'];
-    texts constant text[] := array[aggregatetype, aggregateid, type,
-                                   correlation_id, causation_id, traceparent];
+    names text[];
+    texts text[];
     problem text;
     topic text;
     value_bytes bigint;
@@ -32,26 +29,41 @@ declare
     event_id uuid;
 begin
     -- 1. Text fields: the first three required, not blank, none longer than the limit.
-    for i in 1..6 loop
-        if texts[i] is null then
-            if i <= 3 then
-                problem := 'is missing';
+    -- One expression for the common case (all fine); the loop finds the field to name.
+    if aggregatetype is null or aggregateid is null or type is null
+       or btrim(aggregatetype, {{whitespace}}) = '' or btrim(aggregateid, {{whitespace}}) = ''
+       or btrim(type, {{whitespace}}) = ''
+       or greatest(char_length(aggregatetype), char_length(aggregateid), char_length(type),
+                   char_length(correlation_id), char_length(causation_id),
+                   char_length(traceparent)) > {{max_field_length}}
+    then
+        -- outbox.rules.TEXT_FIELDS in their order: Python's field names, these arguments.
+        names := array['aggregate_type', 'aggregate_id', 'event_type',
+                       'correlation_id', 'causation_id', 'traceparent'];
+        texts := array[aggregatetype, aggregateid, type, correlation_id, causation_id,
+                       traceparent];
+        for i in 1..6 loop
+            if texts[i] is null then
+                if i <= 3 then
+                    problem := 'is missing';
+                end if;
+            elsif i <= 3 and btrim(texts[i], {{whitespace}}) = '' then
+                problem := 'is empty';
+            elsif char_length(texts[i]) > {{max_field_length}} then
+                problem := 'is ' || char_length(texts[i]) || ' characters long; the limit is '
+                           || {{max_field_length}};
             end if;
-        elsif i <= 3 and btrim(texts[i], {{whitespace}}) = '' then
-            problem := 'is empty';
-        elsif char_length(texts[i]) > {{max_field_length}} then
-            problem := 'is ' || char_length(texts[i]) || ' characters long; the limit is '
-                       || {{max_field_length}};
-        end if;
-        if problem is not null then
-            raise exception using errcode = '22023', column = names[i],
-                message = 'outbox event field ''' || names[i] || ''': ' || problem;
-        end if;
-    end loop;
+            if problem is not null then
+                raise exception using errcode = '22023', column = names[i],
+                    message = 'outbox event field ''' || names[i] || ''': ' || problem;
+            end if;
+        end loop;
+    end if;
 
     -- 2. The topic the aggregate type routes to must be a name Kafka accepts.
     topic := replace({{topic_template}}, '{aggregatetype}', aggregatetype);
-    if topic in ('.', '..') or topic !~ '^[A-Za-z0-9._-]{1,249}$' then
+    -- (A bounded repetition, {1,249}, costs PostgreSQL's regex engine ~15 us a call.)
+    if topic in ('.', '..') or char_length(topic) > 249 or topic !~ '^[A-Za-z0-9._-]+$' then
         raise exception using errcode = '22023', column = 'aggregate_type',
             message = 'outbox event field ''aggregate_type'': routes to topic ''' || topic
                       || ''' (topic template ''' || {{topic_template}} || '''), which Kafka '
