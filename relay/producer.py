@@ -33,8 +33,8 @@ TUNING = {
     # only none and gzip without codec plugins; lz4 made the seed's consumers crash with
     # KafkaJSNotImplemented). gzip was measured and rejected as the default: ~54k events/s
     # for one producer thread against ~320k uncompressed (and lz4 ~150k), a ceiling below
-    # the relay's own throughput, for 3.2x fewer bytes on disk (docs/relay.md, "Compression").
-    # Opt in with --kafka-config compression.type=lz4|zstd|gzip.
+    # the relay's own throughput, for 3.2x fewer bytes on disk. Opt in with
+    # --kafka-config compression.type=lz4|zstd|gzip (docs/publishing.md, "Compression").
     "compression.type": READABLE_COMPRESSION,
     # Undelivered messages fail after this, so a Kafka outage turns into retriable
     # delivery errors the relay backs off from, instead of an unbounded wait.
