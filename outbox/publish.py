@@ -5,6 +5,10 @@ Many events in one call are one round trip: a single statement that first takes 
 per-aggregate advisory locks (sorted, so two publishers cannot deadlock on each other's
 aggregates) and then inserts every row. Taking the lock before the row draws its ``seq``
 is what makes ``seq`` order equal commit order per aggregate (docs/ordering.md).
+
+What is accepted can be delivered: the rules of :mod:`outbox.rules` (text fields, the topic
+from the template, a JSON object payload, payload and record size) are checked before the
+statement is sent, and the SQL function ``outbox_publish`` applies the same ones.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ Everything here is pure: no I/O.
 from __future__ import annotations
 
 import functools
+import json
 import re
 from decimal import Decimal
 from typing import Any
@@ -114,8 +115,6 @@ def _plain_number(token: str) -> str:
 
 def _number_growth(text: str) -> int:
     """How many bytes longer jsonb prints the numbers of JSON ``text`` than ``text`` does."""
-    import json
-
     growth = 0
 
     def number(token: str) -> int:

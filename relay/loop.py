@@ -572,7 +572,7 @@ class Relay:
             if value is not None and len(value) > self.size_guard:
                 size = relay_record_size(row[2], value, headers)
                 if size > self.max_record_bytes:
-                    batch.errors[index] = (True, "payload " + record_too_large(
+                    batch.errors[index] = (True, "payload too large: it " + record_too_large(
                         size, self.max_record_bytes))
                     stopped.add((row[1], row[2]))
                     continue

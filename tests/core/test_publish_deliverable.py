@@ -125,5 +125,5 @@ def test_the_relay_parks_a_row_written_around_the_rules(
             break
         time.sleep(0.2)
     assert row is not None
-    assert "payload makes a Kafka record of 6061 bytes" in str(row[0])
+    assert "payload too large: it makes a Kafka record of 6061 bytes" in str(row[0])
     assert "OUTBOX_MAX_RECORD_BYTES" in str(row[0])
