@@ -105,22 +105,22 @@ begin
         end if;
     end if;
 
-    -- The aggregate's lock before the row draws its seq, exactly as publish() takes it:
+    -- The aggregate's lock before the row draws its seq, exactly as publish() takes it
+    -- (the lock is the statement's only FROM item, so it is held before the row exists):
     -- per aggregate, seq order is commit order across every writer (docs/ordering.md).
-    perform pg_advisory_xact_lock({{lock_namespace}}, hashtext(aggregatetype || ':' || aggregateid));
-
-    -- UUIDv7: 48 bits of Unix milliseconds (of created_at), version 7, then random bits
-    -- (gen_random_uuid's, whose variant bits are already RFC 9562's).
-    event_id := encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
-                    placing substring(int8send(floor(extract(epoch from created) * 1000)::bigint)
-                                      from 3)
-                    from 1 for 6), 52, 1), 53, 1), 'hex')::uuid;
-
+    -- The id is a UUIDv7: 48 bits of Unix milliseconds (of created_at), version 7, then
+    -- random bits (gen_random_uuid's, whose variant bits are already RFC 9562's).
     insert into {{table}}
            (id, aggregatetype, aggregateid, type, payload, created_at,
             correlation_id, causation_id, traceparent)
-    values (event_id, aggregatetype, aggregateid, type, payload, created,
-            correlation_id, causation_id, traceparent);
+    select encode(set_bit(set_bit(overlay(uuid_send(gen_random_uuid())
+                      placing substring(int8send(floor(extract(epoch from created) * 1000)::bigint)
+                                        from 3)
+                      from 1 for 6), 52, 1), 53, 1), 'hex')::uuid,
+           aggregatetype, aggregateid, type, payload, created,
+           correlation_id, causation_id, traceparent
+      from pg_advisory_xact_lock({{lock_namespace}}, hashtext(aggregatetype || ':' || aggregateid))
+    returning id into event_id;
     return event_id;
 end
 $outbox_publish$;
