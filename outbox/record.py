@@ -1,6 +1,6 @@
 """Outbox row -> Kafka record: the one place the record format lives.
 
-The format is pinned in ``../shared/DESIGN.md`` so that the relay and Debezium's outbox
+The format is pinned (docs/contracts.md) so that the relay and Debezium's outbox
 ``EventRouter`` emit the same bytes for the same row:
 
 - topic: ``topic_template`` with ``{aggregatetype}`` replaced (default ``{aggregatetype}-events``)

@@ -1,6 +1,6 @@
 """Table definitions: the Debezium-compatible ``outbox`` table and the consumers' ``inbox``.
 
-Pinned columns (``../shared/DESIGN.md``) keep the names and types Debezium's outbox
+Pinned columns (docs/contracts.md) keep the names and types Debezium's outbox
 ``EventRouter`` expects by default. The toolkit's bookkeeping columns come after them;
 Debezium ignores columns it is not told about.
 
