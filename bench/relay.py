@@ -1,558 +1,407 @@
-"""Relay benchmark: throughput against the raw producer ceiling, and commit->ack latency.
+"""Relay benchmark: the relay against a native librdkafka ceiling and Python's, same run.
 
-    .venv/bin/python bench/relay.py                 # 200,000 events, the documented run
-    .venv/bin/python bench/relay.py --events 20000  # a quick look
+    .venv/bin/python bench/relay.py                                # the documented run
+    .venv/bin/python bench/relay.py --events 20000 --rounds 2      # a quick look
+    .venv/bin/python bench/relay.py --codecs none,gzip,lz4,zstd --skip-latency  # codec table
+    .venv/bin/python bench/relay.py --py-spy /tmp/relay.txt        # where the relay's time goes
 
-1. Throughput: N events (~300-byte payloads, 1,000 aggregates) are committed first; the
-   relay then publishes them (events/s from first claim to last ack). In the same run the
-   raw confluent-kafka producer, with the same configuration, sends the same records from
-   memory: the ceiling. Reported: both rates and their ratio (target >= 0.5). Then the
-   relay's database work alone (read the same rows and record progress, no Kafka): a
-   bound on what the relay can reach on this machine, and its ratio to raw.
-2. Latency: a separate writer process commits one event per transaction with ``publish()``
-   at a steady rate (default 1,000/s); for each event, the time from its commit returning
-   to the relay's delivery report (ack) is measured. Reported: p50/p99/max (target p99 <= 25 ms).
+Throughput, per payload size (``--sizes``, default 200 B, 1 KB and 10 KB; JSON objects whose
+bulk is random, so nothing compresses them away): a backlog is committed once into the
+run's own database, then in every round, in an order that rotates from round to round,
+after a warm-up round that is not counted, each contender delivers the same records:
 
-``--mode cdc`` is the hook for the Debezium path (same writer and measurements, Kafka
-Connect instead of the relay); it is not implemented here yet.
+- **native**: a C program on librdkafka (``bench/native/producer.c``, the relay's own
+  librdkafka by default) produces the relay's exact records (keys, values, headers,
+  timestamps) from memory with the relay's producer configuration: the ceiling. Clock:
+  first produce to last delivery report.
+- **raw**: confluent-kafka from Python, the same records and configuration, from memory.
+- **relay**: ``outbox relay run`` started as a user starts it, as its own process, on the
+  backlog (its cursors reset between rounds). Clock: from spawning the process to the
+  broker's append stamp of the last record (topics use LogAppendTime; with one replica the
+  ack leaves at that append), so start-up, shard locks and the first window all count.
+  Also printed: the rate from its first record to its last ("steady").
+- **floor**: the database alone: one server-side cursor reading the same rows in ``seq``
+  order, nothing else. The relay cannot read faster than this on the same machine.
+
+Each contender and codec (``--codecs``; default: the relay's default codec) writes to its
+own topic, so bytes on disk per event (the broker's log segments) are reported per codec.
+Reported per round and as medians with their spread: events/s, relay ÷ native, relay ÷ raw.
+
+Latency (bench/relay_latency.py): one event per transaction at ``--rate`` for
+``--latency-seconds``, commit -> the relay's delivery report, p50/p99 per window of the run.
+``--instances N`` (bench/relay_instances.py): N relay processes against one, alternating.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import signal
-import statistics
 import subprocess
 import sys
-import threading
+import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
-from psycopg import sql
 from psycopg.types.json import Jsonb
-from sqlalchemy import MetaData, create_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE  # noqa: E402
-from outbox.publish import Event, publish  # noqa: E402
-from outbox.record import StoredRow, stored_record  # noqa: E402
-from outbox.settings import load_settings  # noqa: E402
-from outbox.tables import outbox_table, relay_cursor_table  # noqa: E402
-from relay.loop import Batch, Relay, RelayOptions  # noqa: E402
+from bench import common, native  # noqa: E402
+from bench.common import Offsets, RunNames, Spread  # noqa: E402
+from outbox import migrate  # noqa: E402
+from outbox.record import StoredRow, stored_record_parts  # noqa: E402
+from outbox.settings import Settings  # noqa: E402
+from relay.loop import RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
-from relay.queries import RECORD_COLUMNS, Queries, prefer_index_scans, read_backlog  # noqa: E402
-from relay.window import ShardCursor, open_window, progress, read_params  # noqa: E402
-from services.launcher import load_stack_env  # noqa: E402
-
-# Set from the command line: extra producer properties and the relay's pipeline depth.
-EXTRA_KAFKA: dict[str, str] = {}
-TUNING: dict[str, Any] = {"pipeline_depth": RelayOptions.pipeline_depth}
-
-
-def with_db(url: str, name: str) -> str:
-    """The same postgresql:// URL with another database name."""
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
-def create_database(url: str) -> str:
-    name = f"bench_relay_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(with_db(url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    db_url = with_db(url, name)
-    engine = create_engine("postgresql+psycopg://" + db_url[len("postgresql://"):])
-    metadata = MetaData()
-    outbox_table(metadata)
-    relay_cursor_table(metadata)
-    metadata.create_all(engine)
-    engine.dispose()
-    return db_url
-
-
-def drop_database(url: str, db_url: str) -> None:
-    name = urlsplit(db_url).path.lstrip("/")
-    with psycopg.connect(with_db(url, "postgres"), autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database if exists {} with (force)").format(
-            sql.Identifier(str(name))))
-
-
-def payload(n: int, aggregate: str, size: int) -> dict[str, Any]:
-    body = {"eventType": "OrderUpdated", "eventId": str(uuid.uuid4()), "orderId": aggregate,
-            "correlationId": aggregate, "occurredAt": "2026-01-01T00:00:00Z", "n": n}
-    pad = size - len(json.dumps(body, separators=(",", ":"))) - 10
-    body["note"] = "x" * max(0, pad)
-    return body
-
+from relay.queries import RECORD_COLUMNS, Queries  # noqa: E402
 
 INSERT = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, correlation_id) "
           "values (%s, 'bench', %s, 'OrderUpdated', %s, %s)")
+CONTENDERS = ("native", "raw", "relay", "floor")
+Record = tuple[str, str | None, list[tuple[str, str]], int]
 
 
-def write_backlog(db_url: str, events: int, aggregates: int, size: int) -> float:
+def outbox_command() -> list[str]:
+    """``outbox`` as a user runs it: the console script next to this interpreter."""
+    script = Path(sys.executable).parent / "outbox"
+    return [str(script if script.exists() else ROOT / ".venv" / "bin" / "outbox")]
+
+
+def write_backlog(url: str, events: int, aggregates: int, size: int,
+                  conn: psycopg.Connection[Any] | None = None) -> float:
+    """Insert ``events`` rows (committed unless ``conn``, an open transaction, is given)."""
     started = time.perf_counter()
-    with psycopg.connect(db_url) as conn, conn.cursor() as cur:
-        chunk = 5000
-        for base in range(0, events, chunk):
+    own = conn is None
+    db = psycopg.connect(url) if conn is None else conn
+    with db.cursor() as cur:
+        for base in range(0, events, 5000):
             rows = []
-            for n in range(base, min(events, base + chunk)):
+            for n in range(base, min(events, base + 5000)):
                 agg = f"order-{n % aggregates}"
-                rows.append((uuid.uuid4(), agg, Jsonb(payload(n, agg, size)), agg))
+                rows.append((uuid.uuid4(), agg, Jsonb(common.payload(n, agg, size)), agg))
             cur.executemany(INSERT, rows)
-            conn.commit()
+            if own:
+                db.commit()
+    if own:
+        db.close()
     return time.perf_counter() - started
 
 
-def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(topic, partitions, 1)])[topic].result(30)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        md = admin.list_topics(topic, timeout=5).topics.get(topic)
-        if md is not None and md.error is None and md.partitions:
-            return
-        time.sleep(0.2)
+def read_records(url: str) -> list[Record]:
+    """The relay's records of every row, in ``seq`` order, as the relay builds them."""
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(f"select {RECORD_COLUMNS} from outbox as o order by seq").fetchall()
+    return [stored_record_parts(StoredRow(*r)) for r in rows]
 
 
-def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    """Remove a run's topics: hundreds of leftover partitions slow the dev broker down."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    for future in admin.delete_topics(topics, operation_timeout=30).values():
-        try:
-            future.result()
-        except Exception as exc:  # clean-up only: say so and go on
-            print(f"could not delete a bench topic: {exc}", file=sys.stderr)
+def kafka_config(codec: str | None, extra: dict[str, str]) -> dict[str, str]:
+    """Properties passed to every contender (the relay gets them as OUTBOX_KAFKA_CONFIG)."""
+    return {**extra, **({"compression.type": codec} if codec else {})}
 
 
-def run_relay_until(relay: Relay, done: Callable[[], bool], timeout: float) -> int:
-    """Run the relay in this thread (so a profiler sees it) until ``done()``."""
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while not done() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        relay.request_stop()
-
-    threading.Thread(target=watch, daemon=True).start()
-    return relay.run()
-
-
-def bench_relay(db_url: str, bootstrap: str, prefix: str, events: int, batch: int,
-                profile: str | None) -> dict[str, float]:
-    settings = load_settings(database_url=db_url, kafka_bootstrap_servers=bootstrap,
-                             topic_template=prefix + "-{aggregatetype}",
-                             kafka_config=EXTRA_KAFKA)
-    relay = Relay(settings, RelayOptions(batch_size=batch, listen=False, poll_interval=0.2,
-                                         stats_interval=3600,
-                                         pipeline_depth=TUNING["pipeline_depth"]))
-    profiler: Any = None
-    if profile is not None:
-        from pyinstrument import Profiler
-
-        profiler = Profiler(interval=0.0005, async_mode="disabled")
-        profiler.start()
-    run_relay_until(relay, lambda: relay.published_total >= events, timeout=900)
-    if profiler is not None and profile is not None:
-        profiler.stop()
-        Path(profile).write_text(profiler.output_text(unicode=True, show_all=False)
-                                 if profile.endswith(".txt") else profiler.output_html())
-    assert relay.first_claim_at is not None and relay.last_ack_at is not None
-    elapsed = relay.last_ack_at - relay.first_claim_at
-    return {"events": relay.published_total, "seconds": elapsed,
-            "rate": relay.published_total / elapsed}
+# ----------------------------------------------------------------------------- contenders
+def run_native(binary: Path, records: Path, topic: str, config: dict[str, str],
+               events: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
+        conf = Path(f.name)
+    native.write_config(conf, producer_config(
+        {"bootstrap.servers": common.bootstrap(), **config}, "bench-native"))
+    try:
+        report = native.produce(binary, records, conf, topic)
+    finally:
+        conf.unlink()
+    if report["delivered"] != events:
+        raise RuntimeError(f"native producer delivered {report['delivered']} of {events}")
+    seconds = report["last_ack"] - report["first_produce"]
+    return {"rate": events / seconds, "seconds": seconds,
+            "librdkafka": report["librdkafka"]}
 
 
-def reset_cursors(db_url: str) -> None:
-    """Every row pending again: the relay's cursors are its only record of delivery."""
-    queries = Queries.for_settings(load_settings(database_url=db_url))
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"delete from {queries.cursor_table}")
-
-
-def bench_raw(db_url: str, bootstrap: str, topic_prefix: str) -> dict[str, float]:
-    """The same records, built from the same rows beforehand, sent by a bare producer."""
-    settings = load_settings(database_url=db_url, kafka_bootstrap_servers=bootstrap,
-                             topic_template=topic_prefix + "-{aggregatetype}",
-                             kafka_config=EXTRA_KAFKA)
-    queries = Queries.for_settings(settings)
-    with psycopg.connect(db_url) as conn:
-        rows = conn.execute(f"select {RECORD_COLUMNS} from {queries.qualified} as o "
-                            "order by seq").fetchall()
-    records = [stored_record(StoredRow(*r), settings.topic_template) for r in rows]
-    producer = Producer(producer_config(settings.producer_config(), "bench-raw"))
+def run_raw(records: list[Record], topic: str, config: dict[str, str]) -> dict[str, float]:
+    producer = Producer(producer_config(
+        {"bootstrap.servers": common.bootstrap(), **config}, "bench-raw"))
+    producer.list_topics(topic, timeout=10)  # warm: connected, partitions known
     errors = [0]
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
             errors[0] += 1
 
-    started = time.perf_counter()
-    for rec in records:
+    started = time.time()
+    for key, value, headers, ts in records:
         while True:
             try:
-                producer.produce(rec.topic, rec.value, rec.key, headers=cast(Any, rec.headers),
-                                 timestamp=rec.timestamp_ms, on_delivery=on_delivery)
+                producer.produce(topic, value, key, headers=cast(Any, headers), timestamp=ts,
+                                 on_delivery=on_delivery)
                 break
             except BufferError:
                 producer.poll(0.05)
         producer.poll(0)
     left = producer.flush(120)
-    elapsed = time.perf_counter() - started
+    seconds = time.time() - started
     if left or errors[0]:
         raise RuntimeError(f"raw producer: {left} undelivered, {errors[0]} errors")
-    return {"events": len(records), "seconds": elapsed, "rate": len(records) / elapsed}
+    return {"rate": len(records) / seconds, "seconds": seconds}
 
 
-def bench_db_floor(db_url: str, batch: int) -> dict[str, float]:
-    """The relay's database work alone on the same rows: read, record progress, no Kafka.
-
-    The relay cursors are deleted (every row is pending again) and the table vacuumed;
-    then the rows are read as the relay reads them (relay.window: the first batch of a
-    window, then a server-side cursor over the rest, all 256 shards in one group) and the
-    progress of each batch written with the relay's own statement. No relay can beat this
-    rate on the same machine, whatever Kafka does: it bounds the achievable ratio.
-    """
-    queries = Queries.for_settings(load_settings(database_url=db_url))
-    reset_cursors(db_url)
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(f"vacuum analyze {queries.qualified}")
-    shards = list(range(256))
-    cursors = {s: ShardCursor() for s in shards}
-    total = 0
-    with psycopg.connect(db_url, autocommit=True) as conn, psycopg.connect(db_url) as reader:
-        for c in (conn, reader):
-            prefer_index_scans(c)  # as the relay's sessions
-        started = time.perf_counter()
-        params: dict[str, Any] = read_params(shards, cursors, None)
-        params["limit"] = batch + 1
-        found = conn.execute(queries.first_window_batch, params).fetchall()
-        window = open_window(shards, cursors, found[0][-1])
-        rows = [r[:-1] for r in found[:batch]]
-        declared = False
-        while rows:
-            total += len(rows)
-            done = len(found) <= batch if not declared else len(rows) < batch
-            shards_read = {int(r[10]) for r in rows}
-            window.touched |= shards_read
-            changed = progress(cursors, window, shards_read, int(rows[-1][9]), done)
-            keys = sorted(changed)
-            conn.execute(queries.save_cursors, {
-                "shards": keys, "done": [changed[k].done for k in keys],
-                "win": [changed[k].win for k in keys], "upto": [changed[k].upto for k in keys]})
-            cursors.update(changed)
-            if done:
-                break
-            if not declared:
-                reader.execute(queries.declare_window("w"), read_params(
-                    shards, cursors, window.wins, after=int(rows[-1][9])))
-                declared = True
-            rows = reader.execute(f"fetch forward {batch} from w").fetchall()
-        reader.commit()
-        elapsed = time.perf_counter() - started
-    return {"events": total, "seconds": elapsed, "rate": total / elapsed}
-
-
-def bench_relay_processes(db_url: str, bootstrap: str, prefix: str, events: int,
-                          aggregates: int, size: int, batch: int, instances: int
-                          ) -> dict[str, float]:
-    """``instances`` relay processes (``outbox relay run``) sharing the shards.
-
-    The backlog is written in one transaction that commits only once the relays own all
-    256 shards between them; the clock runs from that commit to the last row recorded as
-    delivered (longer than to the last ack by up to the relays' progress interval).
-    """
-    env = {**os.environ, "OUTBOX_DATABASE_URL": db_url,
-           "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-           "OUTBOX_TOPIC_TEMPLATE": prefix + "-{aggregatetype}",
-           "OUTBOX_KAFKA_CONFIG": json.dumps(EXTRA_KAFKA)}
-    cmd = [str(ROOT / ".venv" / "bin" / "outbox"), "relay", "run", "--no-listen",
-           "--poll-interval", "0.05", "--batch-size", str(batch),
-           "--pipeline-depth", str(TUNING["pipeline_depth"]), "--log-level", "warning"]
-    writer = psycopg.connect(db_url)
-    with writer.cursor() as cur:
-        for base in range(0, events, 5000):
-            rows = []
-            for n in range(base, min(events, base + 5000)):
-                agg = f"order-{n % aggregates}"
-                rows.append((uuid.uuid4(), agg, Jsonb(payload(n, agg, size)), agg))
-            cur.executemany(INSERT, rows)
-    procs = [subprocess.Popen(cmd, env=env) for _ in range(instances)]
+def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, str],
+              events: int, args: argparse.Namespace, py_spy: str | None = None
+              ) -> dict[str, float]:
+    """``outbox relay run`` on the backlog, clocked from its spawn to the last append."""
+    cursors = Queries.for_settings(Settings(database_url=url)).cursor_table
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"delete from {cursors}")  # every row pending again
+    topic = f"{topic_prefix}-bench"
+    before = offsets.ends(topic)
+    env = {**os.environ, "OUTBOX_DATABASE_URL": url,
+           "OUTBOX_TOPIC_TEMPLATE": topic_prefix + "-{aggregatetype}",
+           "OUTBOX_KAFKA_CONFIG": json.dumps(config)}
+    cmd = [*outbox_command(), "relay", "run", "--batch-size", str(args.batch_size),
+           "--pipeline-depth", str(args.pipeline_depth), "--log-level", "warning",
+           "--log-format", "text"]
+    spawned = time.time()
+    proc = subprocess.Popen(cmd, env=env)
+    spy = None
+    if py_spy:
+        spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record",
+                                "--pid", str(proc.pid), "--format", "raw", "--threads",
+                                "--rate", "200", "--output", py_spy],
+                               stdout=subprocess.DEVNULL)
     try:
-        share = -(-256 // instances)
-        with psycopg.connect(db_url, autocommit=True) as watch:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                counts = [int(r[0]) for r in watch.execute(
-                    "select count(*) from pg_locks where locktype = 'advisory' and "
-                    "objsubid = 2 and classid = %s and database = (select oid from "
-                    "pg_database where datname = current_database()) group by pid",
-                    (RELAY_SHARD_LOCK_NAMESPACE,)).fetchall()]
-                if len(counts) == instances and sum(counts) == 256 and max(counts) <= share:
-                    break
-                time.sleep(0.1)
-            else:
-                raise RuntimeError(f"relays did not share the shards: {counts}")
-            started = time.perf_counter()
-            writer.commit()
-            # The relays' pending count (index ranges of the undelivered rows only), not a
-            # scan of the whole table: polled while the relays run, it competes for CPU.
-            queries = Queries.for_settings(load_settings(database_url=db_url))
-            watch.execute("set enable_seqscan = off")
-            while True:
-                if read_backlog(watch, queries)[0] == 0:
-                    break
-                time.sleep(0.05)
-            elapsed = time.perf_counter() - started
+        after = offsets.wait_total(topic, sum(before) + events, timeout=900,
+                                   alive=lambda: proc.poll() is None)
     finally:
-        writer.close()
-        for proc in procs:
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            proc.wait(60)
-    return {"events": events, "instances": instances, "seconds": elapsed,
-            "rate": events / elapsed}
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        if spy is not None:
+            spy.wait(60)
+    if code != 0:
+        raise RuntimeError(f"the relay exited with {code}")
+    first, last = offsets.append_span(topic, before, after)
+    return {"rate": events / (last - spawned), "seconds": last - spawned,
+            "steady_rate": events / max(last - first, 1e-3), "start_seconds": first - spawned}
 
 
-def steady_writer(db_url: str, rate: float, seconds: float, aggregates: int, size: int,
-                  out: Any, writer: str = "publish") -> None:
-    """Commit one event per transaction at ``rate``/s; send {id: commit time} back."""
-    commits: dict[str, float] = {}
-    interval = 1.0 / rate
-    with psycopg.connect(db_url, autocommit=False) as conn:
-        start = time.perf_counter()
-        n = 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = start + n * interval
-            if now < due:
-                time.sleep(due - now)
-            agg = f"order-{n % aggregates}"
-            if writer == "publish":
-                # A service's own path: publish() in its transaction (aggregate lock + insert).
-                event = Event(aggregate_type="bench", aggregate_id=agg,
-                              event_type="OrderUpdated", payload=payload(n, agg, size),
-                              correlation_id=agg)
-                publish(conn, event)
-                event_id = event.id
-            else:
-                event_id = uuid.uuid4()
-                conn.execute(INSERT, (event_id, agg, Jsonb(payload(n, agg, size)), agg))
-            conn.commit()
-            commits[str(event_id)] = time.time()
-            n += 1
-    out.put(commits)
+def run_floor(url: str, batch: int) -> dict[str, Any]:
+    """One ordered server-side cursor over the same rows: the database's read alone."""
+    started = time.time()
+    total = 0
+    with psycopg.connect(url) as conn:
+        plan = conn.execute(f"explain select {RECORD_COLUMNS} from outbox as o "
+                            "order by seq").fetchone()
+        with conn.cursor(name="floor") as cur:
+            cur.execute(f"select {RECORD_COLUMNS} from outbox as o order by seq")
+            while rows := cur.fetchmany(batch):
+                total += len(rows)
+    seconds = time.time() - started
+    return {"rate": total / seconds, "seconds": seconds,
+            "plan": str(plan[0]).split("  (")[0] if plan else "?"}
 
 
-class TimedRelay(Relay):
-    """The relay, noting when each row was handed to the producer (latency breakdown)."""
+# ----------------------------------------------------------------------------- throughput
+def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace,
+               extra: dict[str, str], binary: Path | None) -> dict[str, Any]:
+    """Every round of every contender and codec for one payload size."""
+    admin = common.admin_url()
+    url = common.create_database(admin, names.database(f"s{size}"))
+    offsets = Offsets(common.bootstrap())
+    topics: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="bench-relay-"))
+    try:
+        migrate.upgrade(Settings(database_url=url))
+        written = write_backlog(url, events, args.aggregates, size)
+        records = read_records(url)
+        record_file = tmp / "records.bin"
+        native.write_records(record_file, records)
+        value_bytes = sum(len(r[1] or "") for r in records) / len(records)
+        print(f"\n== {size} B payloads: {events:,} events (values {value_bytes:,.0f} B on "
+              f"average) written in {written:.1f} s; load {common.machine_load()}", flush=True)
+        jobs = [(c, codec) for codec in args.codecs for c in args.contenders if c != "floor"]
+        if "floor" in args.contenders:
+            jobs.append(("floor", ""))
+        topic_of: dict[tuple[str, str], str] = {}
+        for contender, codec in jobs:
+            if contender != "floor":
+                name = names.topic(size, codec or "default", contender)
+                topic_of[(contender, codec)] = name
+                topics.append(name + ("-bench" if contender == "relay" else ""))
+                common.create_topic(common.bootstrap(), topics[-1], args.partitions)
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {job: [] for job in jobs}
+        for r in range(args.rounds + 1):
+            line = []
+            for contender, codec in common.rotated(jobs, r):
+                config = kafka_config(codec or None, extra)
+                topic = topic_of.get((contender, codec), "")
+                if contender == "native":
+                    assert binary is not None
+                    res = run_native(binary, record_file, topic, config, events)
+                elif contender == "raw":
+                    res = run_raw(records, topic, config)
+                elif contender == "relay":
+                    res = run_relay(url, offsets, topic, config, events, args)
+                else:
+                    res = run_floor(url, args.batch_size)
+                if r:
+                    results[(contender, codec)].append(res)
+                line.append(f"{contender}{'/' + codec if codec else ''} {res['rate']:,.0f}")
+            label = "warm-up" if r == 0 else f"round {r}"
+            print(f"{label:>8}: " + ", ".join(line) + f"  (load {common.machine_load()})",
+                  flush=True)
+        profile = None
+        if args.py_spy and "relay" in args.contenders:
+            codec = args.codecs[0]
+            res = run_relay(url, offsets, topic_of[("relay", codec)],
+                            kafka_config(codec or None, extra), events, args,
+                            py_spy=f"{args.py_spy}.{size}")
+            profile = {"file": f"{args.py_spy}.{size}", "rate": res["rate"]}
+            print(f"  under py-spy (not counted): relay {res['rate']:,.0f} events/s, "
+                  f"profile in {profile['file']}")
+        return summarise(size, events, results, topic_of, offsets, profile)
+    finally:
+        offsets.close()
+        for f in tmp.iterdir():
+            f.unlink()
+        tmp.rmdir()
+        if not args.keep:
+            common.delete_topics(common.bootstrap(), topics)
+            common.drop_database(admin, url)
 
-    produced_at: dict[str, float]
-    claim_seconds: list[float]
 
-    def _claim_and_produce(self, group: int) -> None:
-        started = time.perf_counter()
-        super()._claim_and_produce(group)
-        self.claim_seconds.append(time.perf_counter() - started)
+def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[str, Any]]],
+              topic_of: dict[tuple[str, str], str], offsets: Offsets,
+              profile: dict[str, Any] | None) -> dict[str, Any]:
+    """Print and return medians, spreads, per-round ratios and bytes on disk."""
+    out: dict[str, Any] = {"payload_bytes": size, "events": events, "contenders": {},
+                           "ratios": {}, "profile": profile}
+    for (contender, codec), runs in results.items():
+        rates = Spread.of(r["rate"] for r in runs)
+        key = f"{contender}/{codec}" if codec else contender
+        entry: dict[str, Any] = {"events_per_s": rates.as_dict()}
+        print(f"  {key:<18} events/s {rates.show()}")
+        if contender == "relay":
+            steady = Spread.of(r["steady_rate"] for r in runs)
+            start = Spread.of(r["start_seconds"] for r in runs)
+            entry["steady_events_per_s"] = steady.as_dict()
+            entry["start_seconds"] = start.as_dict()
+            print(f"  {'':<18} first->last record {steady.show()}; spawn->first record "
+                  f"{start.show('.2f')} s")
+        if contender == "native" and runs:
+            entry["librdkafka"] = runs[0]["librdkafka"]
+        if contender == "floor" and runs:
+            entry["plan"] = runs[0]["plan"]
+        topic = topic_of.get((contender, codec))
+        if topic:
+            name = topic + ("-bench" if contender == "relay" else "")
+            on_disk = common.log_bytes(name)
+            stored = sum(offsets.ends(name))
+            if on_disk is not None and stored:
+                entry["bytes_per_event_on_disk"] = on_disk / stored
+                print(f"  {'':<18} on disk {on_disk / stored:,.0f} bytes per event")
+        out["contenders"][key] = entry
+    codecs = sorted({codec for _, codec in results if _ != "floor"})
+    for codec in codecs:
+        for a, b in (("relay", "native"), ("relay", "raw"), ("raw", "native"),
+                     ("relay", "floor"), ("floor", "native")):
+            ra = results.get((a, codec if a != "floor" else ""))
+            rb = results.get((b, codec if b != "floor" else ""))
+            if not ra or not rb:
+                continue
+            ratio = Spread.of(x["rate"] / y["rate"] for x, y in zip(ra, rb, strict=True))
+            key = f"{a}/{b}" + (f" ({codec})" if codec else "")
+            out["ratios"][key] = ratio.as_dict()
+            print(f"  ratio {key:<24} {ratio.show('.2f')}")
+    return out
 
-    def _produce(self, batch: Batch) -> None:
-        now = time.time()
-        for row in batch.rows:
-            self.produced_at[row[0]] = now
-        super()._produce(batch)
 
-
-def bench_latency(db_url: str, bootstrap: str, prefix: str, rate: float, seconds: float,
-                  aggregates: int, size: int, batch: int, writer: str,
-                  dump: str | None = None) -> dict[str, float]:
-    settings = load_settings(database_url=db_url, kafka_bootstrap_servers=bootstrap,
-                             topic_template=prefix + "-{aggregatetype}",
-                             kafka_config=EXTRA_KAFKA)
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(Queries.for_settings(settings).notify_trigger)
-    acks: dict[str, float] = {}
-
-    def on_ack(event_id: str, at: float) -> None:
-        acks[event_id] = at
-
-    relay = TimedRelay(settings, RelayOptions(batch_size=batch, listen=True, poll_interval=1.0,
-                                              stats_interval=3600,
-                                              pipeline_depth=TUNING["pipeline_depth"]),
-                       on_ack=on_ack)
-    relay.produced_at, relay.claim_seconds = {}, []
-    result: list[int] = []
-    thread = threading.Thread(target=lambda: result.append(relay.run()), daemon=True)
-    thread.start()
-    time.sleep(2)  # shards acquired, producer connected
-    queue: Any = mp.get_context("spawn").Queue()
-    proc = mp.get_context("spawn").Process(
-        target=steady_writer, args=(db_url, rate, seconds, aggregates, size, queue, writer))
-    proc.start()
-    commits: dict[str, float] = queue.get(timeout=seconds + 120)
-    proc.join(30)
-    deadline = time.monotonic() + 30
-    while len(acks) < len(commits) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    relay.request_stop()
-    thread.join(60)
-    latencies = sorted((acks[i] - t) * 1000 for i, t in commits.items() if i in acks)
-    if len(latencies) < len(commits):
-        raise RuntimeError(f"{len(commits) - len(latencies)} events were not acknowledged")
-
-    # Where the time goes: commit -> handed to the producer (wake-up, waiting for the shard
-    # group, claim) and produce -> Kafka's acknowledgement.
-    waiting = sorted((relay.produced_at[i] - t) * 1000 for i, t in commits.items())
-    in_kafka = sorted((acks[i] - relay.produced_at[i]) * 1000 for i in commits)
-
-    if dump:
-        # One line per event: seconds since the first commit, commit->ack,
-        # commit->produce and produce->ack in ms (where in the run the tail sits).
-        first = min(commits.values())
-        with open(dump, "w") as f:
-            for i, t in sorted(commits.items(), key=lambda item: item[1]):
-                f.write(f"{t - first:.4f} {(acks[i] - t) * 1000:.3f} "
-                        f"{(relay.produced_at[i] - t) * 1000:.3f} "
-                        f"{(acks[i] - relay.produced_at[i]) * 1000:.3f}\n")
-
-    def pct(values: list[float], p: float) -> float:
-        return values[min(len(values) - 1, int(p / 100 * len(values)))]
-
-    return {"events": len(latencies), "achieved_rate": len(commits) / seconds,
-            "p50_ms": pct(latencies, 50), "p99_ms": pct(latencies, 99),
-            "max_ms": latencies[-1], "mean_ms": statistics.fmean(latencies),
-            "commit_to_produce_p50_ms": pct(waiting, 50),
-            "commit_to_produce_p99_ms": pct(waiting, 99),
-            "produce_to_ack_p50_ms": pct(in_kafka, 50),
-            "produce_to_ack_p99_ms": pct(in_kafka, 99),
-            "claims": len(relay.claim_seconds),
-            "claim_and_produce_p50_ms": pct(sorted(relay.claim_seconds), 50) * 1000,
-            "claim_and_produce_p99_ms": pct(sorted(relay.claim_seconds), 99) * 1000}
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
+    parser.add_argument("--events", type=int, default=100_000,
+                        help="events per size (capped by --max-megabytes)")
+    parser.add_argument("--max-megabytes", type=float, default=100.0,
+                        help="cap on events x payload size per backlog")
+    parser.add_argument("--sizes", default="200,1000,10000",
+                        help="payload sizes in bytes (JSON, bulk random), comma-separated")
+    parser.add_argument("--codecs", default="",
+                        help="compression.type values to compare, e.g. none,gzip,lz4,zstd "
+                             "(default: the relay's default)")
+    parser.add_argument("--contenders", default=",".join(CONTENDERS),
+                        help=f"subset of {','.join(CONTENDERS)}")
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds (+1 warm-up)")
+    parser.add_argument("--aggregates", type=int, default=1000)
+    parser.add_argument("--partitions", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=RelayOptions.batch_size)
+    parser.add_argument("--pipeline-depth", type=int, default=RelayOptions.pipeline_depth)
+    parser.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra producer property for every contender alike")
+    parser.add_argument("--native-lib", choices=["wheel", "system"], default="wheel",
+                        help="librdkafka of the native producer: confluent-kafka's (the "
+                             "relay's) or Debian's")
+    parser.add_argument("--instances", type=int, default=0,
+                        help="also: this many relay processes against one (0: skip)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="latency: events/s")
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-windows", type=int, default=4,
+                        help="latency: figures per window of the run (its rounds)")
+    parser.add_argument("--latency-size", type=int, default=1000,
+                        help="latency: payload bytes")
+    parser.add_argument("--writer", choices=["publish", "insert"], default="publish")
+    parser.add_argument("--latency-dump", metavar="FILE")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="after the rounds, one more relay run under py-spy (raw "
+                             "format, per thread), to FILE.<size>; not counted")
+    parser.add_argument("--json", metavar="FILE", help="write the whole report as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep databases and topics")
+    args = parser.parse_args(argv)
+    args.sizes = [int(s) for s in args.sizes.split(",") if s]
+    args.codecs = [c for c in args.codecs.split(",") if c] or [""]
+    args.contenders = [c for c in args.contenders.split(",") if c]
+    unknown = set(args.contenders) - set(CONTENDERS)
+    if unknown:
+        parser.error(f"unknown contenders {sorted(unknown)}: use {','.join(CONTENDERS)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--aggregates", type=int, default=1000)
-    parser.add_argument("--payload-bytes", type=int, default=300)
-    parser.add_argument("--partitions", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=2000)
-    parser.add_argument("--pipeline-depth", type=int, default=RelayOptions.pipeline_depth)
-    parser.add_argument("--kafka-config", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra producer property for relay and raw producer alike")
-    parser.add_argument("--instances", type=int, default=0,
-                        help="also measure this many relay processes sharing the shards "
-                             "(0: skip)")
-    parser.add_argument("--rate", type=float, default=1000.0, help="latency phase events/s")
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--writer", choices=["publish", "insert"], default="publish",
-                        help="latency phase: write with publish() or a plain INSERT")
-    parser.add_argument("--latency-dump", metavar="FILE",
-                        help="latency phase: one line per event (s since start, commit->ack, "
-                             "commit->produce, produce->ack in ms)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="throughput: rounds of raw then relay on the same rows; the "
-                             "median ratio is reported")
-    parser.add_argument("--skip-throughput", action="store_true")
-    parser.add_argument("--skip-latency", action="store_true")
-    parser.add_argument("--profile", metavar="HTML", help="pyinstrument profile of the relay")
-    parser.add_argument("--mode", choices=["relay", "cdc"], default="relay",
-                        help="cdc: relay and Debezium side by side (runs bench/cdc.py)")
-    parser.add_argument("--cdc", action="store_const", const="cdc", dest="mode",
-                        help="same as --mode cdc")
-    parser.add_argument("--keep-db", action="store_true")
-    args = parser.parse_args(argv)
-    EXTRA_KAFKA.update(kv.split("=", 1) for kv in args.kafka_config)
-    TUNING["pipeline_depth"] = args.pipeline_depth
-    if args.mode == "cdc":
-        # Same workload through the relay and through Debezium in one run: bench/cdc.py.
-        from bench import cdc
-
-        sys.argv = [sys.argv[0], "--events", str(args.events)]
-        return cdc.main()
-    load_stack_env()
-    url = os.environ["OUTBOX_DATABASE_URL"].replace("postgresql+psycopg://", "postgresql://")
-    bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
-    report: dict[str, Any] = {"events": args.events, "pipeline_depth": TUNING["pipeline_depth"],
-                              "kafka_config": EXTRA_KAFKA, "writer": args.writer,
-                              "aggregates": args.aggregates,
-                              "payload_bytes": args.payload_bytes,
-                              "partitions": args.partitions, "batch_size": args.batch_size}
+    args = parse_args(argv)
+    extra = dict(kv.split("=", 1) for kv in args.kafka_config)
+    common.load_env()
+    names = RunNames.new("relay")
+    binary = None
+    if "native" in args.contenders and not args.skip_throughput:
+        try:
+            binary = native.build(args.native_lib)
+        except native.NativeUnavailableError as exc:
+            sys.exit(f"bench/relay.py: {exc}")
+    default_codec = producer_config({}, "").get("compression.type", "none")
+    print(f"run {names.run_id}: relay defaults batch {args.batch_size}, pipeline depth "
+          f"{args.pipeline_depth}, default compression.type={default_codec}; extra {extra}; "
+          f"{os.cpu_count()} CPUs, load {common.machine_load()} (a shared machine: "
+          "development figures)")
+    report: dict[str, Any] = {"run": names.run_id, "extra_kafka_config": extra,
+                              "default_codec": default_codec, "sizes": []}
     if not args.skip_throughput:
-        db_url = create_database(url)
-        try:
-            tag = uuid.uuid4().hex[:6]
-            relay_prefix, raw_prefix = f"bench-relay-{tag}", f"bench-raw-{tag}"
-            create_topic(bootstrap, f"{relay_prefix}-bench", args.partitions)
-            create_topic(bootstrap, f"{raw_prefix}-bench", args.partitions)
-            report["write_seconds"] = write_backlog(db_url, args.events, args.aggregates,
-                                                    args.payload_bytes)
-            print(f"backlog of {args.events} written in {report['write_seconds']:.1f}s",
-                  file=sys.stderr)
-            # Rounds of raw then relay on the same rows (the relay cursors are reset
-            # between rounds: nothing else changes in the table). Both rates swing by
-            # +-15 % from run to run on a shared host; the median of paired rounds is the
-            # reported ratio, every round is listed.
-            rounds = []
-            for n in range(args.rounds):
-                raw = bench_raw(db_url, bootstrap, raw_prefix)
-                if n:
-                    reset_cursors(db_url)
-                relay = bench_relay(db_url, bootstrap, relay_prefix, args.events,
-                                    args.batch_size, args.profile if n == 0 else None)
-                rounds.append({"raw": raw["rate"], "relay": relay["rate"],
-                               "ratio": relay["rate"] / raw["rate"]})
-                print(f"round {n + 1}: raw {raw['rate']:.0f} events/s, relay "
-                      f"{relay['rate']:.0f} events/s, ratio {rounds[-1]['ratio']:.2f}",
-                      file=sys.stderr)
-            report["rounds"] = rounds
-            report["raw"] = {"rate": statistics.median(r["raw"] for r in rounds)}
-            report["relay"] = {"rate": statistics.median(r["relay"] for r in rounds)}
-            report["ratio"] = statistics.median(r["ratio"] for r in rounds)
-            print(f"median ratio relay/raw: {report['ratio']:.2f}", file=sys.stderr)
-            report["db_floor"] = bench_db_floor(db_url, args.batch_size)
-            report["ratio_db_floor"] = report["db_floor"]["rate"] / report["raw"]["rate"]
-            print(f"database work alone (read + record progress, no Kafka): "
-                  f"{report['db_floor']['rate']:.0f} events/s", file=sys.stderr)
-        finally:
-            delete_topics(bootstrap, [f"{relay_prefix}-bench", f"{raw_prefix}-bench"])
-            if not args.keep_db:
-                drop_database(url, db_url)
-        if args.instances > 0:
-            db_url = create_database(url)
-            try:
-                multi_prefix = f"bench-multi-{uuid.uuid4().hex[:6]}"
-                create_topic(bootstrap, f"{multi_prefix}-bench", args.partitions)
-                multi = bench_relay_processes(
-                    db_url, bootstrap, multi_prefix, args.events, args.aggregates,
-                    args.payload_bytes, args.batch_size, args.instances)
-                report["relay_processes"] = multi
-                report["ratio_processes"] = multi["rate"] / report["raw"]["rate"]
-                print(f"relay x{args.instances} processes: {multi['rate']:.0f} events/s",
-                      file=sys.stderr)
-            finally:
-                if not args.keep_db:
-                    drop_database(url, db_url)
+        for size in args.sizes:
+            events = max(1, min(args.events, int(args.max_megabytes * 1e6 / size)))
+            report["sizes"].append(bench_size(names, size, events, args, extra, binary))
+    if args.instances > 0:
+        from bench import relay_instances
+
+        report["instances"] = relay_instances.bench(names, args, extra)
     if not args.skip_latency:
-        db_url = create_database(url)
-        try:
-            prefix = f"bench-lat-{uuid.uuid4().hex[:6]}"
-            create_topic(bootstrap, f"{prefix}-bench", args.partitions)
-            report["latency"] = bench_latency(db_url, bootstrap, prefix, args.rate,
-                                              args.latency_seconds, args.aggregates,
-                                              args.payload_bytes, args.batch_size,
-                                              args.writer, args.latency_dump)
-        finally:
-            delete_topics(bootstrap, [f"{prefix}-bench"])
-            if not args.keep_db:
-                drop_database(url, db_url)
-    print(json.dumps(report, indent=2))
+        from bench import relay_latency
+
+        report["latency"] = relay_latency.bench(names, args, extra)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 

@@ -1,0 +1,209 @@
+"""Latency phase of bench/relay.py: commit -> ack of events written one per transaction.
+
+A separate writer process commits one event per transaction with ``publish()`` (or a plain
+INSERT) at a steady rate, with the NOTIFY trigger installed; the relay runs in this
+process, so each event's delivery report is timed (``Relay(on_ack=...)``) and split into
+commit -> handed to the producer and produce -> ack. The run is cut into
+``--latency-windows`` windows by commit time, each reported on its own (its rounds), and
+the same latencies are checked from outside: commit -> the broker's append stamp of the
+record (LogAppendTime, whole milliseconds, so that column is +-1 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
+from psycopg.types.json import Jsonb
+
+from bench import common
+from bench.common import RunNames, Spread, percentile
+from outbox import migrate
+from outbox.publish import Event, publish
+from outbox.settings import load_settings
+from relay.loop import Batch, Relay, RelayOptions
+from relay.queries import Queries
+
+INSERT = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, correlation_id) "
+          "values (%s, 'bench', %s, 'OrderUpdated', %s, %s)")
+
+
+def steady_writer(url: str, rate: float, seconds: float, aggregates: int, size: int,
+                  out: Any, writer: str) -> None:
+    """Commit one event per transaction at ``rate``/s; send {id: commit time} back."""
+    commits: dict[str, float] = {}
+    interval = 1.0 / rate
+    with psycopg.connect(url, autocommit=False) as conn:
+        start = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter()) - start < seconds:
+            due = start + n * interval
+            if now < due:
+                time.sleep(due - now)
+            agg = f"order-{n % aggregates}"
+            body = common.payload(n, agg, size)
+            if writer == "publish":
+                event = Event(aggregate_type="bench", aggregate_id=agg,
+                              event_type="OrderUpdated", payload=body, correlation_id=agg)
+                publish(conn, event)
+                event_id = event.id
+            else:
+                event_id = uuid.uuid4()
+                conn.execute(INSERT, (event_id, agg, Jsonb(body), agg))
+            conn.commit()
+            commits[str(event_id)] = time.time()
+            n += 1
+    out.put(commits)
+
+
+class TimedRelay(Relay):
+    """The relay, noting when each row was handed to the producer (latency breakdown)."""
+
+    produced_at: dict[str, float]
+    claim_seconds: list[float]
+
+    def _claim_and_produce(self, group: int) -> None:
+        started = time.perf_counter()
+        super()._claim_and_produce(group)
+        self.claim_seconds.append(time.perf_counter() - started)
+
+    def _produce(self, batch: Batch) -> None:
+        now = time.time()
+        for row in batch.rows:
+            self.produced_at[row[0]] = now
+        super()._produce(batch)
+
+
+def append_stamps(topic: str, partitions: int, ids: set[str]) -> dict[str, float]:
+    """Event id -> the broker's append time, reading the topic from the start."""
+    consumer = Consumer({"bootstrap.servers": common.bootstrap(),
+                         "group.id": f"bench-stamps-{uuid.uuid4().hex[:8]}",
+                         "enable.auto.commit": False})
+    consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    stamps: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    try:
+        while len(stamps) < len(ids) and time.monotonic() < deadline:
+            for msg in consumer.consume(1000, 1.0):
+                if msg.error() is None and (event_id := common.event_id(msg)):
+                    stamps[event_id] = msg.timestamp()[1] / 1000
+    finally:
+        consumer.close()
+    return stamps
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {"p50_ms": percentile(ordered, 50), "p99_ms": percentile(ordered, 99),
+            "max_ms": ordered[-1] if ordered else float("nan"),
+            "mean_ms": statistics.fmean(ordered) if ordered else float("nan")}
+
+
+def bench(names: RunNames, args: argparse.Namespace, extra: dict[str, str]) -> dict[str, Any]:
+    admin = common.admin_url()
+    url = common.create_database(admin, names.database("latency"))
+    prefix = names.topic("latency")
+    topic = f"{prefix}-bench"
+    try:
+        settings = load_settings(database_url=url, kafka_bootstrap_servers=common.bootstrap(),
+                                 topic_template=prefix + "-{aggregatetype}", kafka_config=extra)
+        migrate.upgrade(settings)
+        common.create_topic(common.bootstrap(), topic, args.partitions)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(Queries.for_settings(settings).notify_trigger)
+        return measure(url, settings, topic, args)
+    finally:
+        if not args.keep:
+            common.delete_topics(common.bootstrap(), [topic])
+            common.drop_database(admin, url)
+
+
+def measure(url: str, settings: Any, topic: str, args: argparse.Namespace) -> dict[str, Any]:
+    acks: dict[str, float] = {}
+
+    def on_ack(event_id: str, at: float) -> None:
+        acks[event_id] = at
+
+    relay = TimedRelay(settings, RelayOptions(batch_size=args.batch_size, listen=True,
+                                              poll_interval=1.0,
+                                              pipeline_depth=args.pipeline_depth),
+                       on_ack=on_ack)
+    relay.produced_at, relay.claim_seconds = {}, []
+    thread = threading.Thread(target=relay.run, daemon=True)
+    thread.start()
+    time.sleep(2)  # shards acquired, producer connected
+    ctx = mp.get_context("spawn")
+    queue: Any = ctx.Queue()
+    proc = ctx.Process(target=steady_writer, args=(
+        url, args.rate, args.latency_seconds, args.aggregates, args.latency_size, queue,
+        args.writer))
+    proc.start()
+    commits: dict[str, float] = queue.get(timeout=args.latency_seconds + 120)
+    proc.join(30)
+    deadline = time.monotonic() + 30
+    while len(acks) < len(commits) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    relay.request_stop()
+    thread.join(60)
+    missing = len(commits) - sum(1 for i in commits if i in acks)
+    if missing:
+        raise RuntimeError(f"{missing} events were not acknowledged")
+    stamps = append_stamps(topic, args.partitions, set(commits))
+
+    order = sorted(commits, key=commits.__getitem__)
+    first = commits[order[0]]
+    span = (commits[order[-1]] - first) or 1.0
+    windows: list[list[str]] = [[] for _ in range(max(1, args.latency_windows))]
+    for i in order:
+        windows[min(len(windows) - 1, int((commits[i] - first) / span * len(windows)))].append(i)
+
+    def ms(ids: list[str], end: dict[str, float], start: dict[str, float]) -> list[float]:
+        return [(end[i] - start[i]) * 1000 for i in ids if i in end and i in start]
+
+    per_window = [summary(ms(w, acks, commits)) for w in windows if w]
+    result: dict[str, Any] = {
+        "events": len(commits), "achieved_rate": len(commits) / args.latency_seconds,
+        "commit_to_ack": summary(ms(order, acks, commits)),
+        "windows": per_window,
+        "p50_windows": Spread.of(w["p50_ms"] for w in per_window).as_dict(),
+        "p99_windows": Spread.of(w["p99_ms"] for w in per_window).as_dict(),
+        "commit_to_produce": summary(ms(order, relay.produced_at, commits)),
+        "produce_to_ack": summary(ms(order, acks, relay.produced_at)),
+        # whole-ms stamps: +0.5 ms centres the truncation
+        "commit_to_broker_append": summary([x + 0.5 for x in ms(order, stamps, commits)]),
+        "appended_seen": len(stamps),
+        "claim_and_produce_ms": summary([s * 1000 for s in relay.claim_seconds]),
+    }
+    if args.latency_dump:
+        with open(args.latency_dump, "w") as f:
+            for i in order:
+                f.write(f"{commits[i] - first:.4f} {(acks[i] - commits[i]) * 1000:.3f} "
+                        f"{(relay.produced_at[i] - commits[i]) * 1000:.3f} "
+                        f"{(acks[i] - relay.produced_at[i]) * 1000:.3f}\n")
+    c = result["commit_to_ack"]
+    print(f"\n== latency: {len(commits):,} events at {result['achieved_rate']:,.0f}/s "
+          f"({args.writer}, {args.latency_size} B payloads; load {common.machine_load()})")
+    print(f"  commit -> ack        p50 {c['p50_ms']:.1f} ms, p99 {c['p99_ms']:.1f} ms, "
+          f"max {c['max_ms']:.1f} ms")
+    for n, w in enumerate(per_window, 1):
+        print(f"  window {n}             p50 {w['p50_ms']:.1f} ms, p99 {w['p99_ms']:.1f} ms, "
+              f"max {w['max_ms']:.1f} ms")
+    for label, key in (("commit -> produce", "commit_to_produce"),
+                       ("produce -> ack", "produce_to_ack"),
+                       ("commit -> append", "commit_to_broker_append")):
+        s = result[key]
+        print(f"  {label:<20} p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms")
+    print(f"  p99 over windows: {Spread.of(w['p99_ms'] for w in per_window).show('.1f')} ms")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit("run bench/relay.py (--skip-throughput for the latency phase alone)")
