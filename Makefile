@@ -58,9 +58,9 @@ demo: venv stack-up
 # Quick versions of every benchmark; docs/benchmarks.md has the full commands and figures.
 bench: venv stack-up
 	$(PY) bench/publish.py --rounds 4
-	$(PY) bench/relay.py --events 20000
-	$(PY) bench/consumer.py --events 5000 --rounds 1
-	$(PY) bench/cdc.py --events 5000 --rate 100 --seconds 8
+	$(PY) bench/relay.py --events 20000 --rounds 2
+	$(PY) bench/consumer.py --events 5000 --rounds 2
+	$(PY) bench/cdc.py --events 5000 --rate 100 --seconds 5 --rounds 2
 	$(PY) bench/saga.py --seconds 10
 
 clean-stack: stack-down

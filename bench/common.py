@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import psycopg
-from confluent_kafka import TIMESTAMP_LOG_APPEND_TIME, Consumer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_LOG_APPEND_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
 
@@ -199,9 +205,11 @@ def create_topic(servers: str, name: str, partitions: int,
 
 def delete_topics(servers: str, names: list[str]) -> None:
     """Remove a run's topics: hundreds of leftover partitions slow the dev broker down."""
+    admin = AdminClient({"bootstrap.servers": servers})
+    existing = set(admin.list_topics(timeout=10).topics)
+    names = [n for n in names if n in existing]  # e.g. dead-letter topics never used
     if not names:
         return
-    admin = AdminClient({"bootstrap.servers": servers})
     for name, future in admin.delete_topics(names, operation_timeout=30).items():
         try:
             future.result()
@@ -226,9 +234,22 @@ class Offsets:
         if topic not in self.partitions:
             md = self.consumer.list_topics(topic, timeout=10).topics[topic]
             self.partitions[topic] = len(md.partitions)
-        return [self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10,
-                                                    cached=False)[1]
-                for p in range(self.partitions[topic])]
+        return [self.end(topic, p) for p in range(self.partitions[topic])]
+
+    def end(self, topic: str, partition: int) -> int:
+        """One partition's high watermark; retried while a new topic's leader settles."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return int(self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10, cached=False)[1])
+            except KafkaException as exc:
+                error = exc.args[0]
+                settling = error.retriable() or error.code() in (
+                    KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
+                if not settling or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def wait_total(self, topic: str, total: int, timeout: float,
                    alive: Any = None) -> list[int]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import threading
@@ -25,17 +24,17 @@ from pathlib import Path
 import psycopg
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+from bench.common import RunNames, Spread  # noqa: E402
 from consumers import Consumer, ConsumerOptions, IncomingEvent  # noqa: E402
 from outbox import migrate  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-from services.launcher import load_stack_env  # noqa: E402
 
 PARTITIONS = 4
 
@@ -45,13 +44,12 @@ def handler(session: Session, event: IncomingEvent) -> None:
                     {"id": event.id, "n": event.payload["n"]})
 
 
-def fill_topic(bootstrap: str, topic: str, events: int) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # must outlive the future
-    admin.create_topics(
-        [NewTopic(topic, num_partitions=PARTITIONS, replication_factor=1)])[topic].result(30)
+def fill_topic(bootstrap: str, topic: str, events: int, size: int) -> None:
+    common.create_topic(bootstrap, topic, PARTITIONS)
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
     for n in range(events):
-        value = json.dumps({"eventType": "Thing", "n": n, "pad": "x" * 200}).encode()
+        value = json.dumps(common.payload(n, f"k{n % 1000}", size),
+                           separators=(",", ":")).encode()
         while True:
             try:
                 producer.produce(topic, key=f"k{n % 1000}".encode(), value=value,
@@ -111,42 +109,43 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=250, help="value bytes (bulk random)")
     args = parser.parse_args()
-    load_stack_env()
-    admin = os.environ["OUTBOX_DATABASE_URL"]
-    bootstrap = os.environ["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
-    name = f"bench_consumer_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'create database "{name}"')
-    url = admin.rsplit("/", 1)[0] + "/" + name
+    common.load_env()
+    admin = common.admin_url()
+    bootstrap = common.bootstrap()
+    names = RunNames.new("consumer")
+    url = common.create_database(admin, names.database())
+    topic = names.topic()
     settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap)
     try:
         migrate.upgrade(settings)
         with psycopg.connect(url) as conn:
             conn.execute("create table effects (event_id uuid, n int)")
-        topic = f"bench-consumer-{uuid.uuid4().hex[:8]}"
-        fill_topic(bootstrap, topic, args.events)
+        fill_topic(bootstrap, topic, args.events, args.size)
         rates: dict[str, list[float]] = {"dedupe": [], "no-dedupe": [], "duplicates": []}
         for r in range(args.rounds):
-            group = f"bench-dedupe-{r}"
+            group = names.group("dedupe", r)
             order = ["dedupe", "no-dedupe"] if r % 2 == 0 else ["no-dedupe", "dedupe"]
             for variant in order:
                 if variant == "dedupe":
                     rates["dedupe"].append(run(settings, topic, group, args.events, True))
                 else:
-                    rates["no-dedupe"].append(run(settings, topic, f"bench-plain-{r}",
+                    rates["no-dedupe"].append(run(settings, topic, names.group("plain", r),
                                                   args.events, False))
             rewind(bootstrap, topic, group)
             rates["duplicates"].append(run(settings, topic, group, args.events, True))
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        common.drop_database(admin, url)
+        common.delete_topics(bootstrap, [topic])
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"events per variant per round: {args.events}, rounds: {args.rounds}")
-    for variant, rate in med.items():
-        print(f"{variant:<11} {rate:>9,.0f} events/s  (runs: "
-              f"{', '.join(f'{x:,.0f}' for x in rates[variant])})")
-    print(f"ratio dedupe / no-dedupe: {med['dedupe'] / med['no-dedupe']:.2f}  (target >= 0.5)")
+    print(f"run {names.run_id}: events per variant per round: {args.events} "
+          f"({args.size} B values), rounds: {args.rounds}; load {common.machine_load()} "
+          "(shared machine: development figures)")
+    for variant, values in rates.items():
+        print(f"{variant:<11} events/s {Spread.of(values).show()}")
+    ratio = Spread.of(d / p for d, p in zip(rates["dedupe"], rates["no-dedupe"], strict=True))
+    print(f"ratio dedupe / no-dedupe per round: {ratio.show('.2f')}  (target >= 0.5)")
     print(f"skipping a duplicate vs handling: {med['duplicates'] / med['dedupe']:.2f}x the rate")
     return 0
 

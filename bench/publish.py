@@ -54,10 +54,10 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import Spread, load_env, machine_load  # noqa: E402
 from outbox import migrate  # noqa: E402
 from outbox.publish import Event, _prepare, publish  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-from services.launcher import load_stack_env  # noqa: E402
 
 
 def fresh_database(admin_url: str) -> str:
@@ -187,6 +187,16 @@ def durable_cluster(action: str) -> str:
     raise RuntimeError(f"no OUTBOX_DATABASE_URL in {stack_dir / 'env'}")
 
 
+def print_rounds(per_round: dict[str, list[float]]) -> None:
+    """Each variant's per-round medians and its per-round ratio to base, with the spread."""
+    print(f"per round (load {machine_load()}; a shared machine: development figures):")
+    for variant, medians in per_round.items():
+        print(f"  {variant:<9} ms {Spread.of(m * 1000 for m in medians).show('.3f')}")
+        if variant != "base":
+            ratios = (m / b for m, b in zip(medians, per_round["base"], strict=True))
+            print(f"  {'':<9} / base {Spread.of(ratios).show('.3f')}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=20)
@@ -200,7 +210,7 @@ def main() -> int:
                         help="migrate the outbox to this revision (0001: before the index "
                              "changes of 0002)")
     args = parser.parse_args()
-    load_stack_env()
+    load_env()
     admin = durable_cluster("up") if args.durable else os.environ["OUTBOX_DATABASE_URL"]
     url = fresh_database(admin)
     try:
@@ -264,6 +274,7 @@ def main() -> int:
           "target <= 1.10")
     print(f"event cost (variant - base): publish() {(o - b) * 1000:.3f} ms, SQL function "
           f"{(fn - b) * 1000:.3f} ms")
+    print_rounds(per_round)
     return 0
 
 

@@ -3,24 +3,30 @@
     .venv/bin/python bench/saga.py                       # 20 orders/s for 30 s
     .venv/bin/python bench/saga.py --rate 50 --seconds 20
 
-Starts the relay and the four services (each its own process, as in ``make demo``) on a
-fresh database and private topics, sends ``--warmup`` orders and waits until they are
-settled (not counted), then offers orders at a steady rate through the HTTP API, and
-reports: completed orders per second (from the first order to the last final state)
-against the offered rate, and order-to-final-state latency p50/p99 (the order row's
-``created_at`` → ``updated_at``, both written by PostgreSQL's clock), then the same per
-hop and where in the run the slowest orders began.
+Starts the relay and the four services (each its own process, as in ``make demo``) on the
+run's own database and topics, sends ``--warmup`` orders and waits until they are settled
+(not counted), then offers orders at a steady rate through the HTTP API. Each order's
+clock starts when its request was due on the schedule (so time queued in the client
+counts) and stops at the order's final update (same host clock). Reported: every order's
+fate (failed requests, COMPLETED, CANCELLED, still PENDING or missing after
+``--settle-timeout``: unfinished orders are counted, and count as never done in the
+percentiles), completed orders per second, due -> final p50/p99 over the whole run and
+per window of the schedule, then each hop and where in the run the slowest orders began.
+
+The consumer group names are the saga's pinned ones (``inventory-service-group`` ...):
+two saga runs at once on one broker share those groups (on different topics), so their
+rebalances can stall each other.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import math
 import statistics
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +36,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
+from bench.common import RunNames, Spread, percentile  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-from services.demo import fresh_database, fresh_topics  # noqa: E402
-from services.launcher import SagaProcesses, load_stack_env  # noqa: E402
+from services.demo import fresh_topics  # noqa: E402
+from services.launcher import SagaProcesses  # noqa: E402
 from services.runtime import prepare_database  # noqa: E402
 
 # Each hop ends when the next service's event happened (its producer's occurredAt, in
@@ -76,32 +84,109 @@ def print_hops(hops: list[tuple[float, ...]]) -> None:
           + ", ".join(f"{h[4]:.1f}" for h in sorted(slowest, key=lambda h: h[4])))
 
 
+@dataclass(eq=False)  # identity: requests go in sets
+class Request:
+    """One order offered: when it was due, sent and answered (epoch seconds), and how."""
+
+    customer: str
+    due: float
+    sent: float = 0.0
+    answered: float = 0.0
+    status: int | None = None
+    error: str | None = None
+
+
+def post(client: httpx.Client, request: Request) -> None:
+    request.sent = time.time()
+    try:
+        response = client.post("/orders", json={
+            "customerId": request.customer, "items": [{"sku": "SKU-BOOK", "quantity": 1}],
+            "amount": "10.00", "currency": "EUR"})
+        request.status = response.status_code
+    except httpx.HTTPError as exc:
+        request.error = f"{type(exc).__name__}: {exc}"
+    request.answered = time.time()
+
+
 def offer(client: httpx.Client, pool: ThreadPoolExecutor, rate: float, count: int,
-          prefix: str) -> None:
-    """POST ``count`` orders on a steady schedule (order n at start + n / rate)."""
-    started = time.monotonic()
+          prefix: str) -> list[Request]:
+    """POST ``count`` orders on a steady schedule (order n due at start + n / rate).
+
+    Each order's clock starts when it was due, not when a client thread got to send it, so
+    time queued in the client counts (no coordinated omission).
+    """
+    started = time.time()
+    requests = [Request(f"{prefix}-{n}", started + n / rate) for n in range(count)]
     futures = []
-    for n in range(count):
-        delay = started + n / rate - time.monotonic()
+    for request in requests:
+        delay = request.due - time.time()
         if delay > 0:
             time.sleep(delay)
-        futures.append(pool.submit(client.post, "/orders", json={
-            "customerId": f"{prefix}-{n}", "items": [{"sku": "SKU-BOOK", "quantity": 1}],
-            "amount": "10.00", "currency": "EUR"}))
+        futures.append(pool.submit(post, client, request))
     for future in futures:
-        future.result().raise_for_status()
+        future.result()
+    return requests
 
 
-def wait_settled(url: str, timeout: float = 120.0) -> None:
-    """Until no order is PENDING (or ``timeout``)."""
+def wait_settled(url: str, timeout: float) -> bool:
+    """Until no order is PENDING; False if some still are after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with psycopg.connect(url) as conn:
             row = conn.execute("select count(*) from orders.orders where status = "
                                "'PENDING'").fetchone()
         if row and row[0] == 0:
-            return
+            return True
         time.sleep(0.2)
+    return False
+
+
+def outcomes(conn: psycopg.Connection[tuple[Any, ...]], prefix: str
+             ) -> dict[str, tuple[str, float]]:
+    """customer id -> (status, epoch of the order's last update) for the measured orders."""
+    rows = conn.execute("select customer_id, status, extract(epoch from updated_at) "
+                        "from orders.orders where customer_id like %s",
+                        (prefix + "-%",)).fetchall()
+    return {r[0]: (str(r[1]), float(r[2])) for r in rows}
+
+
+def report(requests: list[Request], final: dict[str, tuple[str, float]],
+           windows: int) -> None:
+    """Latency from each order's due time; unfinished and failed orders counted, not hidden."""
+    failed = [r for r in requests if r.error or not (r.status and 200 <= r.status < 300)]
+    status_of = {r.customer: final.get(r.customer, ("MISSING", 0.0))[0] for r in requests}
+    counts: dict[str, int] = {}
+    for status in status_of.values():
+        counts[status] = counts.get(status, 0) + 1
+    done = [r for r in requests if status_of[r.customer] in ("COMPLETED", "CANCELLED")]
+    unfinished = len(requests) - len(done)
+    print(f"orders: {len(requests)} requested, {len(failed)} requests failed, "
+          + ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+          + f"; unfinished (not COMPLETED or CANCELLED): {unfinished}")
+
+    def line(label: str, subset: list[Request]) -> float:
+        # Unfinished orders count as never done: a percentile they reach is not a number.
+        lat = sorted([final[r.customer][1] - r.due if r in done_set else math.inf
+                      for r in subset])
+        p50, p99 = percentile(lat, 50), percentile(lat, 99)
+        finite = [x for x in lat if x != math.inf]
+        span = (max(final[r.customer][1] for r in subset if r in done_set)
+                - min(r.due for r in subset)) if finite else math.nan
+        print(f"  {label:<10} {len(finite)}/{len(subset)} done, "
+              f"{len(finite) / span if finite else 0:5.1f}/s; due -> final p50 "
+              f"{p50 * 1000:6.0f} ms, p99 {p99 * 1000:6.0f} ms, max {lat[-1] * 1000:6.0f} ms")
+        return p99
+
+    done_set = set(done)
+    q = sorted(r.sent - r.due for r in requests)
+    a = sorted(r.answered - r.due for r in requests)
+    print(f"client: due -> sent p99 {percentile(q, 99) * 1000:.0f} ms, due -> answered p99 "
+          f"{percentile(a, 99) * 1000:.0f} ms (time queued in the client)")
+    line("all", requests)
+    size = -(-len(requests) // max(1, windows))
+    p99s = [line(f"window {n + 1}", requests[i:i + size])
+            for n, i in enumerate(range(0, len(requests), size))]
+    print(f"  p99 over windows: {Spread.of(x * 1000 for x in p99s).show('.0f')} ms")
 
 
 def main() -> int:
@@ -110,19 +195,27 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup", type=int, default=20,
                         help="orders sent and settled before the measured ones (not counted)")
+    parser.add_argument("--windows", type=int, default=3,
+                        help="figures per window of the schedule (the run's rounds)")
+    parser.add_argument("--settle-timeout", type=float, default=120.0,
+                        help="seconds to wait for the last orders; those still pending "
+                             "then are reported as unfinished")
     args = parser.parse_args()
-    load_stack_env()
-    admin = os.environ["OUTBOX_DATABASE_URL"]
-    name = "bench_saga"
-    url = fresh_database(admin, name)
-    template = f"bench-{uuid.uuid4().hex[:6]}-{{aggregatetype}}-events"
+    common.load_env()
+    admin = common.admin_url()
+    names = RunNames.new("saga")
+    url = common.create_database(admin, names.database())
+    template = names.topic() + "-{aggregatetype}-events"
     settings = Settings(database_url=url, topic_template=template)
-    fresh_topics(settings)
+    topics = fresh_topics(settings)
     prepare_database(settings)
     procs = SagaProcesses(env={"OUTBOX_DATABASE_URL": url, "OUTBOX_TOPIC_TEMPLATE": template},
-                          log_dir=ROOT / ".stack" / "logs" / "bench-saga")
+                          log_dir=ROOT / ".stack" / "logs" / f"bench-saga-{names.run_id}")
     procs.start_all()
     total = int(args.rate * args.seconds)
+    print(f"run {names.run_id}: offered {args.rate:g} orders/s for {args.seconds:g} s "
+          f"({total} orders); load {common.machine_load()} (shared machine: development "
+          "figures)")
     try:
         with httpx.Client(base_url=procs.api, timeout=10) as client, \
                 ThreadPoolExecutor(8) as pool:
@@ -130,30 +223,25 @@ def main() -> int:
             # topics, connection pools fill. Without it the first orders of a run wait
             # 0.2-0.7 s for that, which is start-up, not the saga's steady latency.
             offer(client, pool, args.rate, args.warmup, "warmup")
-            wait_settled(url)
-            offer(client, pool, args.rate, total, "c")
-        wait_settled(url)
+            wait_settled(url, args.settle_timeout)
+            requests = offer(client, pool, args.rate, total, "c")
+        if not wait_settled(url, args.settle_timeout):
+            print(f"orders still pending after {args.settle_timeout:g} s: reported as "
+                  "unfinished")
     finally:
         procs.stop_all()
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "select extract(epoch from updated_at - created_at), "
-            "extract(epoch from max(updated_at) over () - min(created_at) over ()) "
-            "from orders.orders where status = 'COMPLETED' "
-            "and customer_id not like 'warmup-%'").fetchall()
-        hops = hop_latencies(conn)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'drop database if exists "{name}" with (force)')
-    latencies = sorted(float(r[0]) for r in rows)
-    span = float(rows[0][1]) if rows else float("nan")
-    q = statistics.quantiles(latencies, n=100)
-    print(f"offered: {args.rate:g} orders/s for {args.seconds:g} s ({total} orders)")
-    print(f"completed: {len(latencies)} orders in {span:.1f} s = "
-          f"{len(latencies) / span:.1f} orders/s through all four services")
-    print(f"order -> COMPLETED latency: p50 {statistics.median(latencies) * 1000:.0f} ms, "
-          f"p99 {q[98] * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
-    print("per hop (each ends when the next service's event happened, its occurredAt):")
-    print_hops(hops)
+    try:
+        with psycopg.connect(url) as conn:
+            final = outcomes(conn, "c")
+            hops = hop_latencies(conn)
+    finally:
+        common.drop_database(admin, url)
+        common.delete_topics(common.bootstrap(), topics)
+    report(requests, final, args.windows)
+    print("per hop of completed orders (each ends when the next service's event happened, "
+          "its occurredAt):")
+    if hops:
+        print_hops(hops)
     return 0
 
 
