@@ -87,10 +87,11 @@ def write_config(path: Path, config: dict[str, str]) -> None:
     path.write_text("".join(f"{k}={v}\n" for k, v in config.items()))
 
 
-def produce(binary: Path, records: Path, config: Path, topic: str) -> dict[str, Any]:
-    """Run the producer once; its report plus ``spawned_at`` (epoch seconds)."""
+def produce(binary: Path, records: Path, config: Path, topic: str,
+            warm_topic: str) -> dict[str, Any]:
+    """Run the producer once (warmed on ``warm_topic``); its report plus ``spawned_at``."""
     spawned = time.time()
-    result = subprocess.run([str(binary), str(records), str(config), topic],
+    result = subprocess.run([str(binary), str(records), str(config), topic, warm_topic],
                             capture_output=True, text=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"native producer failed ({result.returncode}): "
