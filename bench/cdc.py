@@ -145,7 +145,7 @@ def steady(url: str, reader: Reader, args: argparse.Namespace) -> tuple[float, f
 
 def start_relay(url: str, template: str) -> subprocess.Popen[bytes]:
     """``outbox relay run`` as a user runs it, waited for until it owns every shard."""
-    from bench.relay import outbox_command
+    from bench.relay_contenders import outbox_command
 
     env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_TOPIC_TEMPLATE": template}
     proc = subprocess.Popen([*outbox_command(), "relay", "run", "--log-level", "warning",

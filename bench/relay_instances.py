@@ -33,7 +33,7 @@ SHARES = ("select count(*) from pg_locks where locktype = 'advisory' and objsubi
 
 def one_round(url: str, offsets: Offsets, prefix: str, count: int,
               args: argparse.Namespace, extra: dict[str, str], size: int) -> float:
-    from bench.relay import outbox_command, write_backlog
+    from bench.relay_contenders import outbox_command, write_backlog
 
     topic = f"{prefix}-bench"
     before = offsets.ends(topic)
