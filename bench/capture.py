@@ -36,11 +36,11 @@ from sqlalchemy.orm import Session
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import load_env  # noqa: E402
 from bench.publish import drop_database, fresh_database  # noqa: E402
 from outbox import capture, migrate  # noqa: E402
 from outbox.publish import Event, publish  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-from services.launcher import load_stack_env  # noqa: E402
 
 TABLE = ("create table {name} (id uuid primary key, customer_id text not null, "
          "status text not null, amount numeric(12, 2) not null, currency text not null, "
@@ -81,7 +81,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--per-round", type=int, default=250)
     args = parser.parse_args()
-    load_stack_env()
+    load_env()
     admin = os.environ["OUTBOX_DATABASE_URL"]
     url = fresh_database(admin)
     variants = ["base", "captured", "publish"]

@@ -72,3 +72,9 @@ def test_publish_bench_prints_rounds(pg_url: str) -> None:
 def test_consumer_bench_prints_rounds(pg_url: str, kafka_bootstrap: str) -> None:
     out = bench("consumer.py", "--events", "400", "--rounds", "1")
     assert "ratio dedupe / no-dedupe per round" in out
+
+
+def test_capture_bench_prints_rounds(pg_url: str) -> None:
+    out = bench("capture.py", "--rounds", "2", "--per-round", "20")
+    assert "per round, median ms (base / captured / publish)" in out
+    assert "trigger cost / publish() cost" in out
