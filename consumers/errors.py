@@ -28,3 +28,12 @@ def is_connection_lost(exc: BaseException) -> bool:
         return True
     driver = _driver_error(exc)
     return isinstance(driver, psycopg.OperationalError) and not isinstance(driver, _TRANSIENT)
+
+
+class Rewind(Exception):  # noqa: N818 - control flow inside the consumer runtime
+    """Stop this batch: nothing of what is left of it was settled; consume it again (seek
+    back) after ``delay`` seconds. Raised for an outage, never for one message's fault."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"rewind, retry in {delay:.1f}s")
+        self.delay = delay
