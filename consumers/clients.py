@@ -21,6 +21,9 @@ from outbox.settings import Settings
 
 log = logging.getLogger("outbox.consumer")
 
+# What the broker sees (and librdkafka's log lines name: "outbox-consumer#consumer-1")
+CONSUMER_CLIENT_ID = "outbox-consumer"
+DEAD_LETTER_CLIENT_ID = "outbox-dead-letters"
 # librdkafka's own ceiling for a producer's message.max.bytes
 _PRODUCER_MAX_BYTES = 1_000_000_000
 
@@ -30,6 +33,7 @@ def consumer_config(settings: Settings, options: ConsumerOptions, group: str,
     """The Kafka consumer's properties: manual offsets, cooperative rebalancing."""
     return with_client_logger({
         "bootstrap.servers": settings.kafka_bootstrap_servers,
+        "client.id": CONSUMER_CLIENT_ID,
         **settings.kafka_config,
         "group.id": group,
         "enable.auto.commit": False,
@@ -50,7 +54,8 @@ def dead_letter_producer(settings: Settings, options: ConsumerOptions) -> Produc
     each delivery within DELIVERY_TIMEOUT_MS."""
     room = min(_PRODUCER_MAX_BYTES, max(1_000_000, options.max_message_bytes + (1 << 20)))
     return Producer(with_client_logger({
-        **settings.producer_config(), "enable.idempotence": True, "acks": "all",
+        "client.id": DEAD_LETTER_CLIENT_ID, **settings.producer_config(),
+        "enable.idempotence": True, "acks": "all",
         "partitioner": "murmur2_random", "linger.ms": 1, "message.max.bytes": room,
         "message.timeout.ms": DELIVERY_TIMEOUT_MS}))
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from http.server import ThreadingHTTPServer
+from typing import Any
 
 import pytest
 
 from consumers import ConsumerOptions
+from services.launcher import free_port
 from tests.consumers.app import Running, build
 from tests.harness.kafka import create_topic
+from tests.harness.stack import service_missing
+from tests.test_compose import load_stack_module
 
 
 @pytest.fixture
@@ -28,3 +34,22 @@ def served(database_url: str, kafka_bootstrap: str,
         if running.thread.is_alive():
             running.stop()
         server.shutdown()
+
+
+@pytest.fixture
+def private_kafka() -> Iterator[Any]:
+    """A single-node Kafka of this test's own (ports, data directory), so that it can be
+    stopped without touching the shared broker."""
+    os.environ.setdefault("OUTBOX_STACK_KAFKA_HEAP", "384m")  # read when the module loads
+    stack = load_stack_module()
+    broker = stack.Kafka(port=free_port(), controller_port=free_port(),
+                         name=f"kafka-consumer-health-{os.getpid()}")
+    try:
+        broker.up()
+    except Exception as exc:  # no jars / no java: cannot run a private broker here
+        service_missing("a private Kafka broker", str(exc))  # fails in CI
+    try:
+        yield broker
+    finally:
+        broker.down()
+        shutil.rmtree(broker.home, ignore_errors=True)

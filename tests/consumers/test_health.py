@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 import urllib.error
 import urllib.request
 import uuid
 from http.server import ThreadingHTTPServer
+from typing import Any
 
+import pytest
 from sqlalchemy.orm import Session
 
 from consumers import ConsumerOptions, IncomingEvent
+from consumers.clients import CONSUMER_CLIENT_ID, DEAD_LETTER_CLIENT_ID
+from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
+from services.launcher import free_port
 from tests.consumers.app import Running, apply_effect, build
-from tests.harness.kafka import create_topic, produce
+from tests.harness.kafka import create_topic, produce, unique_topic
 
 
 def get(url: str) -> tuple[int, str]:
@@ -97,3 +103,85 @@ def test_lag_shows_a_backlog_while_it_is_worked_off(
     finally:
         running.stop()
         server.shutdown()
+
+
+def wait_health(base: str, healthy: bool, timeout: float) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    status, body = get(base + "/health")
+    while (status == 200) != healthy:
+        assert time.monotonic() < deadline, f"/health still {status} {body}"
+        time.sleep(0.2)
+        status, body = get(base + "/health")
+    info: dict[str, object] = json.loads(body)
+    return info
+
+
+@pytest.mark.slow
+def test_health_says_no_broker_is_reachable_while_kafka_is_down_and_recovers(
+        database_url: str, private_kafka: Any, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """And librdkafka's own lines about it go through the toolkit's logger, not stderr."""
+    bootstrap = f"127.0.0.1:{private_kafka.port}"
+    name = unique_topic("health-down")
+    create_topic(bootstrap, name, partitions=1)
+    app = build(database_url, bootstrap, name, "g-down", options=ConsumerOptions(
+        poll_timeout=0.2, stats_interval=0.5,
+        kafka_config={"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}))
+    server = app.serve_metrics(0)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    caplog.set_level(logging.INFO, logger="outbox.librdkafka")
+    running = Running(app)
+    try:
+        produce(bootstrap, name, [(b"k", b'{"eventType": "Thing", "n": 1}',
+                                   [("id", str(uuid.uuid4()).encode())])])
+        wait_health(base, True, 60)
+        private_kafka.down()
+        info = wait_health(base, False, 60)
+        assert "no Kafka broker reachable" in str(info["reason"]), info
+        assert info["brokers_up"] is False
+        private_kafka.up()
+        info = wait_health(base, True, 90)
+        assert info["reason"] == "consuming"
+        produce(bootstrap, name, [(b"k", b'{"eventType": "Thing", "n": 2}',
+                                   [("id", str(uuid.uuid4()).encode())])])
+        deadline = time.monotonic() + 60
+        while app.metrics.handled._value.get() < 2:
+            assert time.monotonic() < deadline, "nothing consumed after the broker came back"
+            time.sleep(0.2)
+    finally:
+        running.stop()
+        server.shutdown()
+    from_librdkafka = [r for r in caplog.records if r.name.startswith("outbox.librdkafka")]
+    assert from_librdkafka, "librdkafka's lines did not reach the logger"
+    # A raw line looks like "%3|1700000000.123|FAIL|outbox-consumer#consumer-1| ..." (the
+    # test's own producers, without a logger, may write some: not the consumer's).
+    ours = (CONSUMER_CLIENT_ID + "#", DEAD_LETTER_CLIENT_ID + "#")
+    raw = [line for line in capfd.readouterr().err.splitlines()
+           if line.startswith("%") and any(name in line for name in ours)]
+    assert not raw, raw[:5]
+    assert any(CONSUMER_CLIENT_ID in r.getMessage() for r in from_librdkafka)
+
+
+def test_start_up_checks_fail_fast_with_an_exit_code_and_one_line(
+        database_url: str, kafka_bootstrap: str, topic: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A wrong database password is configuration (3); a broker that does not answer within
+    startup_timeout is unavailable (6). Health says 'starting' until the checks pass."""
+    wrong = database_url.replace("outbox:outbox@", "outbox:wrong-password@")
+    assert wrong != database_url
+    options = ConsumerOptions(poll_timeout=0.2, startup_timeout=2)
+    app = build(database_url, kafka_bootstrap, topic, "g-start", options=options)
+    app.settings = app.settings.model_copy(update={"database_url": wrong})
+    caplog.set_level(logging.ERROR, logger="outbox.consumer")
+    assert app.run() == EXIT_CONFIG
+    [line] = [r.getMessage() for r in caplog.records if r.name == "outbox.consumer"]
+    assert "authentication failed" in line and "wrong-password" not in line
+    caplog.clear()
+    dead = f"127.0.0.1:{free_port()}"
+    app = build(database_url, dead, topic, "g-start", options=options)
+    started = time.monotonic()
+    assert app.run() == EXIT_UNAVAILABLE
+    assert time.monotonic() - started < 15
+    [line] = [r.getMessage() for r in caplog.records if r.name == "outbox.consumer"]
+    assert dead in line and "did not answer" in line
+    assert app.health() == (False, "not running")
