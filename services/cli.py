@@ -5,42 +5,99 @@
     outbox-saga order-api --port 8000 # HTTP API + the order service's consumer
     outbox-saga inventory | payment | shipping
     outbox-saga retry ORDER_ID        # re-send a stuck order's events (consumers dedupe)
+
+Every daemon checks at start that the database lets it in and the broker answers (within
+10 s): a problem is one log line and exit code 3 (configuration) or 6 (unavailable). A
+worker thread that stops on its own stops its process with exit code 7; each daemon has
+``/health`` (``--metrics-port``; the order API also on its own port). Exit codes:
+:mod:`outbox.exit_codes`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import signal
+import socket
 import sys
 import threading
+from collections.abc import Callable
 from decimal import Decimal
-from types import FrameType
+from typing import TypeVar
 
 import click
+import psycopg
+from prometheus_client import CollectorRegistry, Gauge
 
+from outbox import http
 from outbox.cli_options import settings_options
+from outbox.errors import ConfigurationError, ServiceUnavailableError
+from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
+from outbox.logs import configure_logging
+from outbox.preflight import check_database, check_kafka
 from outbox.settings import Settings
 from relay.replay import ReplayFilter, replay
 from services.gateway import SimulatedGateway
 from services.runtime import CONSUMERS, RelayGroup, for_service, make_engine, prepare_database
+from services.supervisor import Supervisor
 from services.tables import SCHEMAS
+
+log = logging.getLogger("outbox.saga")
+T = TypeVar("T")
+STARTUP_TIMEOUT = 10.0
 
 
 def _logging() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure_logging("text", "info")  # librdkafka's lines too, through the logger
 
 
-def _wait_for_signal() -> None:
-    stop = threading.Event()
+def _start_up(settings: Settings, relays: RelayGroup | None = None) -> None:
+    """The database lets us in and the broker answers (and the outboxes exist), or the
+    process exits with one line and its exit code."""
+    try:
+        check_database(settings, timeout=STARTUP_TIMEOUT)
+        check_kafka(settings, timeout=STARTUP_TIMEOUT)
+        if relays is not None:
+            relays.check_tables()
+    except ConfigurationError as exc:
+        log.error("%s", exc, extra={"action": "config_error"})
+        sys.exit(EXIT_CONFIG)
+    except (ServiceUnavailableError, psycopg.Error) as exc:
+        log.error("%s", str(exc).strip().splitlines()[0], extra={"action": "startup_unavailable"})
+        sys.exit(EXIT_UNAVAILABLE)
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
+def _listen(what: str, start: Callable[[], T]) -> T:
+    """``start()`` a listener, or exit with one line if its port cannot be had."""
+    try:
+        return start()
+    except OSError as exc:
+        log.error("%s: %s; choose another port", what, exc.strerror or exc,
+                  extra={"action": "config_error"})
+        sys.exit(EXIT_CONFIG)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _alive(thread: threading.Thread | None) -> Callable[[], float]:
+    return lambda: float(thread is not None and thread.is_alive())
+
+
+def _serve_health(supervisor: Supervisor, port: int) -> None:
+    """``/health`` (every worker alive and healthy) and ``/metrics`` (which are up)."""
+    registry = CollectorRegistry()
+    up = Gauge("outbox_saga_worker_up", "1 while the worker thread runs", ["worker"],
+               registry=registry)
+    for worker in supervisor.workers:
+        up.labels(worker.name).set_function(_alive(worker.thread))
+    _listen(f"--metrics-port {port}",
+            lambda: http.serve(registry, supervisor.health, "127.0.0.1", port,
+                               name="saga-http"))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -56,19 +113,28 @@ def setup(settings: Settings) -> None:
     click.echo(f"saga schemas ready: {', '.join(SCHEMAS)}")
 
 
-@main.command("relay")
-@settings_options
-def relay_command(settings: Settings) -> None:
-    """One relay for all four service outboxes (SIGTERM drains and stops)."""
-    _logging()
-    group = RelayGroup(settings)
-    group.start()
-    _wait_for_signal()
-    group.stop()
-
-
 METRICS_PORT = click.option("--metrics-port", type=int, default=None,
-                            help="serve Prometheus metrics on this port")
+                            help="serve Prometheus /metrics and /health on this port")
+
+
+@main.command("relay")
+@METRICS_PORT
+@settings_options
+def relay_command(settings: Settings, metrics_port: int | None) -> None:
+    """One relay for all four service outboxes (SIGTERM drains and stops).
+
+    If one of the relays stops on its own, the process stops with exit code 7.
+    """
+    _logging()
+    relays = RelayGroup(settings)
+    _start_up(settings, relays)
+    supervisor = Supervisor()
+    supervisor.install_signal_handlers()
+    relays.start(supervisor)
+    if metrics_port is not None:
+        _serve_health(supervisor, metrics_port)
+    supervisor.wait()
+    sys.exit(supervisor.stop())
 
 
 def _run_consumer(name: str, settings: Settings, metrics_port: int | None,
@@ -76,9 +142,14 @@ def _run_consumer(name: str, settings: Settings, metrics_port: int | None,
     _logging()
     consumer = CONSUMERS[name](settings, make_engine(settings), **kw)
     if metrics_port is not None:
-        consumer.serve_metrics(metrics_port)
+        _listen(f"--metrics-port {metrics_port}", lambda: consumer.serve_metrics(metrics_port))
     consumer.install_signal_handlers()
-    sys.exit(consumer.run())
+    try:
+        code = consumer.run()  # its start-up checks first: exit code 3 or 6
+    except Exception:
+        log.exception("%s consumer crashed", name, extra={"action": "consumer_crashed"})
+        code = EXIT_ERROR
+    sys.exit(code)
 
 
 @main.command()
@@ -114,35 +185,46 @@ def shipping(settings: Settings, metrics_port: int | None) -> None:
 @main.command("order-api")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=None,
+              help="larger request bodies are refused with 413  [default: 65536]")
 @METRICS_PORT
 @settings_options
-def order_api(settings: Settings, host: str, port: int, metrics_port: int | None) -> None:
-    """The order service: HTTP API plus its consumer (order-service-group)."""
+def order_api(settings: Settings, host: str, port: int, max_body_bytes: int | None,
+              metrics_port: int | None) -> None:
+    """The order service: HTTP API plus its consumer (order-service-group).
+
+    ``/health`` is 200 only while the database answers and the consumer is healthy; if
+    the consumer stops, the API stops too, with exit code 7.
+    """
     import uvicorn
 
+    from services.api_input import DEFAULT_MAX_BODY_BYTES
     from services.order import create_app
 
     _logging()
+    _start_up(settings)
+    sock = _listen(f"--host {host} --port {port}", lambda: _bind(host, port))
     engine = make_engine(settings)
     consumer = CONSUMERS["order"](settings, engine)
     if metrics_port is not None:
-        consumer.serve_metrics(metrics_port)
-    thread = threading.Thread(target=consumer.run, name="order-consumer", daemon=True)
-    thread.start()
-    app = create_app(for_service(settings, "orders"), engine)
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+        _listen(f"--metrics-port {metrics_port}", lambda: consumer.serve_metrics(metrics_port))
+    supervisor = Supervisor()
+    app = create_app(for_service(settings, "orders"), engine,
+                     max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+                     health=supervisor.check)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def stop_serving() -> None:
         server.should_exit = True  # uvicorn drains requests and returns
-        consumer.request_stop()
 
+    supervisor.on_death.append(stop_serving)
     # Our own handlers: uvicorn's re-raise the signal after shutdown (exit -15, not 0).
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    server.run()
-    consumer.request_stop()
-    thread.join(30)
+    supervisor.install_signal_handlers(also=stop_serving)
+    supervisor.start("order-consumer", consumer.run, consumer.request_stop,
+                     health=consumer.health)
+    server.run(sockets=[sock])
+    sys.exit(supervisor.stop())
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -59,10 +60,8 @@ class SagaProcesses:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self, name: str) -> list[str]:
-        base = [sys.executable, "-m", "services.cli", name]
-        if name != "relay":
-            port = self.metrics_ports.setdefault(name, free_port())
-            base += ["--metrics-port", str(port)]
+        port = self.metrics_ports.setdefault(name, free_port())
+        base = [sys.executable, "-m", "services.cli", name, "--metrics-port", str(port)]
         if name == "order-api":
             return [*base, "--port", str(self.port)]
         if name == "payment":
@@ -81,23 +80,33 @@ class SagaProcesses:
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
 
+    def health_urls(self) -> dict[str, str]:
+        """Every running process's ``/health`` (the order API's on its own port)."""
+        urls = {name: f"http://127.0.0.1:{self.metrics_ports[name]}/health"
+                for name in self.procs if name in self.metrics_ports}
+        if "order-api" in self.procs:
+            urls["order-api"] = self.api + "/health"
+        return urls
+
     def start_all(self, timeout: float = 60.0) -> None:
-        """Start everything and wait until the order API answers."""
+        """Start everything and wait until every process says it is healthy."""
         for name in SERVICES:
             self.start(name)
         deadline = time.monotonic() + timeout
+        waiting = self.health_urls()
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}; see "
                                        f"{self.log_dir / (name + '.log')}")
-            try:
-                if httpx.get(self.api + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
+            for name, url in list(waiting.items()):
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(url, timeout=1).status_code == 200:
+                        del waiting[name]
+            if not waiting:
+                return
             time.sleep(0.3)
-        raise RuntimeError(f"order API not up after {timeout:.0f}s")
+        raise RuntimeError(f"not healthy after {timeout:.0f}s: {', '.join(sorted(waiting))}")
 
     def consumer_metric(self, name: str) -> float:
         """A counter summed over the running consumers (e.g. duplicates skipped)."""

@@ -12,32 +12,42 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Header, HTTPException
+from fastapi import FastAPI, Header, HTTPException, Path
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from outbox.publish import publish
 from outbox.settings import Settings
 from outbox.uuid7 import uuid7
 from services import events as ev
+from services.api_input import (
+    DEFAULT_MAX_BODY_BYTES,
+    MAX_MESSAGE,
+    BodyLimit,
+    Text,
+    validation_error,
+)
 from services.messages import SagaMessage, field
 from services.tables import UTC_NOW, order_history, orders
 
 FINAL = ("COMPLETED", "CANCELLED")
+HealthCheck = Callable[[], tuple[bool, str]]
 
 
 class OrderLine(BaseModel):
     """One line of an order."""
 
     model_config = ConfigDict(extra="forbid")
-    sku: str = Field(min_length=1, max_length=64)
+    sku: Text = Field(min_length=1, max_length=64)
     quantity: int = Field(gt=0, le=10_000)
 
 
@@ -45,7 +55,7 @@ class OrderRequest(BaseModel):
     """The body of ``POST /orders``."""
 
     model_config = ConfigDict(extra="forbid")
-    customer_id: str = Field(alias="customerId", min_length=1, max_length=255)
+    customer_id: Text = Field(alias="customerId", min_length=1, max_length=255)
     items: list[OrderLine] = Field(min_length=1, max_length=100)
     amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
     currency: str = Field(default="EUR", pattern=r"^[A-Z]{3}$")
@@ -77,15 +87,23 @@ def place_order(settings: Settings, session: Session, body: OrderRequest,
     return {"orderId": order_id, "correlationId": correlation_id, "status": "PENDING"}
 
 
-def create_app(settings: Settings, engine: Engine) -> FastAPI:
-    """The order API over ``engine``."""
+def create_app(settings: Settings, engine: Engine, *,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               health: HealthCheck | None = None) -> FastAPI:
+    """The order API over ``engine``.
+
+    ``max_body_bytes``: larger request bodies get 413 unread. ``health``: what else
+    ``/health`` requires besides the database (the order service's consumer).
+    """
     app = FastAPI(title="Order service", version="1")
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    app.add_exception_handler(RequestValidationError, validation_error)
 
     @app.post("/orders", status_code=202)
     def create_order(
         body: OrderRequest,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-        x_correlation_id: Annotated[str | None, Header(max_length=64)] = None,
+        idempotency_key: Annotated[Text | None, Header(max_length=255)] = None,
+        x_correlation_id: Annotated[Text | None, Header(max_length=64)] = None,
     ) -> JSONResponse:
         try:
             with Session(engine) as session, session.begin():
@@ -106,7 +124,7 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
                              "status": row.status}, status_code=202)
 
     @app.get("/orders/{order_id}")
-    def get_order(order_id: str) -> dict[str, Any]:
+    def get_order(order_id: Annotated[Text, Path(max_length=64)]) -> dict[str, Any]:
         with Session(engine) as session:
             row = session.execute(select(orders).where(orders.c.id == order_id)).first()
             if row is None:
@@ -124,10 +142,16 @@ def create_app(settings: Settings, engine: Engine) -> FastAPI:
         }
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        with engine.connect() as conn:
-            conn.exec_driver_sql("select 1")
-        return {"status": "ok"}
+    def check_health() -> JSONResponse:
+        try:
+            with engine.connect() as conn:
+                conn.exec_driver_sql("select 1")
+        except SQLAlchemyError as exc:
+            reason = f"database: {str(exc).splitlines()[0][:MAX_MESSAGE]}"
+            return JSONResponse({"status": "unhealthy", "reason": reason}, status_code=503)
+        ok, reason = health() if health is not None else (True, "running")
+        return JSONResponse({"status": "ok" if ok else "unhealthy", "reason": reason},
+                            status_code=200 if ok else 503)
 
     return app
 

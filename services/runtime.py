@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable
 
 import psycopg
@@ -18,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from consumers import Consumer, ConsumerOptions, IncomingEvent
 from outbox import migrate
+from outbox.errors import ConfigurationError
 from outbox.record import topic_for
 from outbox.settings import Settings
 from relay.loop import Relay, RelayOptions
@@ -25,6 +25,7 @@ from relay.queries import Queries
 from services import events as ev
 from services import inventory, order, payment, shipping
 from services.gateway import PaymentGateway
+from services.supervisor import Supervisor
 from services.tables import (
     INVENTORY_SCHEMA,
     ORDERS_SCHEMA,
@@ -145,24 +146,41 @@ CONSUMERS: dict[str, Callable[..., Consumer]] = {
 
 
 class RelayGroup:
-    """One relay per service outbox, in one process: "one relay for all"."""
+    """One relay per service outbox, in one process: "one relay for all".
+
+    Each relay is a worker of a :class:`~services.supervisor.Supervisor`: if one of them
+    stops on its own, the process stops (exit code EXIT_WORKER_DIED) instead of relaying
+    three outboxes of four.
+    """
 
     def __init__(self, base: Settings, options: RelayOptions | None = None) -> None:
         self.relays = [Relay(for_service(base, schema), options or RelayOptions(
             poll_interval=0.2)) for schema in SCHEMAS]
-        self.threads: list[threading.Thread] = []
 
-    def start(self) -> None:
-        """Run every relay in a thread of its own."""
-        for relay in self.relays:
-            thread = threading.Thread(target=relay.run, name=f"relay-{relay.settings.db_schema}",
-                                      daemon=True)
-            thread.start()
-            self.threads.append(thread)
+    def check_tables(self) -> None:
+        """Every service's outbox is there and up to date, or one ConfigurationError
+        naming what is missing (a start-up check: the relays would stop on it)."""
+        problems: list[str] = []
+        with psycopg.connect(self.relays[0].settings.libpq_url(), connect_timeout=5,
+                             application_name="outbox-saga-preflight") as conn:
+            for relay in self.relays:
+                problem = relay.queries.schema_problem(conn)
+                if problem is not None:
+                    problems.append(problem)
+        if problems:
+            raise ConfigurationError("; ".join(problems) + " (the saga's schemas: run "
+                                     "`outbox-saga setup`)")
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish in-flight deliveries, mark them, stop."""
+    def start(self, supervisor: Supervisor) -> None:
+        """Run every relay as a worker of ``supervisor``."""
         for relay in self.relays:
-            relay.request_stop()
-        for thread in self.threads:
-            thread.join(timeout)
+            supervisor.start(f"relay-{relay.settings.db_schema}", relay.run,
+                             relay.request_stop, health=_relay_health(relay))
+
+
+def _relay_health(relay: Relay) -> Callable[[], tuple[bool, str]]:
+    def check() -> tuple[bool, str]:
+        ok, info = relay.health.snapshot()
+        return ok, str(info.get("detail", ""))
+
+    return check

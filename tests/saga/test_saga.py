@@ -176,3 +176,19 @@ def test_settings_for_a_service_keep_the_rest(database_url: str) -> None:
     svc = for_service(base, "payment")
     assert (svc.db_schema, svc.topic_template, svc.database_url) == (
         "payment", "x-{aggregatetype}", database_url)
+
+
+def test_every_process_answers_health(saga: SagaProcesses) -> None:
+    """The relay process reports each of its relays; the order API its consumer."""
+    urls = saga.health_urls()
+    assert set(urls) == {"relay", "inventory", "payment", "shipping", "order-api"}
+    for name, url in urls.items():
+        response = httpx.get(url, timeout=5)
+        assert response.status_code == 200, (name, response.text)
+    relay = httpx.get(urls["relay"], timeout=5).json()
+    assert set(relay["workers"]) == {"relay-orders", "relay-inventory", "relay-payment",
+                                     "relay-shipping"}
+    assert all(w["alive"] and w["healthy"] for w in relay["workers"].values())
+    assert httpx.get(urls["inventory"], timeout=5).json()["reason"] == "consuming"
+    assert httpx.get(urls["order-api"], timeout=5).json() == {"status": "ok",
+                                                              "reason": "running"}

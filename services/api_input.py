@@ -1,0 +1,97 @@
+"""What the order API accepts: a bounded body, strings PostgreSQL can store, and errors that
+name the field without echoing what was sent.
+
+- :class:`BodyLimit` answers 413 to a body over the limit: at once when its
+  ``Content-Length`` says so, and as soon as the bytes read pass the limit when it is
+  streamed without one — so a 200 MB request never takes 200 MB of memory.
+- :data:`Text` refuses NUL, other control characters and unpaired surrogates: PostgreSQL
+  cannot store NUL in text nor encode a lone surrogate (both were a 500), and no control
+  character belongs in an id or a SKU.
+- :func:`validation_error` is the 422 body: for each problem its location, a message cut
+  to :data:`MAX_MESSAGE` characters and its type — never the input, which FastAPI's
+  default handler echoes whole.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import AfterValidator
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+DEFAULT_MAX_BODY_BYTES = 64 * 1024  # an order of 100 lines is ~10 KB
+MAX_MESSAGE = 200
+MAX_ERRORS = 20
+_UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain NUL, control characters or unpaired surrogates")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+"""A string with no NUL, control character or unpaired surrogate (else 422)."""
+
+
+def _cut(text: object, limit: int) -> str:
+    value = str(text)
+    return value if len(value) <= limit else value[:limit] + "…"
+
+
+async def validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 naming what is wrong and where, without the input."""
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    detail = [{"loc": [_cut(part, 64) for part in error.get("loc", ())],
+               "msg": _cut(error.get("msg", ""), MAX_MESSAGE), "type": error.get("type")}
+              for error in errors[:MAX_ERRORS]]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over ``max_bytes`` with 413."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # FastAPI passes an HTTPException raised while reading the body on to
+                    # its handler (any other exception would become a 400).
+                    raise HTTPException(413, self._detail)
+            return message
+
+        await self.app(scope, limited, send)
+
+    @property
+    def _detail(self) -> str:
+        return f"request body over {self.max_bytes} bytes"
+
+    async def _refuse(self, send: Send) -> None:
+        body = b'{"detail": "' + self._detail.encode() + b'"}'
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
