@@ -210,3 +210,31 @@ def test_a_handler_returning_a_coroutine_is_never_recorded_as_processed(
         row = conn.execute("select count(*) from inbox where event_id = %s", (eid,)).fetchone()
     assert row == (0,)
 
+
+
+def test_a_dead_letter_topic_that_refuses_everything_is_an_outage_not_a_skip(
+        database_url: str, kafka_bootstrap: str, one_partition: str) -> None:
+    """Even the bare letter is refused (the .dlq topic takes 200 bytes): the consumer
+    retries, says so on /health, stops cleanly when asked, and once the topic is fixed
+    the letter lands and the message after it is applied — nothing skipped, no crash."""
+    dlq = one_partition + ".dlq"
+    create_topic(kafka_bootstrap, dlq, partitions=1)
+    allow_large(kafka_bootstrap, dlq, 200)
+    produce(kafka_bootstrap, one_partition, [
+        (b"k", b"not json", [("id", str(uuid.uuid4()).encode())]), thing(1)])
+    app = build(database_url, kafka_bootstrap, one_partition, "g-outage", options=OPTIONS)
+    running = Running(app)
+    deadline = time.monotonic() + 60
+    while "dead letters not acknowledged" not in app.health()[1]:
+        assert running.thread.is_alive(), "the consumer crashed"
+        assert time.monotonic() < deadline, app.health()
+        time.sleep(0.2)
+    assert app.health()[0] is False
+    running.stop()  # during the outage: the message is given back, not committed
+    assert applied(database_url) == []
+    allow_large(kafka_bootstrap, dlq, 1_000_000)
+    app = build(database_url, kafka_bootstrap, one_partition, "g-outage", options=OPTIONS)
+    run_until_applied(app, database_url, [1])
+    [letter] = consume_all(kafka_bootstrap, dlq, expected=1, idle=0.5)
+    assert letter.header("dlq.reason") == b"undecodable-value"
+    assert letter.value == b"not json"
