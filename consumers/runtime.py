@@ -218,6 +218,7 @@ class Consumer:
             # consume(n, timeout) alone would wait for n messages or the full timeout,
             # adding up to poll_timeout of latency at every hop of a quiet saga.
             first = self.kafka.poll(self.options.poll_timeout)
+            self.metrics.last_poll.set(time.time())
             self.dead_letters.poll()  # its log lines, while nothing is dead-lettered
             if first is None:
                 continue

@@ -185,3 +185,17 @@ def test_start_up_checks_fail_fast_with_an_exit_code_and_one_line(
     [line] = [r.getMessage() for r in caplog.records if r.name == "outbox.consumer"]
     assert dead in line and "did not answer" in line
     assert app.health() == (False, "not running")
+
+
+def test_the_last_poll_gauge_follows_the_consume_loop(
+        served: tuple[Running, ThreadingHTTPServer, str]) -> None:
+    _running, _server, base = served
+    deadline = time.monotonic() + 30
+    while metric(get(base + "/metrics")[1], "outbox_consumer_last_poll_timestamp_seconds") == 0:
+        assert time.monotonic() < deadline, "the loop never set the gauge"
+        time.sleep(0.2)
+    first = metric(get(base + "/metrics")[1], "outbox_consumer_last_poll_timestamp_seconds")
+    assert abs(time.time() - first) < 5
+    time.sleep(1)  # idle polls move it on too (poll_timeout 0.2 s)
+    assert metric(get(base + "/metrics")[1],
+                  "outbox_consumer_last_poll_timestamp_seconds") > first
