@@ -52,10 +52,9 @@ class DeadLetterWriter:
 
     def send(self, msg: Received, failure: Failure) -> DeadLetter:
         """Dead-letter ``msg``; returns once Kafka acknowledged it (the letter written)."""
-        rungs: list[Builder] = [truncated_letter, bare_letter]
+        rungs: list[Builder] = [truncated_letter]
         if failure.reason != "too-large":
             rungs.insert(0, full_letter)
-        letter: DeadLetter | None = None
         for build in rungs:
             try:
                 letter = build(msg, self.group, failure)
@@ -64,13 +63,18 @@ class DeadLetterWriter:
                             msg.topic, msg.partition, msg.offset, build.__name__,
                             describe(exc), extra={"action": "dlq_truncated"})
                 continue
-            refusal = self._deliver(letter, refused_is_outage=build is bare_letter)
+            refusal = self._deliver(letter, refused_is_outage=False)
             if refusal is None:
-                break
+                return self._sent(msg, failure, letter)
             log.warning("%s refused the dead letter of %s[%s]@%s (%s): sending less of it",
                         letter.topic, msg.topic, msg.partition, msg.offset, refusal,
                         extra={"action": "dlq_truncated"})
-        assert letter is not None  # the bare letter cannot fail to build
+        # Our own diagnostics only: it cannot fail to build; refused, it is an outage.
+        letter = bare_letter(msg, self.group, failure)
+        self._deliver(letter, refused_is_outage=True)
+        return self._sent(msg, failure, letter)
+
+    def _sent(self, msg: Received, failure: Failure, letter: DeadLetter) -> DeadLetter:
         self.metrics.dead_lettered.labels(reason=failure.reason).inc()
         log.error("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset,
                   failure.reason, describe(failure.exception),

@@ -170,11 +170,17 @@ class Consumer:
             code = self._start_up_checks()
             if code is not None:
                 return code
-            self.dead_letters = DeadLetterWriter(
-                lambda: dead_letter_producer(self.settings, self.options), self.group,
-                self.applier.backoff, self.stopping, self.state, self.metrics)
-            self.kafka = KafkaConsumer(consumer_config(self.settings, self.options, self.group,
-                                                       self.topics, self.state))
+            try:
+                self.dead_letters = DeadLetterWriter(
+                    lambda: dead_letter_producer(self.settings, self.options), self.group,
+                    self.applier.backoff, self.stopping, self.state, self.metrics)
+                self.kafka = KafkaConsumer(consumer_config(
+                    self.settings, self.options, self.group, self.topics, self.state))
+            except (KafkaException, ValueError, TypeError) as exc:  # a refused property
+                log.error("Kafka client configuration rejected: %s; check kafka_config / "
+                          "OUTBOX_KAFKA_CONFIG", str(exc).splitlines()[0] if str(exc) else exc,
+                          extra={"action": "config_error", "group": self.group})
+                return EXIT_CONFIG
             self.kafka.subscribe(self.topics, on_revoke=self._on_revoke)
             log.info("consumer started", extra={"action": "consumer_start", "group": self.group,
                                                 "topics": self.topics})

@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from dataclasses import replace
 from http.server import ThreadingHTTPServer
 from typing import Any
 
@@ -185,6 +186,12 @@ def test_start_up_checks_fail_fast_with_an_exit_code_and_one_line(
     [line] = [r.getMessage() for r in caplog.records if r.name == "outbox.consumer"]
     assert dead in line and "did not answer" in line
     assert app.health() == (False, "not running")
+    caplog.clear()
+    typo = replace(options, kafka_config={"session.timeout.msec": "6000"})
+    app = build(database_url, kafka_bootstrap, topic, "g-start", options=typo)
+    assert app.run() == EXIT_CONFIG
+    [line] = [r.getMessage() for r in caplog.records if r.name == "outbox.consumer"]
+    assert "session.timeout.msec" in line
 
 
 def test_the_last_poll_gauge_follows_the_consume_loop(
