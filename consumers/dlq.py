@@ -33,6 +33,8 @@ import datetime as dt
 import hashlib
 from dataclasses import dataclass
 
+from confluent_kafka import Message
+
 from consumers.message import RawHeaders, Received, record_size
 
 DLQ_SUFFIX = ".dlq"
@@ -96,12 +98,14 @@ def _originals(headers: RawHeaders) -> RawHeaders:
     return [(k, v) for k, v in headers if not k.startswith(PREFIX)]
 
 
-def dead_letter_headers(msg: Received, group: str, failure: Failure) -> RawHeaders:
+def dead_letter_headers(msg: Received | Message, group: str, failure: Failure) -> RawHeaders:
     """The original headers (all of them, in order) followed by the diagnostic ones.
 
     Raises the message's :class:`~consumers.message.PoisonMessageError` if its headers
-    cannot be read.
+    cannot be read. A confluent-kafka ``Message`` is read once (:meth:`Received.of`).
     """
+    if not isinstance(msg, Received):
+        msg = Received.of(msg)
     if msg.headers is None:
         raise msg.unreadable or ValueError("headers cannot be read")
     return _originals(msg.headers) + _diagnostics(msg, group, failure)

@@ -100,7 +100,19 @@ class ConsumerHealth:
                     "brokers_up": self.brokers_up}
 
 
-def serve(registry: CollectorRegistry, health: Callable[[], tuple[bool, dict[str, object]]],
+def serve(registry: CollectorRegistry,
+          health: Callable[[], tuple[bool, dict[str, object]] | tuple[bool, str]],
           port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
-    """Serve ``/metrics`` and ``/health`` on ``host:port`` in a daemon thread."""
-    return http.serve(registry, health, host, port, name="consumer-http")
+    """Serve ``/metrics`` and ``/health`` on ``host:port`` in a daemon thread.
+
+    ``health`` returns (healthy, details) — :meth:`ConsumerHealth.snapshot` — or
+    (healthy, one-line reason), which is served as ``{"status", "reason"}``.
+    """
+
+    def probe() -> tuple[bool, dict[str, object]]:
+        ok, info = health()
+        if isinstance(info, str):
+            return ok, {"status": "ok" if ok else "unhealthy", "reason": info}
+        return ok, info
+
+    return http.serve(registry, probe, host, port, name="consumer-http")

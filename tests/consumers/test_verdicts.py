@@ -25,6 +25,7 @@ from consumers.dlq import (
     KEEP_VALUE_BYTES,
     Failure,
     bare_letter,
+    dead_letter_headers,
     full_letter,
     truncated_letter,
 )
@@ -183,3 +184,11 @@ def test_a_returned_coroutine_is_a_failure_and_is_closed() -> None:
     with pytest.raises(TypeError, match="sneaky"):
         call_handler(sneaky, None, event)  # type: ignore[arg-type]
     assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED  # no warning later
+
+
+def test_dead_letter_headers_also_take_a_confluent_message() -> None:
+    """For callers that build a Message of their own (a forwarder dead-lettering an event)."""
+    msg = Message(topic="t", partition=2, offset=9, value=b"v", headers=[("id", b"1")],
+                  timestamp=(1, 5))
+    headers = dict(dead_letter_headers(msg, "g", FAIL))
+    assert headers["id"] == b"1" and headers["dlq.original.offset"] == b"9"
