@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from outbox.settings import Settings
+from outbox.settings import Settings, qualified, quote_ident
 
 
 def run_cdc_checks(settings: Settings, slot: str | None = None,
@@ -38,7 +38,7 @@ def _problems(conn: psycopg.Connection[Any], settings: Settings, slot: str | Non
                         "where rolname = current_user").fetchone()
     if role is not None and not (role[1] or role[2]):
         problems.append(f"role {role[0]!r} lacks the REPLICATION attribute: "
-                        f'ALTER ROLE "{role[0]}" WITH REPLICATION;')
+                        f"ALTER ROLE {quote_ident(role[0])} WITH REPLICATION;")
     for setting, minimum in (("max_replication_slots", 1), ("max_wal_senders", 1)):
         row = conn.execute(f"show {setting}").fetchone()
         if row is None or int(row[0]) < minimum:
@@ -76,8 +76,8 @@ def _problems(conn: psycopg.Connection[Any], settings: Settings, slot: str | Non
             problems.append(f"publication {publication!r} does not cover "
                             f"{settings.db_schema}.{settings.outbox_table}: the connector "
                             "creates it (publication.autocreate.mode=filtered), or: "
-                            f'CREATE PUBLICATION "{publication}" FOR TABLE '
-                            f"{settings.db_schema}.{settings.outbox_table};")
+                            f"CREATE PUBLICATION {quote_ident(publication)} FOR TABLE "
+                            f"{qualified(settings.db_schema, settings.outbox_table)};")
     return problems
 
 

@@ -9,12 +9,12 @@ from typing import Any, TypeVar
 import click
 
 from connect.checks import cdc_findings, slot_lag_bytes
-from connect.client import ConnectClient, ConnectError
+from connect.client import ConnectClient
 from connect.config import CONNECTOR_CLASS, CdcOptions, masked, render
 from connect.exporter import exporter
 from outbox.cli_options import settings_options
-from outbox.errors import OutboxError
-from outbox.settings import Settings
+from outbox.errors import ConfigurationError
+from outbox.settings import Settings, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,10 +38,7 @@ def _options(name: str, password_ref: str, database_host: str | None) -> CdcOpti
 
 
 def _render(settings: Settings, options: CdcOptions) -> dict[str, str]:
-    try:
-        return render(settings, options)
-    except OutboxError as exc:
-        raise click.ClickException(str(exc)) from None
+    return render(settings, options)
 
 
 def _client(settings: Settings) -> ConnectClient:
@@ -70,10 +67,7 @@ def validate(settings: Settings, name: str, password_ref: str,
              database_host: str | None) -> None:
     """Ask Kafka Connect to validate the configuration; errors are shown per field."""
     config = _render(settings, _options(name, password_ref, database_host))
-    try:
-        errors = _client(settings).validate(CONNECTOR_CLASS, {**config, "name": name})
-    except ConnectError as exc:
-        raise click.ClickException(str(exc)) from None
+    errors = _client(settings).validate(CONNECTOR_CLASS, {**config, "name": name})
     if errors:
         for field, messages in sorted(errors.items()):
             for message in messages:
@@ -89,14 +83,11 @@ def apply(settings: Settings, name: str, password_ref: str, database_host: str |
     """Create the connector or update it to the rendered configuration (idempotent)."""
     config = _render(settings, _options(name, password_ref, database_host))
     client = _client(settings)
-    try:
-        current = client.get_config(name)
-        if current is not None and {k: v for k, v in current.items() if k != "name"} == config:
-            click.echo(f"unchanged: {name}")
-            return
-        client.put_config(name, config)
-    except ConnectError as exc:
-        raise click.ClickException(str(exc)) from None
+    current = client.get_config(name)
+    if current is not None and {k: v for k, v in current.items() if k != "name"} == config:
+        click.echo(f"unchanged: {name}")
+        return
+    client.put_config(name, config)
     click.echo(f"{'created' if current is None else 'updated'}: {name}")
 
 
@@ -106,12 +97,10 @@ def apply(settings: Settings, name: str, password_ref: str, database_host: str |
 def status(settings: Settings, name: str, password_ref: str, database_host: str | None) -> None:
     """Connector and task state, failure traces, and the replication slot's lag."""
     config = _render(settings, _options(name, password_ref, database_host))
-    try:
-        info = _client(settings).status(name)
-    except ConnectError as exc:
-        raise click.ClickException(str(exc)) from None
+    info = _client(settings).status(name)
     if info is None:
-        raise click.ClickException(f"no connector {name!r}: run `outbox connect apply`")
+        raise ConfigurationError(f"no connector {name!r} at {redact_url(settings.connect_url)}:"
+                                 " run `outbox connect apply` (or check --name)")
     click.echo(f"connector {name}: {info['connector']['state']}")
     failed = info["connector"]["state"] == "FAILED"
     for task in info.get("tasks", []):
@@ -120,10 +109,7 @@ def status(settings: Settings, name: str, password_ref: str, database_host: str 
             failed = True
             click.echo("    " + task["trace"].strip().splitlines()[0])
     slot = config["slot.name"]
-    try:
-        lag = slot_lag_bytes(settings, slot)
-    except OutboxError as exc:
-        raise click.ClickException(str(exc)) from None
+    lag = slot_lag_bytes(settings, slot)
     click.echo(f"slot {slot}: " + ("missing" if lag is None else f"{lag} bytes behind"))
     if failed:
         raise SystemExit(1)
@@ -135,14 +121,12 @@ def _simple(action: str, help_text: str) -> click.Command:
     @settings_options
     def command(settings: Settings, name: str) -> None:
         client = _client(settings)
-        try:
-            if action == "delete":
-                if not client.delete(name):
-                    raise click.ClickException(f"no connector {name!r}")
-            else:
-                getattr(client, action)(name)
-        except ConnectError as exc:
-            raise click.ClickException(str(exc)) from None
+        if action == "delete":
+            if not client.delete(name):
+                raise ConfigurationError(f"no connector {name!r} at "
+                                         f"{redact_url(settings.connect_url)} (check --name)")
+        else:
+            getattr(client, action)(name)
         click.echo(f"{action}: {name}")
 
     return command

@@ -7,11 +7,20 @@ from typing import Any
 
 import httpx
 
-from outbox.errors import OutboxError
+from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
+from outbox.settings import redact_url, scrub_secrets, url_secrets
 
 
 class ConnectError(OutboxError):
     """Kafka Connect refused a request or could not be reached."""
+
+
+class ConnectUnavailableError(ConnectError, ServiceUnavailableError):
+    """Kafka Connect did not answer."""
+
+
+class ConnectAuthError(ConnectError, ConfigurationError):
+    """Kafka Connect refused the credentials (401) or the request (403)."""
 
 
 def _message(response: httpx.Response) -> str:
@@ -34,8 +43,15 @@ class ConnectClient:
 
     def __init__(self, url: str, timeout: float = 30.0, rebalance_wait: float = 30.0) -> None:
         self.url = url.rstrip("/")
+        # What errors show: the URL without its user:password@ (basic auth), which is
+        # masked in whatever else an error quotes too.
+        self.shown_url = redact_url(self.url)
+        self._secrets = url_secrets(self.url)
         self.http = httpx.Client(base_url=self.url, timeout=timeout)
         self.rebalance_wait = rebalance_wait
+
+    def _clean(self, text: str) -> str:
+        return scrub_secrets(redact_url(text), self._secrets)
 
     def _call(self, method: str, path: str, json: Any = None,
               ok_missing: bool = False) -> Any:
@@ -45,8 +61,9 @@ class ConnectClient:
             try:
                 response = self.http.request(method, path, json=json)
             except httpx.HTTPError as exc:
-                raise ConnectError(f"Kafka Connect at {self.url} is not reachable ({exc}); "
-                                   "check OUTBOX_CONNECT_URL / --connect-url") from None
+                raise ConnectUnavailableError(self._clean(
+                    f"Kafka Connect at {self.shown_url} is not reachable ({exc}); is it "
+                    "running? check OUTBOX_CONNECT_URL / --connect-url")) from None
             if not _rebalancing(response) or time.monotonic() + delay > deadline:
                 break
             time.sleep(delay)
@@ -54,8 +71,10 @@ class ConnectClient:
         if response.status_code == 404 and ok_missing:
             return None
         if response.status_code >= 400:
-            raise ConnectError(f"Kafka Connect {method} {path}: {response.status_code} "
-                               f"{_message(response)}")
+            error = ConnectAuthError if response.status_code in (401, 403) else ConnectError
+            raise error(self._clean(
+                f"Kafka Connect at {self.shown_url}: {method} {path}: "
+                f"{response.status_code} {_message(response)}"))
         return response.json() if response.content else None
 
     def validate(self, connector_class: str, config: dict[str, str]) -> dict[str, list[str]]:

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
 from consumers.message import IncomingEvent
-from outbox.settings import Settings
+from outbox.settings import Settings, qualified
 from outbox.tables import tables_for
 
 
@@ -27,7 +27,7 @@ class InboxStore:
     def __init__(self, settings: Settings) -> None:
         self.table = _inbox(settings.db_schema, settings.inbox_table)
         # Schema and table names passed check_identifier when the table was defined.
-        name = f'"{settings.db_schema}"."{settings.inbox_table}"'
+        name = qualified(settings.db_schema, settings.inbox_table)
         self._claim_many = text(
             f'insert into {name} (consumer_group, event_id, topic, partition, "offset") '
             "select :group, u.event_id, u.topic, u.partition, u.offset from unnest("

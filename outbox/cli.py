@@ -2,15 +2,23 @@
 
 Each area owns its commands in its own module; this group only knows where they live and
 imports a module when its command runs, so ``outbox --help`` stays fast.
+
+Every error ends the same way: ONE line on stderr, ``Error: what is wrong; what to do``,
+and an exit code from :mod:`outbox.exit_codes` (docs/operations.md lists them). Usage
+errors too (click would print three lines of usage around them).
 """
 
 from __future__ import annotations
 
 import importlib
+import sys
+from collections.abc import Sequence
+from typing import Any
 
 import click
 
 from outbox import __version__
+from outbox.exit_codes import EXIT_ERROR
 
 # command name -> "module:attribute" of the click command (its docstring is its help)
 COMMANDS: dict[str, str] = {
@@ -41,6 +49,43 @@ class LazyGroup(click.Group):
         if not isinstance(command, click.Command):
             raise TypeError(f"{target} is not a click command")
         return command
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        """Run the command line; in standalone mode every error is one line and an exit
+        code (a bug's traceback only with ``OUTBOX_TRACEBACK=1``)."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            click.echo(exc.format_message())  # a group without a command: its help
+            sys.exit(exc.exit_code)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            _error_line(exc.format_message() + hint)
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            _error_line(exc.format_message())
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            _error_line("aborted, nothing done")
+            sys.exit(EXIT_ERROR)
+        except Exception as exc:
+            from outbox.cli_options import cli_error, traceback_wanted
+
+            if traceback_wanted():
+                raise
+            error = cli_error(exc)
+            _error_line(error.format_message())
+            sys.exit(error.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error_line(message: str) -> None:
+    """``Error: message`` on stderr, folded onto one line."""
+    click.echo("Error: " + " ".join(message.split()), err=True)
 
 
 @click.group(cls=LazyGroup,

@@ -6,20 +6,20 @@ import importlib
 from collections.abc import Callable
 
 import click
-import sqlalchemy.exc
 
 from outbox import migrate
-from outbox.cli_options import settings_options
-from outbox.errors import OutboxError
-from outbox.settings import Settings, redact_url
+from outbox.cli_options import confirm, settings_options
+from outbox.settings import Settings
 
 
-def _database_error(settings: Settings, exc: Exception) -> click.ClickException:
-    if isinstance(exc, OutboxError):  # our own errors are already one clear line
-        return click.ClickException(str(exc))
-    first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
-    return click.ClickException(
-        f"database {redact_url(settings.libpq_url())}: {first}")
+def _revision(revision: str) -> str:
+    """``revision`` if this toolkit knows it, else a usage error listing those it does."""
+    if not migrate.known_revision(revision):
+        raise click.BadParameter(
+            f"{revision!r} is not a revision of this toolkit: use one of base, "
+            f"{', '.join(migrate.revisions())}, head, or a step such as -1",
+            param_hint="REVISION")
+    return revision
 
 
 @click.group()
@@ -27,44 +27,52 @@ def db() -> None:
     """Migrations: add the outbox and inbox tables to an existing database."""
 
 
-@db.command()
+# A relative revision (-1) is an argument, not an unknown option.
+_REVISION_ARGS = {"ignore_unknown_options": True}
+
+
+@db.command(context_settings=_REVISION_ARGS)
 @click.argument("revision", default="head")
 @click.option("--sql", is_flag=True, help="print the SQL for a DBA instead of running it")
 @settings_options
 def upgrade(settings: Settings, revision: str, sql: bool) -> None:
     """Create or upgrade the toolkit's tables (only those; nothing else is touched)."""
-    _migrate(migrate.upgrade, settings, revision, sql)
+    _migrate(migrate.upgrade, settings, _revision(revision), sql)
 
 
-@db.command()
+@db.command(context_settings=_REVISION_ARGS)
 @click.argument("revision", default="-1")
-@click.option("--sql", is_flag=True, help="print the SQL for a DBA instead of running it")
+@click.option("--sql", is_flag=True,
+              help="print the SQL for a DBA instead of running it (from head, or give "
+                   "FROM:TO)")
+@click.option("--yes", "-y", is_flag=True,
+              help="do not ask before dropping the tables (a downgrade past the first "
+                   "revision deletes every outbox and inbox row)")
 @settings_options
-def downgrade(settings: Settings, revision: str, sql: bool) -> None:
+def downgrade(settings: Settings, revision: str, sql: bool, yes: bool) -> None:
     """Step back (default one revision; `base` drops the toolkit's tables and their data)."""
+    _revision(revision)
+    if not sql and migrate.downgrade_target(settings, revision) is None:
+        confirm(f"downgrading to base drops {settings.db_schema}.{settings.outbox_table} and "
+                f"{settings.db_schema}.{settings.inbox_table} with every row in them; "
+                "continue?", yes)
     _migrate(migrate.downgrade, settings, revision, sql)
 
 
 def _migrate(step: Callable[..., str], settings: Settings, revision: str, sql: bool) -> None:
     """Run an upgrade or downgrade (or print its SQL) and say where the database is now."""
-    try:
-        output = step(settings, revision, sql=sql)
-        if sql:
-            click.echo(output, nl=False)
-        else:
-            click.echo(f"{settings.db_schema}: at revision {migrate.current(settings) or 'base'}")
-    except (sqlalchemy.exc.SQLAlchemyError, OutboxError) as exc:
-        raise _database_error(settings, exc) from None
+    output = step(settings, revision, sql=sql)
+    if sql:
+        click.echo(output, nl=False)
+    else:
+        click.echo(f"{settings.db_schema}: at revision {migrate.current(settings) or 'base'}")
 
 
 @db.command()
 @settings_options
 def current(settings: Settings) -> None:
     """Print the revision the database is at (`none` if the tables are not installed)."""
-    try:
-        click.echo(migrate.current(settings) or "none")
-    except (sqlalchemy.exc.SQLAlchemyError, OutboxError) as exc:
-        raise _database_error(settings, exc) from None
+    click.echo(migrate.current(settings) or "none")
 
 
 @db.command()
@@ -73,14 +81,11 @@ def current(settings: Settings) -> None:
 @settings_options
 def check(settings: Settings, cdc: bool) -> None:
     """Exit 0 if the tables are installed, current and match the models; else say what to fix."""
-    try:
-        problems = migrate.check(settings)
-        notes: list[str] = []
-        if cdc:
-            cdc_problems, notes = _cdc_findings(settings)
-            problems += cdc_problems
-    except (sqlalchemy.exc.SQLAlchemyError, OutboxError) as exc:
-        raise _database_error(settings, exc) from None
+    problems = migrate.check(settings)
+    notes: list[str] = []
+    if cdc:
+        cdc_problems, notes = _cdc_findings(settings)
+        problems += cdc_problems
     for note in notes:
         click.echo(f"note: {note}", err=True)
     if problems:

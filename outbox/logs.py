@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from outbox.errors import ConfigurationError
+from outbox.settings import redact_url, scrub_secrets
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
@@ -33,7 +35,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage()}
         data.update({k: v for k, v in record.__dict__.items() if k not in _STANDARD})
         if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
+            data["exception"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(data, default=str)
 
 
@@ -44,8 +46,34 @@ class TextFormatter(logging.Formatter):
         action = getattr(record, "action", "-")
         line = f"{self.formatTime(record)} {record.levelname:<7} [{action}] {record.getMessage()}"
         if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+            line += "\n" + (record.exc_text or self.formatException(record.exc_info))
         return line
+
+
+class SecretFilter(logging.Filter):
+    """Masks passwords in every line before it is written: those written into URLs or
+    keyword strings (:func:`outbox.settings.redact_url`) and the configuration's own
+    secrets (``secrets``, from :func:`outbox.settings.secrets_of`), in the message and in
+    an attached exception's text. The last line of defence: messages should not carry
+    secrets in the first place."""
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.secrets = list(secrets)
+
+    def _clean(self, text: str) -> str:
+        return scrub_secrets(redact_url(text), self.secrets)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = self._clean(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self._clean(record.exc_text)
+        return True
 
 
 def check_level(level: str) -> str:
@@ -57,12 +85,15 @@ def check_level(level: str) -> str:
     return value
 
 
-def configure_logging(fmt: str = "json", level: str = "info") -> None:
-    """Send every log line (the toolkit's and librdkafka's) to stderr in ``fmt``."""
+def configure_logging(fmt: str = "json", level: str = "info",
+                      secrets: Sequence[str] = ()) -> None:
+    """Send every log line (the toolkit's and librdkafka's) to stderr in ``fmt``, with
+    passwords and ``secrets`` masked (:class:`SecretFilter`)."""
     if fmt not in LOG_FORMATS:
         raise ConfigurationError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(SecretFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(check_level(level).upper())
@@ -80,5 +111,6 @@ def with_client_logger(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "logger": kafka_logger()}
 
 
-__all__ = ["KAFKA_LOGGER", "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "TextFormatter",
+__all__ = ["KAFKA_LOGGER", "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "SecretFilter",
+           "TextFormatter",
            "check_level", "configure_logging", "kafka_logger", "with_client_logger"]

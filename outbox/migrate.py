@@ -8,6 +8,7 @@ the toolkit's tables, so they can run in any existing database.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -19,6 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import MetaData, create_engine, pool
 
 from outbox import publish_sql
@@ -36,17 +38,25 @@ def target_metadata(settings: Settings) -> MetaData:
     return metadata
 
 
-def include_toolkit_objects(settings: Settings) -> Callable[..., bool]:
-    """An Alembic ``include_object`` filter: only the toolkit's tables and their parts."""
+def include_toolkit_objects(settings: Settings,
+                            default_schema: str = "public") -> Callable[..., bool]:
+    """An Alembic ``include_object`` filter: only the toolkit's tables (of the configured
+    schema) and their parts.
+
+    Reflection names tables of the connection's default schema with schema ``None``: they
+    are the toolkit's only when the configured schema *is* that default, so a second
+    installation in ``public`` is not taken for extra tables of ``Billing``.
+    """
     ours = {settings.outbox_table, settings.inbox_table,
             relay_cursor_name(settings.outbox_table)}
 
     def include(obj: Any, name: str | None, type_: str, reflected: bool,
                 compare_to: Any) -> bool:
         if type_ == "table":
-            return name in ours and obj.schema in (settings.db_schema, None)
+            return name in ours and (obj.schema or default_schema) == settings.db_schema
         table = getattr(obj, "table", None)
-        return table is None or table.name in ours
+        return table is None or (table.name in ours and (
+            table.schema or default_schema) == settings.db_schema)
 
     return include
 
@@ -75,10 +85,58 @@ def upgrade(settings: Settings, revision: str = "head", sql: bool = False) -> st
 
 
 def downgrade(settings: Settings, revision: str = "-1", sql: bool = False) -> str:
-    """Downgrade to ``revision`` (``-1``: one step, ``base``: remove the tables)."""
-    if sql and revision == "-1":
-        revision = "head:-1"  # offline mode needs an explicit starting point
+    """Downgrade to ``revision`` (``-1``: one step, ``base``: remove the tables).
+
+    With ``sql`` the script starts from ``head`` unless ``revision`` is ``FROM:TO``
+    (offline, there is no database to ask where it is).
+    """
+    if sql and ":" not in revision:
+        revision = f"head:{revision}"  # offline mode needs an explicit starting point
     return _run(command.downgrade, settings, revision, sql)
+
+
+_RELATIVE = re.compile(r"^(?P<base>[^+-]*)(?P<step>[+-]\d+)$")
+_SYMBOLIC = ("head", "heads", "base")
+
+
+def revisions() -> list[str]:
+    """This toolkit's revisions, oldest first."""
+    script = ScriptDirectory(str(SCRIPT_LOCATION))
+    return [r.revision for r in reversed(list(script.walk_revisions()))]
+
+
+def known_revision(revision: str) -> bool:
+    """Whether ``revision`` names one of this toolkit's revisions: an id, ``head``,
+    ``base``, a step (``-1``, ``+2``, ``head-1``), or ``FROM:TO`` of those."""
+    if ":" in revision:
+        return all(known_revision(part) for part in revision.split(":", 1) if part)
+    match = _RELATIVE.match(revision)
+    name = match.group("base") if match else revision
+    if not name or name in _SYMBOLIC:
+        return True
+    try:
+        return ScriptDirectory(str(SCRIPT_LOCATION)).get_revision(name) is not None
+    except CommandError:  # unknown or ambiguous
+        return False
+
+
+def downgrade_target(settings: Settings, revision: str) -> str | None:
+    """Where ``downgrade(revision)`` would leave the database: a revision id, or ``None``
+    for ``base`` (the tables dropped, with their data)."""
+    if revision == "base":
+        return None
+    match = _RELATIVE.match(revision)
+    if match is None or match.group("step").startswith("+"):
+        return revision
+    name = match.group("base")
+    at = current(settings) if not name else head() if name in ("head", "heads") else name
+    script = ScriptDirectory(str(SCRIPT_LOCATION))
+    for _ in range(int(match.group("step")[1:])):
+        if at is None:
+            break
+        down = script.get_revision(at).down_revision
+        at = down if isinstance(down, str) or down is None else down[0]
+    return at
 
 
 def _run(fn: Callable[..., None], settings: Settings, revision: str, sql: bool) -> str:
@@ -128,7 +186,8 @@ def check(settings: Settings) -> list[str]:
         with engine.connect() as conn:
             ctx = MigrationContext.configure(conn, opts={
                 "include_schemas": True,
-                "include_object": include_toolkit_objects(settings),
+                "include_object": include_toolkit_objects(
+                    settings, conn.dialect.default_schema_name or "public"),
                 "compare_server_default": False,
             })
             diffs = compare_metadata(ctx, target_metadata(settings))
@@ -149,5 +208,6 @@ def describe(diff: Any) -> str:
     return f"{kind} {' '.join(str(n) for n in names)}"
 
 
-__all__ = ["VERSION_TABLE", "alembic_config", "check", "current", "downgrade", "head",
-           "include_toolkit_objects", "target_metadata", "upgrade"]
+__all__ = ["VERSION_TABLE", "alembic_config", "check", "current", "downgrade",
+           "downgrade_target", "head", "include_toolkit_objects", "known_revision", "revisions",
+           "target_metadata", "upgrade"]

@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from outbox.errors import ConfigurationError, InvalidIdentifierError
 from outbox.rules import DEFAULT_MAX_RECORD_BYTES
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 URL_SCHEMES = ("postgresql://", "postgres://", "postgresql+psycopg://")
+CONNECT_TIMEOUT = 10  # seconds, unless the database URL says otherwise
 
 
 def check_identifier(value: str, what: str) -> str:
@@ -54,7 +56,9 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="", description="PostgreSQL URL, libpq (postgresql://) or SQLAlchemy form")
     kafka_bootstrap_servers: str = "localhost:9092"
-    kafka_config: dict[str, str] = Field(
+    # NoDecode: the validator below parses the JSON, so a malformed value is one clear
+    # line instead of pydantic-settings' own traceback.
+    kafka_config: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict,
         description="extra librdkafka properties (JSON object in OUTBOX_KAFKA_CONFIG), "
                     "e.g. security.protocol, sasl.*; secrets are never logged")
@@ -70,8 +74,8 @@ class Settings(BaseSettings):
 
     @field_validator("db_schema", "outbox_table", "inbox_table")
     @classmethod
-    def _identifier(cls, value: str) -> str:
-        return check_identifier(value, "name")
+    def _identifier(cls, value: str, info: ValidationInfo) -> str:
+        return check_identifier(value, _SOURCES.get(str(info.field_name), "name"))
 
     @field_validator("kafka_config", mode="before")
     @classmethod
@@ -80,10 +84,11 @@ class Settings(BaseSettings):
             try:
                 value = json.loads(value) if value.strip() else {}
             except json.JSONDecodeError as exc:
-                raise ValueError(f"OUTBOX_KAFKA_CONFIG is not a JSON object: {exc}") from exc
+                # The message names the position, never the text (it may hold a password).
+                raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
-        return value
+        raise ValueError(f"a JSON {type(value).__name__} where an object is expected")
 
     def require_database_url(self) -> str:
         """The database URL, or a one-line error saying how to set it."""
@@ -94,16 +99,25 @@ class Settings(BaseSettings):
                 "postgresql://user:password@localhost:5432/app")
         if not url.startswith(URL_SCHEMES):
             raise ConfigurationError(
-                f"database URL {redact_url(url)!r} is not a PostgreSQL URL: it must start "
-                f"with one of {', '.join(URL_SCHEMES)}")
+                f"database URL {redact_url(url)!r} is not a PostgreSQL URL: write it as "
+                "postgresql://user@host:5432/database, with the password after the user "
+                f"name (it must start with one of {', '.join(URL_SCHEMES)})")
+        for port in _url_ports(url):
+            if not port.isdigit():
+                raise ConfigurationError(
+                    f"database URL {redact_url(url)!r}: port {port!r} is not a number; "
+                    "fix OUTBOX_DATABASE_URL / --database-url")
         return url
 
     def libpq_url(self) -> str:
-        """The database URL in libpq form, for psycopg."""
+        """The database URL in libpq form, for psycopg; with ``connect_timeout=10`` unless
+        it names one, so no command waits minutes for a host that does not answer."""
         url = self.require_database_url()
         for prefix in ("postgresql+psycopg://", "postgres://"):
             if url.startswith(prefix):
-                return "postgresql://" + url[len(prefix):]
+                url = "postgresql://" + url[len(prefix):]
+        if "connect_timeout=" not in url:
+            url += ("&" if "?" in url else "?") + f"connect_timeout={CONNECT_TIMEOUT}"
         return url
 
     def sqlalchemy_url(self) -> str:
@@ -115,45 +129,138 @@ class Settings(BaseSettings):
         return {"bootstrap.servers": self.kafka_bootstrap_servers, **self.kafka_config}
 
 
+def _url_ports(url: str) -> list[str]:
+    """The ports a libpq URL names: ``host:port`` of each host (``h1:5432,h2:5433``) and a
+    ``port=`` query parameter. User info ends at the first ``@`` before any ``/``, as
+    libpq reads it."""
+    rest = url.split("://", 1)[1]
+    userinfo = re.match(r"[^@/]*@", rest)
+    if userinfo:
+        rest = rest[userinfo.end():]
+    hosts = re.split(r"[/?#]", rest, maxsplit=1)[0]
+    ports = [h.rpartition("]")[2].partition(":")[2] for h in hosts.split(",")]
+    ports += re.findall(r"[?&]port=([^&#]*)", url)
+    return [p for p in ports if p]
+
+
+# Settings fields -> how a user sets them, for one-line errors.
+_SOURCES = {"database_url": "OUTBOX_DATABASE_URL / --database-url",
+            "kafka_bootstrap_servers": "OUTBOX_KAFKA_BOOTSTRAP_SERVERS / "
+                                       "--kafka-bootstrap-servers",
+            "kafka_config": "OUTBOX_KAFKA_CONFIG",
+            "connect_url": "OUTBOX_CONNECT_URL / --connect-url",
+            "db_schema": "OUTBOX_DB_SCHEMA / --schema",
+            "outbox_table": "OUTBOX_OUTBOX_TABLE / --outbox-table",
+            "inbox_table": "OUTBOX_INBOX_TABLE / --inbox-table",
+            "topic_template": "OUTBOX_TOPIC_TEMPLATE / --topic-template",
+            "max_payload_bytes": "OUTBOX_MAX_PAYLOAD_BYTES"}
+_HINTS = {"kafka_config": "; write a JSON object such as "
+                          '{"security.protocol": "SASL_SSL"}, or pass --kafka-config KEY=VALUE'}
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Build settings from the environment and ``overrides`` (CLI flags), with clear errors."""
+    """Build settings from the environment and ``overrides`` (CLI flags), with clear errors.
+
+    A rejected value is named by where it comes from (variable and flag), never echoed:
+    it may be a password.
+    """
     clean = {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings(**clean)
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        raise ConfigurationError(f"invalid setting {where}: {first['msg']}") from None
+        field = ".".join(str(p) for p in first["loc"]) or "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise ConfigurationError(
+            f"invalid {_SOURCES.get(field, field)}: {message}{_HINTS.get(field, '')}") from None
+    except SettingsError as exc:  # a value pydantic-settings could not even decode
+        raise ConfigurationError(f"invalid OUTBOX_* environment variable: {exc}") from None
 
 
-SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.jaas|key\.password)", re.IGNORECASE)
+# Kafka (librdkafka) properties whose values are secrets.
+SECRET_KEYS = re.compile(r"(password|secret|token|sasl\.jaas|key\.pem|private)",
+                         re.IGNORECASE)
+MASK = "***"
+
+# Where a password can sit in a database or Connect URL (group 2 is the secret):
+# - user:PASSWORD@host (a URL's user info)
+# - ?password=PASSWORD&... (libpq URL query parameters, also sslpassword)
+# - password=PASSWORD or password='PASS WORD' (libpq's keyword form)
+_SECRET_FORMS = (
+    re.compile(r"(://[^:/?#@\s]*:)([^@?#\s]*)(?=@)"),
+    # (lazy, so a message's "...?password=x: error" keeps its colon)
+    re.compile(r"([?&](?:ssl)?password=)([^&#\s]*?)(?=$|[&#\s'\"]|:\s)", re.IGNORECASE),
+    re.compile(r"((?:^|\s)(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s'\"]+)",
+               re.IGNORECASE),
+)
 
 
 def redact_url(url: str) -> str:
-    """``postgresql://user:secret@host/db`` → ``postgresql://user:***@host/db``."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """A database or Connect URL (or libpq keyword string) with every password replaced by
+    ``***``: ``postgresql://user:secret@host/db`` -> ``postgresql://user:***@host/db``,
+    also ``?password=secret`` and ``host=h password=secret``."""
+    for form in _SECRET_FORMS:
+        url = form.sub(_mask, url)
+    return url
+
+
+def _mask(match: re.Match[str]) -> str:
+    # Masked already (a message built from a redacted URL): keep what followed the mask.
+    secret = match.group(2)
+    return match.group(1) + MASK + (secret[len(MASK):] if secret.startswith(MASK) else "")
+
+
+def _names_in(url: str) -> set[str]:
+    """The user and database names a URL or keyword string shows anyway."""
+    names = set(re.findall(r"(?:^|\s)(?:user|dbname)\s*=\s*(\S+)", url))
+    try:
+        parts = urlsplit(url)
+        names |= {parts.username or "", parts.path.strip("/")}
+    except ValueError:  # not a URL libpq could use either; its passwords stay masked
+        pass
+    return {unquote(n) for n in names if n}
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value the settings carry: database and Connect passwords (URL, query
-    string or keyword form) and secret-looking Kafka properties."""
-    found: list[str] = []
-    for url in (settings.database_url, settings.connect_url):
-        found += re.findall(r"://[^:/@?#]+:([^@/?#]+)@", url)
-        found += re.findall(r"[?&]password=([^&#\s]+)", url)
-        found += re.findall(r"(?:^|\s)password\s*=\s*('(?:[^'\\]|\\.)*'|\S+)", url)
+    """Every secret value the settings carry: database and Connect passwords (URL user
+    info, query string or keyword form, as written and percent-decoded) and the values of
+    secret-looking Kafka properties; longest first.
+
+    A password that is also the URL's user or database name (the local stack's
+    ``outbox:outbox@.../outbox``) is masked in URLs but not as a word elsewhere: those
+    names are printed anyway, and masking them would garble every table name.
+    """
+    found = url_secrets(settings.database_url) + url_secrets(settings.connect_url)
     found += [v for k, v in settings.kafka_config.items() if SECRET_KEYS.search(k)]
+    return _longest_first(found)
+
+
+def url_secrets(url: str) -> list[str]:
+    """The passwords written in one database or Connect URL (or keyword string), as
+    written and percent-decoded; not those that are also its user or database name."""
+    found = [m.group(2) for form in _SECRET_FORMS for m in form.finditer(url)]
+    shown = _names_in(url)
+    return [s for s in _longest_first(found) if s not in shown]
+
+
+def _longest_first(found: list[str]) -> list[str]:
     cleaned = {s.strip("'") for s in found}
-    return sorted((s for s in cleaned if len(s) >= 3), key=len, reverse=True)
+    cleaned |= {unquote(s) for s in cleaned}
+    return sorted((s for s in cleaned if len(s) >= 3 and s != MASK), key=len, reverse=True)
+
+
+def scrub_secrets(text: str, secrets: list[str]) -> str:
+    """``text`` with each of ``secrets`` replaced by ``***``."""
+    for secret in secrets:
+        text = text.replace(secret, MASK)
+    return text
 
 
 def scrub(text: str, settings: Settings) -> str:
     """``text`` with every secret of ``settings`` replaced by ``***`` (for errors and logs)."""
-    for secret in secrets_of(settings):
-        text = text.replace(secret, "***")
-    return text
+    return scrub_secrets(redact_url(text), secrets_of(settings))
 
 
 def redact_config(config: dict[str, str]) -> dict[str, str]:
     """A copy of a client configuration with secret values masked, safe to log or print."""
-    return {k: ("***" if SECRET_KEYS.search(k) else v) for k, v in config.items()}
+    return {k: (MASK if SECRET_KEYS.search(k) else v) for k, v in config.items()}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
-import re
 import signal
 import sys
 from collections import defaultdict
@@ -15,25 +15,17 @@ from typing import Any
 import click
 import psycopg
 
-from outbox.cli_options import fail, settings_options
-from outbox.errors import ConfigurationError
-from outbox.logs import configure_logging
+from outbox import preflight
+from outbox.cli_options import DURATION, format_duration, settings_options
+from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
+from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_UNAVAILABLE
 from outbox.settings import Settings, redact_url
-from relay.loop import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, Relay, RelayOptions, first_line
+from relay.loop import Relay, RelayOptions
 from relay.queries import Queries, read_backlog
 from relay.retention import check_captured
 from relay.retention import purge as purge_rows
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``12h``, ``7d`` -> seconds."""
-    match = _DURATION.match(text)
-    if not match:
-        raise click.BadParameter(f"{text!r} is not a duration: use e.g. 30s, 15m, 12h, 7d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[
-        match.group(2)]
+log = logging.getLogger("outbox.relay")
 
 
 @click.group()
@@ -42,65 +34,73 @@ def relay() -> None:
 
 
 @relay.command()
-@settings_options
+@settings_options(log_format="json", log_level="info")
 @click.option("--batch-size", default=2000, show_default=True, help="rows per claim")
-@click.option("--poll-interval", default=1.0, show_default=True,
-              help="seconds between polls when no NOTIFY arrives (the guarantee)")
+@click.option("--poll-interval", type=DURATION, default=1.0, show_default=True,
+              help="time between polls when no NOTIFY arrives (the guarantee); a bare "
+                   "number is seconds, or 250ms, 2s ...")
 @click.option("--listen/--no-listen", default=True, show_default=True,
               help="wake on LISTEN/NOTIFY (a hint; turn off behind PgBouncer)")
 @click.option("--pipeline-depth", default=2, show_default=True,
               help="batches in flight at once (each on its own group of shards)")
 @click.option("--max-attempts", default=5, show_default=True,
               help="permanent delivery failures before a row is parked (failed)")
-@click.option("--progress-interval", default=0.2, show_default=True,
-              help="seconds between writes of delivery progress (a crash re-sends at most "
+@click.option("--progress-interval", type=DURATION, default=0.2, show_default=True,
+              help="time between writes of delivery progress (a crash re-sends at most "
                    "about this much)")
-@click.option("--rebalance-interval", default=2.0, show_default=True,
-              help="seconds between shard ownership checks (takeover delay)")
-@click.option("--shutdown-timeout", default=30.0, show_default=True,
-              help="seconds to wait for in-flight deliveries on SIGTERM/SIGINT")
-@click.option("--metrics-port", type=int, default=None,
+@click.option("--rebalance-interval", type=DURATION, default=2.0, show_default=True,
+              help="time between shard ownership checks (takeover delay)")
+@click.option("--shutdown-timeout", type=DURATION, default=30.0, show_default=True,
+              help="time to wait for in-flight deliveries on SIGTERM/SIGINT")
+@click.option("--startup-timeout", type=DURATION, default=10.0, show_default=True,
+              help="how long the start-up checks wait for the database and for the broker")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
               help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
-@click.option("--retention", default=None,
+@click.option("--retention", type=DURATION, default=None,
               help="also purge delivered rows older than this (e.g. 7d), every "
                    "--purge-interval; 0 purges every delivered row (nothing kept to replay)")
-@click.option("--purge-interval", default=60.0, show_default=True,
-              help="seconds between purges with --retention")
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
-              show_default=True)
-@click.option("--log-level", default="info", show_default=True)
+@click.option("--purge-interval", type=DURATION, default=60.0, show_default=True,
+              help="time between purges with --retention")
 def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bool,
         pipeline_depth: int, max_attempts: int, progress_interval: float,
-        rebalance_interval: float,
-        shutdown_timeout: float, metrics_port: int | None, metrics_host: str,
-        retention: str | None, purge_interval: float, log_format: str,
-        log_level: str) -> None:
+        rebalance_interval: float, shutdown_timeout: float, startup_timeout: float,
+        metrics_port: int | None, metrics_host: str, retention: float | None,
+        purge_interval: float) -> None:
     """Run the relay until SIGTERM/SIGINT (first: drain and exit 0; second: exit now).
 
-    Exit codes: 0 stopped cleanly, 1 unexpected error, 2 usage, 3 configuration,
-    4 stopped with deliveries unconfirmed (they are re-sent later), 130 second signal.
+    Before it calls itself healthy it checks that the database lets it in and that the
+    broker answers (--startup-timeout). Exit codes: 0 stopped cleanly, 1 unexpected error,
+    2 usage, 3 configuration, 4 stopped with deliveries unconfirmed (they are re-sent
+    later), 6 the database or the broker did not answer at start, 130 second signal.
     """
-    configure_logging(log_format, log_level)
-    log = logging.getLogger("outbox.relay")
     try:
         settings.require_database_url()
+        if batch_size < 1 or pipeline_depth < 1 or max_attempts < 1:
+            raise ConfigurationError(
+                "--batch-size, --pipeline-depth and --max-attempts must be at least 1 "
+                f"(got {batch_size}, {pipeline_depth}, {max_attempts})")
     except ConfigurationError as exc:
-        log.error("%s", exc, extra={"action": "config_error"})
-        sys.exit(EXIT_CONFIG)
-    if batch_size < 1 or pipeline_depth < 1 or max_attempts < 1:
-        log.error("--batch-size, --pipeline-depth and --max-attempts must be at least 1 "
-                  "(got %d, %d, %d)", batch_size, pipeline_depth, max_attempts,
-                  extra={"action": "config_error"})
-        sys.exit(EXIT_CONFIG)
+        _stop(EXIT_CONFIG, str(exc))
     options = RelayOptions(
         batch_size=batch_size, poll_interval=poll_interval, listen=listen,
         pipeline_depth=pipeline_depth, max_attempts=max_attempts,
         rebalance_interval=rebalance_interval, shutdown_timeout=shutdown_timeout,
-        progress_interval=progress_interval,
-        retention_seconds=parse_duration(retention) if retention else None,
+        progress_interval=progress_interval, retention_seconds=retention,
         purge_interval=purge_interval)
     daemon = Relay(settings, options)
+    if metrics_port is not None:
+        _serve_metrics(daemon, metrics_host, metrics_port)
+    log.info("database %s, Kafka %s", redact_url(settings.require_database_url()),
+             settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
+    daemon.health.detail = "start-up checks"
+    try:
+        preflight.check_database(settings, timeout=startup_timeout)
+        preflight.check_kafka(settings, timeout=startup_timeout)
+    except ConfigurationError as exc:
+        _stop(EXIT_CONFIG, str(exc))
+    except ServiceUnavailableError as exc:
+        _stop(EXIT_UNAVAILABLE, str(exc))
     signals = {"count": 0}
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -114,20 +114,32 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    if metrics_port is not None:
-        from relay.metrics import serve
-
-        serve(daemon.metrics, daemon.health, metrics_host, metrics_port)
-        log.info("metrics on http://%s:%d/metrics and /health", metrics_host, metrics_port,
-                 extra={"action": "metrics_listening"})
-    log.info("database %s, Kafka %s", redact_url(settings.database_url),
-             settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
     try:
         code = daemon.run()
     except Exception:
         log.exception("relay crashed", extra={"action": "relay_crash"})
         code = EXIT_ERROR
     sys.exit(code)
+
+
+def _stop(code: int, message: str) -> None:
+    """One log line saying why the relay cannot start, then exit with ``code``."""
+    log.error("%s", message, extra={"action": "config_error" if code == EXIT_CONFIG
+                                    else "service_unavailable", "exit_code": code})
+    sys.exit(code)
+
+
+def _serve_metrics(daemon: Relay, host: str, port: int) -> None:
+    from relay.metrics import serve
+
+    try:
+        serve(daemon.metrics, daemon.health, host, port)
+    except OSError as exc:
+        why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+        _stop(EXIT_CONFIG, f"cannot serve /metrics on {host}:{port}: {why}; choose another "
+                           "--metrics-port (or --metrics-host)")
+    log.info("metrics on http://%s:%d/metrics and /health", host, port,
+             extra={"action": "metrics_listening"})
 
 
 @relay.command("retry-failed")
@@ -138,12 +150,9 @@ def retry_failed(settings: Settings, aggregate_type: str | None,
                  aggregate_id: str | None) -> None:
     """Un-park failed rows (attempts reset) so the relay sends them again, in order."""
     queries = Queries.for_settings(settings)
-    try:
-        with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
-            count = conn.execute(queries.retry_failed, {
-                "aggregatetype": aggregate_type, "aggregateid": aggregate_id}).rowcount
-    except (ConfigurationError, psycopg.Error) as exc:
-        raise fail(exc) from None
+    with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
+        count = conn.execute(queries.retry_failed, {
+            "aggregatetype": aggregate_type, "aggregateid": aggregate_id}).rowcount
     click.echo(f"{count} failed rows queued for another attempt")
 
 
@@ -156,13 +165,13 @@ def install_notify(settings: Settings, drop: bool) -> None:
     Optional: without it the relay finds rows by polling (--poll-interval).
     """
     queries = Queries.for_settings(settings)
-    try:
-        with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
-            conn.execute(queries.drop_notify_trigger if drop else queries.notify_trigger)
-    except (ConfigurationError, psycopg.Error) as exc:
-        raise fail(exc) from None
+    with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
+        problem = queries.schema_problem(conn)
+        if problem is not None and not drop:
+            raise ConfigurationError(problem)
+        conn.execute(queries.drop_notify_trigger if drop else queries.notify_trigger)
     click.echo(f"notify trigger {'dropped from' if drop else 'installed on'} "
-               f"{queries.qualified} (channel {queries.channel})")
+               f"{queries.name} (channel {queries.channel})")
 
 
 def compress_ranges(numbers: list[int]) -> str:
@@ -203,7 +212,7 @@ def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]
         for shard, pid, app in conn.execute(queries.shard_owners).fetchall():
             owners[f"{app or 'unknown'} (pid {pid})"].append(int(shard))
     return {
-        "table": queries.qualified,
+        "table": queries.name,
         "backlog": int(count),
         "oldest_pending_age_seconds": float(age) if age is not None else None,
         "retrying": int(retrying[0]) if retrying else 0,
@@ -224,10 +233,7 @@ def collect_status(settings: Settings, failed_limit: int = 20) -> dict[str, Any]
 @click.option("--json", "as_json", is_flag=True, help="print one JSON object")
 def status(settings: Settings, as_json: bool) -> None:
     """Backlog, oldest unpublished age, failed rows, shard owners."""
-    try:
-        info = collect_status(settings)
-    except (ConfigurationError, psycopg.Error) as exc:
-        raise fail(ConfigurationError(first_line(exc))) from None
+    info = collect_status(settings)
     if as_json:
         click.echo(json.dumps(info, indent=2, default=str))
         return
@@ -254,22 +260,22 @@ def status(settings: Settings, as_json: bool) -> None:
 
 @click.command()
 @settings_options
-@click.option("--older-than", required=True,
-              help="delete rows published longer ago than this (e.g. 7d, 12h, 30m)")
+@click.option("--older-than", type=DURATION, required=True,
+              help="delete rows published longer ago than this (e.g. 7d, 12h, 30m; a bare "
+                   "number is seconds)")
 @click.option("--batch-size", default=1000, show_default=True,
               help="rows per delete (each its own short transaction)")
 @click.option("--cdc", is_flag=True,
               help="Debezium delivers this outbox (it never marks rows): delete every row "
                    "created before the cutoff. Refused without a logical replication slot "
                    "in the database or while a relay of the table is connected")
-def purge(settings: Settings, older_than: str, batch_size: int, cdc: bool) -> None:
+def purge(settings: Settings, older_than: float, batch_size: int, cdc: bool) -> None:
     """Delete published outbox rows older than the retention, in small batches."""
-    seconds = parse_duration(older_than)
     try:
         if cdc:
             check_captured(settings)
-        total = purge_rows(settings, seconds, batch_size=batch_size, captured=cdc)
-    except (ConfigurationError, psycopg.Error, ValueError) as exc:
-        raise fail(exc) from None
+        total = purge_rows(settings, older_than, batch_size=batch_size, captured=cdc)
+    except ValueError as exc:  # refused: one line saying why
+        raise OutboxError(str(exc)) from None
     kind = "captured" if cdc else "published"
-    click.echo(f"purged {total} {kind} rows older than {older_than}")
+    click.echo(f"purged {total} {kind} rows older than {format_duration(older_than)}")

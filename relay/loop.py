@@ -31,6 +31,7 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from outbox.backoff import compute_backoff
+from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SHUTDOWN_INCOMPLETE
 from outbox.record import (
     StoredRow,
     compact_json,
@@ -50,12 +51,6 @@ from relay.window import ShardCursor, Window, open_window, progress, read_params
 
 log = logging.getLogger("outbox.relay")
 
-# Process exit codes, so a supervisor can tell a clean stop from a problem.
-EXIT_OK = 0
-EXIT_ERROR = 1  # unexpected exception
-EXIT_CONFIG = 3  # configuration rejected at start
-EXIT_SHUTDOWN_INCOMPLETE = 4  # stopped with deliveries still unconfirmed (will be re-sent)
-EXIT_INTERRUPTED = 130  # second signal: stopped at once
 
 # StoredRow's 9 columns (payload as jsonb text, created_at as epoch ms), then seq, shard,
 # attempts: see queries.ROW_COLUMNS
@@ -186,7 +181,7 @@ class Relay:
         opts = self.options
         log.info("relay starting", extra={
             "action": "relay_start", "instance": opts.instance_id,
-            "table": self.queries.qualified, "batch_size": opts.batch_size,
+            "table": self.queries.name, "batch_size": opts.batch_size,
             "listen": opts.listen, "poll_interval": opts.poll_interval})
         if opts.listen:
             threading.Thread(target=self._listen, name="relay-listen", daemon=True).start()
@@ -849,7 +844,7 @@ class Relay:
             try:
                 with psycopg.connect(self.settings.libpq_url(), autocommit=True,
                                      application_name=app, connect_timeout=5) as conn:
-                    conn.execute(f"listen {self.queries.channel}")
+                    conn.execute(self.queries.listen)
                     failures = 0
                     while not self.stopping.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):

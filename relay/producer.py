@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from confluent_kafka import KafkaError, Producer
 
+from outbox.logs import with_client_logger
+
 # Settings that keep per-key order and make "acknowledged" mean "durable".
 # - idempotence + acks=all: no duplicates or reordering from the producer's own retries;
 #   librdkafka keeps order with up to 5 requests in flight per partition.
@@ -74,9 +76,10 @@ def make_producer(config: dict[str, str],
                   error_cb: Callable[[KafkaError], None] | None = None) -> Producer:
     """A confluent-kafka producer for ``config`` (see :func:`producer_config`).
 
-    ``error_cb`` receives client-level errors (all brokers down, authentication ...).
+    ``error_cb`` receives client-level errors (all brokers down, authentication ...);
+    librdkafka's own log goes through the toolkit's logger (``outbox.librdkafka``).
     """
-    full: dict[str, object] = dict(config)
+    full: dict[str, object] = with_client_logger(dict(config))
     if error_cb is not None:
         full["error_cb"] = error_cb
     return Producer(full)

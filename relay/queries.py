@@ -1,8 +1,10 @@
 """Every SQL statement the relay, ``outbox status`` and ``outbox purge`` send.
 
 One place for SQL, as in procrastinate's ``manager.py``. Table and schema names come from
-:class:`outbox.settings.Settings`, which accepts only plain identifiers, so formatting them
-into the text is safe; values are always bound parameters.
+:class:`outbox.settings.Settings`, which accepts only plain identifiers, and are written
+into the text quoted (:func:`outbox.settings.qualified`), so ``Billing`` and ``user`` mean
+the same table here as in the migrations and ``publish()``; values are always bound
+parameters.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import psycopg
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
 from outbox.migrations.ddl import delivered_on_fast_path
-from outbox.settings import Settings, check_identifier
+from outbox.settings import Settings, check_identifier, qualified, quote_ident
 from outbox.tables import SHARD_COUNT, relay_cursor_name
 from relay.window import ShardCursor, read_params
 
@@ -71,23 +73,36 @@ class Queries:
                    check_identifier(settings.outbox_table, "outbox table name"))
 
     @property
-    def qualified(self) -> str:
+    def name(self) -> str:
+        """``schema.table`` as people read it (messages, ``outbox status``), unquoted."""
         return f"{self.schema}.{self.table}"
 
     @property
+    def qualified(self) -> str:
+        """The outbox table in SQL: ``"schema"."table"``."""
+        return qualified(self.schema, self.table)
+
+    @property
     def channel(self) -> str:
-        """The LISTEN/NOTIFY channel that wakes relays of this table."""
+        """The LISTEN/NOTIFY channel that wakes relays of this table (case kept)."""
         return f"outbox_{self.schema}_{self.table}"[:63]
+
+    @property
+    def listen(self) -> str:
+        """LISTEN on :attr:`channel`; quoted, or PostgreSQL would fold ``Billing`` to
+        lower case while ``pg_notify`` keeps it."""
+        return f"listen {quote_ident(self.channel)}"
 
     @property
     def application_name(self) -> str:
         """Prefix of relay sessions' application_name, per table (to count live relays)."""
-        return f"{APPLICATION_PREFIX}:{self.qualified}"[:50]
+        return f"{APPLICATION_PREFIX}:{self.name}"[:50]
 
     # ------------------------------------------------------------------ the relay
     @property
     def cursor_table(self) -> str:
-        return f"{self.schema}.{relay_cursor_name(self.table)}"
+        """The relay's cursor table in SQL, quoted."""
+        return qualified(self.schema, relay_cursor_name(self.table))
 
     def delivered(self, row: str = "o") -> str:
         """SQL: outbox row ``row`` (an alias) has been delivered to Kafka."""
@@ -104,11 +119,11 @@ class Queries:
         """Why this database cannot be relayed (or reported on) by this version, or None."""
         row = conn.execute(self.schema_check).fetchone()
         if row is None or not row[0]:
-            return (f"the outbox table {self.qualified} does not exist: run "
+            return (f"the outbox table {self.name} does not exist: run "
                     "`outbox db upgrade` (check --schema / --outbox-table)")
         if not row[1]:
-            return (f"{self.cursor_table} does not exist: the outbox schema is older than "
-                    "this toolkit; run `outbox db upgrade`")
+            return (f"{self.schema}.{relay_cursor_name(self.table)} does not exist: the "
+                    "outbox schema is older than this toolkit; run `outbox db upgrade`")
         return None
 
     @property
@@ -224,8 +239,9 @@ class Queries:
     @property
     def table_key(self) -> int:
         """23 bits naming this outbox table, so relays of *other* outbox tables in the same
-        database (one per service schema, say) never compete for this table's shards."""
-        return zlib.crc32(self.qualified.encode()) & 0x7FFFFF
+        database (one per service schema, say) never compete for this table's shards.
+        From the unquoted name, so relays of earlier versions take the same locks."""
+        return zlib.crc32(self.name.encode()) & 0x7FFFFF
 
     def _shard_key(self) -> str:
         # Second key of the two-key lock: table key in the high bits, shard in the low 8.
@@ -352,17 +368,19 @@ class Queries:
         Statement-level: one notification per inserting statement, not per row, and
         PostgreSQL folds identical notifications of one transaction into one.
         """
-        fn = f"{self.schema}.{self.table}_notify_relay"
+        name = f"{self.table}_notify_relay"
+        fn = qualified(self.schema, name)
         return (
             f"create or replace function {fn}() returns trigger language plpgsql as $$ "
             f"begin perform pg_notify('{self.channel}', ''); return null; end $$; "
-            f"create or replace trigger {self.table}_notify_relay after insert on "
+            f"create or replace trigger {quote_ident(name)} after insert on "
             f"{self.qualified} for each statement execute function {fn}();")
 
     @property
     def drop_notify_trigger(self) -> str:
-        return (f"drop trigger if exists {self.table}_notify_relay on {self.qualified}; "
-                f"drop function if exists {self.schema}.{self.table}_notify_relay();")
+        name = f"{self.table}_notify_relay"
+        return (f"drop trigger if exists {quote_ident(name)} on {self.qualified}; "
+                f"drop function if exists {qualified(self.schema, name)}();")
 
 
 def read_backlog(conn: psycopg.Connection[Any], queries: Queries,

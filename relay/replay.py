@@ -24,9 +24,12 @@ import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 from psycopg import sql
 
-from outbox.cli_options import settings_options
+from outbox import preflight
+from outbox.cli_options import CliError, confirm, settings_options
+from outbox.exit_codes import EXIT_ERROR
+from outbox.logs import with_client_logger
 from outbox.record import StoredRow, invalid_topic_reason, stored_record
-from outbox.settings import Settings, redact_url
+from outbox.settings import Settings
 from relay.queries import RECORD_COLUMNS, Queries
 
 SELECT_ROWS = """
@@ -123,13 +126,13 @@ def replay(settings: Settings, flt: ReplayFilter, on_progress: Any = None,
     ``on_progress(n)`` is called with the number of records acknowledged since the last call.
     """
     result = ReplayResult()
-    producer = Producer({
+    producer = Producer(with_client_logger({
         **settings.producer_config(),
         "enable.idempotence": True,
         "acks": "all",
         "partitioner": "murmur2_random",  # the Java clients' and Debezium's partitioner
         "linger.ms": 5,
-    })
+    }))
 
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
@@ -201,12 +204,7 @@ def replay_command(settings: Settings, event_ids: tuple[uuid.UUID, ...],
     if flt.is_empty() and not replay_all:
         raise click.UsageError("no filter given: name events (--event-id, --aggregate-type, "
                                "--aggregate-id, --event-type, --since/--until) or pass --all")
-    try:
-        total = count_rows(settings, flt)
-    except psycopg.Error as exc:
-        raise click.ClickException(
-            f"cannot read {settings.db_schema}.{settings.outbox_table} at "
-            f"{redact_url(settings.libpq_url())}: {str(exc).strip().splitlines()[0]}") from None
+    total = count_rows(settings, flt)
     if dry_run:
         click.echo(f"dry run: {total} row(s) would be re-published")
         for n, row in enumerate(iter_rows(settings, flt)):
@@ -221,15 +219,18 @@ def replay_command(settings: Settings, event_ids: tuple[uuid.UUID, ...],
     if total == 0:
         click.echo("nothing to replay: no outbox row matches")
         return
-    if total > confirm_over and not yes:
-        click.confirm(f"re-publish {total} events?", abort=True)
+    if total > confirm_over:
+        confirm(f"re-publish {total} events?", yes)
+    preflight.check_kafka(settings)  # an unreachable broker: one line now, not at the end
     with click.progressbar(length=total, label="re-publishing", show_pos=True) as bar:
         result = replay(settings, flt, on_progress=bar.update)
     click.echo(f"re-published {result.delivered} of {result.selected} event(s)")
-    if result.errors:
+    if result.delivered < result.selected:
         for line in result.errors[:20]:
             click.echo(f"error: {line}", err=True)
-        raise click.ClickException(f"{len(result.errors)} event(s) were not re-published")
+        raise CliError(f"{result.selected - result.delivered} of {result.selected} event(s) "
+                       "were not re-published; running the same replay again is safe "
+                       "(consumers dedupe by event id)", EXIT_ERROR)
 
 
 __all__ = ["ReplayFilter", "ReplayResult", "count_rows", "iter_rows", "replay", "replay_command"]

@@ -74,5 +74,5 @@ def check_captured(settings: Settings) -> None:
             "Debezium, purge without --cdc (published rows only)")
     if relays and relays[0]:
         raise ValueError(
-            f"--cdc refused: {relays[0]} relay(s) of {queries.qualified} are connected; rows "
+            f"--cdc refused: {relays[0]} relay(s) of {queries.name} are connected; rows "
             "they have not published yet would be lost. Purge without --cdc, or stop them")

@@ -15,7 +15,7 @@ from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
 from outbox import publish_sql
-from outbox.settings import Settings, check_identifier
+from outbox.settings import Settings, check_identifier, qualified, quote_ident
 from outbox.tables import Xid8, relay_cursor_name
 
 UTC_NOW = sa.text("(now() at time zone 'utc')")
@@ -26,7 +26,7 @@ def create_schema_v1(op: Operations, schema: str = "public", outbox: str = "outb
     """Version 1: the outbox table and the inbox table, with their indexes."""
     for value, what in ((schema, "schema"), (outbox, "outbox table"), (inbox, "inbox table")):
         check_identifier(value, what)
-    op.execute(sa.text(f'create schema if not exists "{schema}"'))
+    op.execute(sa.text(f"create schema if not exists {quote_ident(schema)}"))
     op.create_table(
         outbox,
         sa.Column("id", postgresql.UUID(as_uuid=True), nullable=False),
@@ -127,7 +127,7 @@ def upgrade_schema_v3(op: Operations, schema: str = "public", outbox: str = "out
     for value, what in ((schema, "schema"), (outbox, "outbox table")):
         check_identifier(value, what)
     cursor = relay_cursor_name(outbox)
-    table = f'"{schema}"."{outbox}"'
+    table = qualified(schema, outbox)
     op.add_column(outbox, sa.Column("txid", Xid8(), nullable=True), schema=schema)
     op.execute(sa.text(f"alter table {table} alter column txid set default pg_current_xact_id()"))
     op.execute(sa.text(f"update {table} set txid = pg_current_xact_id() where published_at "
@@ -155,8 +155,8 @@ def downgrade_schema_v3(op: Operations, schema: str = "public", outbox: str = "o
     for value, what in ((schema, "schema"), (outbox, "outbox table")):
         check_identifier(value, what)
     cursor = relay_cursor_name(outbox)
-    table = f'"{schema}"."{outbox}"'
-    delivered = delivered_on_fast_path("o", f'"{schema}"."{cursor}"')
+    table = qualified(schema, outbox)
+    delivered = delivered_on_fast_path("o", qualified(schema, cursor))
     op.execute(sa.text(f"update {table} o set published_at = {UTC_NOW.text} "
                        f"where o.published_at is null and o.failed_at is null and {delivered}"))
     op.create_index(f"ix_{outbox}_pending", outbox, ["shard", "seq"], schema=schema,

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from outbox import migrate
 from outbox.cli import main
+from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
 from outbox.settings import Settings
 
 
@@ -174,9 +175,36 @@ def test_cli_upgrade_current_check_downgrade(empty_db: str) -> None:
     result = runner.invoke(main, ["db", "check"], env=env)
     assert result.exit_code == 0, result.output
     assert result.output.startswith("ok:")
-    result = runner.invoke(main, ["db", "downgrade", "base"], env=env)
+    # Past the first revision the tables go, with their rows: only when confirmed.
+    result = runner.invoke(main, ["db", "downgrade", "base"], env=env, input="n\n")
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "drops public.outbox and public.inbox with every row" in result.output
+    assert runner.invoke(main, ["db", "current"], env=env).output.strip() == migrate.head()
+    result = runner.invoke(main, ["db", "downgrade", "-1"], env=env)  # no data lost: no question
+    assert result.exit_code == 0, result.output
+    for refused in (["base"], ["-2"], ["0001-1"]):  # at 0002 now: each one goes to base
+        result = runner.invoke(main, ["db", "downgrade", *refused], env=env)
+        assert result.exit_code == EXIT_USAGE, (refused, result.output)
+        assert "pass --yes" in result.output
+    result = runner.invoke(main, ["db", "downgrade", "base", "--yes"], env=env)
     assert result.exit_code == 0, result.output
     assert runner.invoke(main, ["db", "current"], env=env).output.strip() == "none"
+
+
+def test_offline_downgrade_sql_needs_no_database_and_no_confirmation() -> None:
+    result = CliRunner().invoke(main, ["db", "downgrade", "base", "--sql", "--database-url",
+                                       "postgresql://u@nowhere.invalid/db"])
+    assert result.exit_code == 0, result.output
+    assert "DROP TABLE public.outbox" in result.output
+
+
+def test_unknown_revision_is_a_usage_error_naming_the_known_ones(empty_db: str) -> None:
+    for step in ("upgrade", "downgrade"):
+        result = CliRunner().invoke(main, ["db", step, "9999", "--database-url", empty_db])
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "'9999' is not a revision of this toolkit" in result.output
+        assert "0001, 0002, 0003" in result.output
+        assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize(("url", "message"), [
@@ -185,7 +213,7 @@ def test_cli_upgrade_current_check_downgrade(empty_db: str) -> None:
 ])
 def test_missing_or_malformed_database_url_is_one_clear_line(url: str, message: str) -> None:
     result = CliRunner().invoke(main, ["db", "current"], env={"OUTBOX_DATABASE_URL": url})
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_CONFIG
     assert message in result.output
     assert "Traceback" not in result.output
 
@@ -193,7 +221,7 @@ def test_missing_or_malformed_database_url_is_one_clear_line(url: str, message: 
 def test_unreachable_database_hides_the_password() -> None:
     result = CliRunner().invoke(main, ["db", "current"], env={
         "OUTBOX_DATABASE_URL": "postgresql://me:hunter2@127.0.0.1:1/db"})
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_UNAVAILABLE
     assert "hunter2" not in result.output
     assert "me:***@127.0.0.1:1" in result.output
 
@@ -201,7 +229,7 @@ def test_unreachable_database_hides_the_password() -> None:
 def test_invalid_table_name_from_configuration_is_refused() -> None:
     result = CliRunner().invoke(main, ["db", "upgrade", "--outbox-table", "outbox; drop table x",
                                        "--database-url", "postgresql://u@h/db"])
-    assert result.exit_code == 1
+    assert result.exit_code == EXIT_CONFIG
     assert "is not a plain SQL identifier" in result.output
 
 

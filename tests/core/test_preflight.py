@@ -20,7 +20,7 @@ def test_a_reachable_stack_passes(pg_url: str, kafka_bootstrap: str) -> None:
 
 
 @pytest.mark.parametrize(("change", "kind", "words"), [
-    (lambda u: u.replace(":55432", ":abc"), ConfigurationError, "invalid integer"),
+    (lambda u: u.replace(":55432", ":abc"), ConfigurationError, "is not a number"),
     (lambda u: u.replace("outbox:outbox@", "outbox:Wr0ngCanary@"), ConfigurationError,
      "password authentication failed"),
     (lambda u: u.replace("127.0.0.1", "nohost.invalid"), ConfigurationError, "resolve"),

@@ -290,8 +290,9 @@ def test_a_database_behind_the_relay_schema_exits_with_the_configuration_code(
         outbox_url: str, kafka_bootstrap: str, prefix: str, caplog: Any) -> None:
     """Schema version 2 (no relay cursor table): a clear error, not a crash loop."""
     from outbox import migrate
+    from outbox.exit_codes import EXIT_CONFIG
     from outbox.settings import Settings
-    from relay.loop import EXIT_CONFIG, Relay, RelayOptions
+    from relay.loop import Relay, RelayOptions
 
     migrate.downgrade(Settings(database_url=outbox_url), "0002")
     relay = Relay(relay_settings(outbox_url, kafka_bootstrap, prefix),
