@@ -37,6 +37,11 @@ def _slug(value: str) -> str:
     return re.sub(r"[^a-z0-9_]", "_", value.lower())[:50]
 
 
+def slot_name(connector: str) -> str:
+    """The replication slot (and publication) of connector ``connector`` by default."""
+    return _slug(f"outbox_{connector}")
+
+
 def render(settings: Settings, options: CdcOptions | None = None) -> dict[str, str]:
     """The connector's configuration (without its name) for ``settings``."""
     opts = options or CdcOptions()
@@ -48,7 +53,7 @@ def render(settings: Settings, options: CdcOptions | None = None) -> dict[str, s
         raise ConfigurationError(f"topic template {settings.topic_template!r} has no "
                                  "{aggregatetype}: every aggregate type would share a topic")
     table = f"{settings.db_schema}.{settings.outbox_table}"
-    slot = opts.slot_name or _slug(f"outbox_{opts.name}")
+    slot = opts.slot_name or slot_name(opts.name)
     return {
         "connector.class": CONNECTOR_CLASS,
         "tasks.max": "1",

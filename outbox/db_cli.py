@@ -27,6 +27,8 @@ def db() -> None:
     """Migrations: add the outbox and inbox tables to an existing database."""
 
 
+# The steps of `outbox db roles`, in order (outbox/roles.sql).
+STEPS = ("roles", "grants", "publication")
 # A relative revision (-1) is an argument, not an unknown option.
 _REVISION_ARGS = {"ignore_unknown_options": True}
 
@@ -95,6 +97,45 @@ def check(settings: Settings, cdc: bool) -> None:
     click.echo(f"ok: {settings.db_schema}.{settings.outbox_table} and "
                f"{settings.db_schema}.{settings.inbox_table} at revision {migrate.head()}"
                + (", CDC prerequisites met" if cdc else ""))
+
+
+@db.command()
+@click.option("--sql", is_flag=True, help="print the SQL (for a DBA) instead of running it")
+@click.option("--role-prefix", default="outbox", show_default=True,
+              help="roles are named PREFIX_migrator, PREFIX_writer, PREFIX_relay, "
+                   "PREFIX_consumer and PREFIX_cdc")
+@click.option("--connector-name", default="outbox-connector", show_default=True,
+              help="the Debezium connector (`outbox connect --name`) whose publication "
+                   "the CDC role reads")
+@click.option("--step", type=click.Choice([*STEPS, "all"]), default="all",
+              show_default=True,
+              help="roles: roles and schema (before `db upgrade`); grants: table "
+                   "privileges (after it); publication: Debezium's (CDC only)")
+@settings_options
+def roles(settings: Settings, sql: bool, role_prefix: str, connector_name: str,
+          step: str) -> None:
+    """Least-privilege roles for writers, the relay, consumers, migrations and CDC.
+
+    Without --sql the SQL runs on the database (as a superuser, or a role with CREATEROLE
+    that owns the toolkit's tables). docs/operations.md explains each role.
+    """
+    from connect.config import slot_name
+    from outbox import roles as role_sql
+
+    # The connector's publication is named like its slot (connect.config.render).
+    blocks = role_sql.render(settings, role_sql.RoleNames(role_prefix),
+                             slot_name(connector_name))
+    chosen = [blocks[name] for name in STEPS if step in (name, "all")]
+    if sql:
+        click.echo("\n".join(chosen), nl=False)
+        return
+    import psycopg
+
+    with psycopg.connect(settings.libpq_url(), autocommit=True) as conn:
+        for block in chosen:
+            conn.execute(block.encode())
+    click.echo(f"roles {', '.join(f'{role_prefix}_{k}' for k in role_sql.KINDS)}: "
+               f"{', '.join(s for s in STEPS if step in (s, 'all'))} applied")
 
 
 def _cdc_findings(settings: Settings) -> tuple[list[str], list[str]]:

@@ -21,12 +21,21 @@ from outbox.tables import Xid8, relay_cursor_name
 UTC_NOW = sa.text("(now() at time zone 'utc')")
 
 
+def create_schema_sql(schema: str) -> str:
+    """Create ``schema`` unless it exists. Not ``create schema if not exists``: that needs
+    CREATE on the database even when the schema is there, which a least-privilege
+    migrations role (``outbox db roles``) does not have."""
+    check_identifier(schema, "schema")
+    return (f"do $schema$ begin if not exists (select from pg_namespace where nspname = "
+            f"'{schema}') then create schema {quote_ident(schema)}; end if; end $schema$")
+
+
 def create_schema_v1(op: Operations, schema: str = "public", outbox: str = "outbox",
                      inbox: str = "inbox") -> None:
     """Version 1: the outbox table and the inbox table, with their indexes."""
     for value, what in ((schema, "schema"), (outbox, "outbox table"), (inbox, "inbox table")):
         check_identifier(value, what)
-    op.execute(sa.text(f"create schema if not exists {quote_ident(schema)}"))
+    op.execute(sa.text(create_schema_sql(schema)))
     op.create_table(
         outbox,
         sa.Column("id", postgresql.UUID(as_uuid=True), nullable=False),

@@ -10,7 +10,8 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool
 
 from outbox.migrate import VERSION_TABLE, include_toolkit_objects, target_metadata
-from outbox.settings import Settings, quote_ident
+from outbox.migrations.ddl import create_schema_sql
+from outbox.settings import Settings
 
 config = context.config
 settings: Settings = config.attributes.get("settings") or Settings()
@@ -27,7 +28,7 @@ def _configure(**kw: object) -> None:
     )
 
 
-SCHEMA_DDL = f"create schema if not exists {quote_ident(settings.db_schema)}"
+SCHEMA_DDL = create_schema_sql(settings.db_schema)
 
 
 def run_offline() -> None:

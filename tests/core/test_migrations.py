@@ -157,7 +157,7 @@ def test_offline_sql_for_a_dba(empty_db: str) -> None:
     result = CliRunner().invoke(main, ["db", "upgrade", "--sql", "--database-url", empty_db,
                                        "--schema", "dba"])
     assert result.exit_code == 0, result.output
-    assert 'create schema if not exists "dba"' in result.output
+    assert 'then create schema "dba"' in result.output
     assert "CREATE TABLE dba.outbox" in result.output
     assert "CREATE TABLE dba.outbox_alembic_version" in result.output
     assert tables(empty_db, "dba") == set()  # nothing ran
