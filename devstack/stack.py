@@ -58,6 +58,12 @@ CONNECT_HEAP = os.environ.get("OUTBOX_STACK_CONNECT_HEAP", "768m")
 SERVICES = ("postgres", "kafka", "connect")
 
 
+def fast_mode() -> bool:
+    """``OUTBOX_STACK_FAST=1``: PostgreSQL without fsync and synchronous commits, for the
+    edit-test loop. A crash of the server (or of the machine) can then lose commits."""
+    return os.environ.get("OUTBOX_STACK_FAST", "").lower() in ("1", "true", "yes", "on")
+
+
 class StackError(Exception):
     """A service could not be installed, started or reached."""
 
@@ -327,7 +333,7 @@ class Postgres:
             hba.write("host replication all 127.0.0.1/32 scram-sha-256\n")
 
     def write_conf(self) -> None:
-        fsync = os.environ.get("OUTBOX_STACK_PG_FSYNC", "off")
+        durable = "off" if fast_mode() else "on"
         conf = f"""# written by devstack/stack.py at every start
 listen_addresses = '{HOST}'
 port = {self.port}
@@ -338,11 +344,12 @@ shared_buffers = 256MB
 wal_level = logical
 max_replication_slots = 20
 max_wal_senders = 20
-# Dev-only: durability of the dev cluster itself is not under test (the toolkit's crash
-# tests kill the relay and consumers, not PostgreSQL). OUTBOX_STACK_PG_FSYNC=on restores it.
-fsync = {fsync}
-synchronous_commit = {"on" if fsync == "on" else "off"}
-full_page_writes = {fsync}
+# Durable commits by default: the outbox guarantee is only as durable as the commit that
+# wrote the event (an event answered 202 must survive a PostgreSQL crash). The edit-test
+# loop may trade that for speed with OUTBOX_STACK_FAST=1 (docs/development.md).
+fsync = {durable}
+synchronous_commit = {durable}
+full_page_writes = {durable}
 log_min_messages = warning
 log_line_prefix = '%m [%p] %d '
 """
@@ -352,9 +359,23 @@ log_line_prefix = '%m [%p] %d '
         if user is not None:
             shutil.chown(target, user=user)
 
+    def durability(self) -> str:
+        """What the running server does at commit: ``durable`` or ``FAST (...)``."""
+        r = self.psql("select string_agg(name || '=' || setting, ', ' order by name) "
+                      "from pg_settings where name in ('fsync', 'synchronous_commit', "
+                      "'full_page_writes')", db="postgres")
+        settings = r.stdout.strip()
+        if r.returncode != 0 or not settings:
+            return "durability unknown"
+        return "durable" if settings.count("=on") == 3 else f"FAST, not durable ({settings})"
+
     def up(self) -> None:
         if self.ready():
-            say(f"postgres already running on {HOST}:{self.port}")
+            running = self.durability()
+            say(f"postgres already running on {HOST}:{self.port} ({running})")
+            if (running == "durable") == fast_mode():
+                say("  (it keeps its mode until restarted: make stack-down, then "
+                    f"{'OUTBOX_STACK_FAST=1 ' if fast_mode() else ''}make stack-up)")
             return
         if self.ready("postgres"):  # our server is up but the database is missing
             self.ensure_database()
@@ -372,7 +393,7 @@ log_line_prefix = '%m [%p] %d '
                              f"Last lines of {self.log}:\n{tail(self.log)}")
         wait_until("postgres", lambda: self.ready("postgres"), 30, self.log)
         self.ensure_database()
-        say(f"postgres ready on {HOST}:{self.port}")
+        say(f"postgres ready on {HOST}:{self.port} ({self.durability()})")
 
     def down(self) -> None:
         if self.running_pid() is None:
@@ -383,7 +404,8 @@ log_line_prefix = '%m [%p] %d '
 
     def status(self) -> tuple[bool, str]:
         ok = self.ready()
-        return ok, f"pid {self.running_pid()}, {HOST}:{self.port}, wal_level=logical"
+        detail = f"pid {self.running_pid()}, {HOST}:{self.port}, wal_level=logical"
+        return ok, detail + (f", {self.durability()}" if ok else "")
 
 
 # --------------------------------------------------------------------------- kafka

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import psycopg
+import pytest
 
 from tests.harness.kafka import consume_all, create_topic, produce
 from tests.harness.stack import ROOT
@@ -98,3 +106,61 @@ def test_kafka_cluster_ids_never_start_with_a_dash() -> None:
     ids = [stack.kafka_uuid() for _ in range(2000)]
     assert not [i for i in ids if i.startswith("-")]
     assert all(len(i) == 22 for i in ids)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _private_postgres(home: Path, port: int, action: str, fast: bool = False) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "OUTBOX_STACK_FAST"}
+    env.update(OUTBOX_STACK_DIR=str(home), OUTBOX_STACK_PG_PORT=str(port))
+    if fast:
+        env["OUTBOX_STACK_FAST"] = "1"
+    done = subprocess.run([sys.executable, str(ROOT / "devstack" / "stack.py"), action,
+                           "postgres"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _commit_settings(url: str) -> dict[str, str]:
+    with psycopg.connect(url) as conn:
+        return dict(conn.execute(
+            "select name, setting from pg_settings where name in "
+            "('fsync', 'synchronous_commit', 'full_page_writes')").fetchall())
+
+
+@pytest.mark.slow
+def test_the_default_stack_commits_durably_and_fast_mode_is_an_opt_in() -> None:
+    """A private cluster started the default way: every commit is flushed, so an immediate
+    (crash) stop right after the last of 300 one-row commits loses none of them. With
+    OUTBOX_STACK_FAST=1 the same stack runs without fsync and synchronous commits."""
+    # Under /tmp: the unprivileged server must traverse every parent directory.
+    home = Path(tempfile.mkdtemp(prefix="outbox-durable-", dir="/tmp"))
+    home.chmod(0o755)
+    port = _free_port()
+    url = f"postgresql://outbox:outbox@127.0.0.1:{port}/outbox"
+    try:
+        _private_postgres(home, port, "up")
+        assert _commit_settings(url) == {"fsync": "on", "synchronous_commit": "on",
+                                         "full_page_writes": "on"}
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("create table orders (n int primary key)")
+            for n in range(300):
+                conn.execute("insert into orders values (%s)", (n,))  # each its own commit
+        postmaster = int((home / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+        os.kill(postmaster, signal.SIGQUIT)  # immediate shutdown: crash recovery at start
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and Path(f"/proc/{postmaster}").exists():
+            time.sleep(0.1)
+        _private_postgres(home, port, "up")
+        with psycopg.connect(url) as conn:
+            assert conn.execute("select count(*) from orders").fetchone() == (300,)
+        _private_postgres(home, port, "down")
+        _private_postgres(home, port, "up", fast=True)
+        assert _commit_settings(url) == {"fsync": "off", "synchronous_commit": "off",
+                                         "full_page_writes": "off"}
+    finally:
+        _private_postgres(home, port, "down")
+        shutil.rmtree(home, ignore_errors=True)
