@@ -16,8 +16,10 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar, overload
 
@@ -215,17 +217,20 @@ def settings_options(func: F) -> F: ...
 
 
 @overload
-def settings_options(*, log_format: str = "text", log_level: str = "warning"
-                     ) -> Callable[[F], F]: ...
+def settings_options(*, log_format: str = "text", log_level: str = "warning",
+                     daemon: bool = False) -> Callable[[F], F]: ...
 
 
 def settings_options(func: F | None = None, *, log_format: str = "text",
-                     log_level: str = "warning") -> F | Callable[[F], F]:
+                     log_level: str = "warning", daemon: bool = False
+                     ) -> F | Callable[[F], F]:
     """Add the settings and logging flags to a click command and pass it a ready
     ``settings``; errors it raises become one line with an exit code (:func:`cli_error`).
 
     ``log_format`` / ``log_level`` are the defaults of ``--log-format`` / ``--log-level``
-    (a daemon logs JSON at info; a command prints warnings as text).
+    (a daemon logs JSON at info; a command prints warnings as text). A ``daemon``'s
+    rejected settings are one log record in its format (and its exit code), like the
+    rest of what it says.
     """
     def decorate(command_func: F) -> F:
         @functools.wraps(command_func)
@@ -238,7 +243,14 @@ def settings_options(func: F | None = None, *, log_format: str = "text",
             try:
                 settings = load_settings(**overrides)
             except ConfigurationError as exc:
-                raise cli_error(exc) from None
+                error = cli_error(exc)
+                if not daemon:
+                    raise error from None
+                configure_logging(fmt, level)
+                logging.getLogger("outbox").error(
+                    "%s", error.format_message(),
+                    extra={"action": "config_error", "exit_code": error.exit_code})
+                sys.exit(error.exit_code)
             configure_logging(fmt, level, secrets_of(settings))
             try:
                 return command_func(*args, settings=settings, **kwargs)

@@ -91,12 +91,30 @@ def configure_logging(fmt: str = "json", level: str = "info",
     passwords and ``secrets`` masked (:class:`SecretFilter`)."""
     if fmt not in LOG_FORMATS:
         raise ConfigurationError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(SecretFilter(secrets))
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replaces the toolkit's own handler of an earlier call (a command run in-process
+    # by a test, say), leaves others alone.
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _StderrHandler)]
+    root.addHandler(handler)
     root.setLevel(check_level(level).upper())
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to ``sys.stderr`` as it is when a line is written (tests swap it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
 
 
 def kafka_logger() -> logging.Logger:

@@ -34,7 +34,7 @@ def relay() -> None:
 
 
 @relay.command()
-@settings_options(log_format="json", log_level="info")
+@settings_options(log_format="json", log_level="info", daemon=True)
 @click.option("--batch-size", default=2000, show_default=True, help="rows per claim")
 @click.option("--poll-interval", type=DURATION, default=1.0, show_default=True,
               help="time between polls when no NOTIFY arrives (the guarantee); a bare "

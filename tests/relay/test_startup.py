@@ -1,0 +1,99 @@
+"""`outbox relay run` checks the database and the broker before it calls itself healthy,
+and librdkafka's own log goes through the toolkit's logger as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import pytest
+
+from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_UNAVAILABLE
+from tests.test_cli_errors import COMMAND
+
+pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def relay(url: str, bootstrap: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([*COMMAND, "relay", "run", *args],
+                            env={**os.environ, "OUTBOX_DATABASE_URL": url,
+                                 "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": bootstrap},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def health(port: int) -> tuple[int, dict[str, Any]] | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+    except OSError:
+        return None
+
+
+def records(stderr: str) -> list[dict[str, Any]]:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    parsed = []
+    for line in lines:
+        assert line.startswith("{"), f"not a JSON log line: {line[:300]}"
+        parsed.append(json.loads(line))
+    return parsed
+
+
+def test_unhealthy_during_the_start_up_checks_then_one_line_and_exit_6(
+        outbox_url: str) -> None:
+    port = free_port()
+    proc = relay(outbox_url, "127.0.0.1:1", "--metrics-port", str(port),
+                 "--startup-timeout", "5")
+    seen = None
+    deadline = time.monotonic() + 5
+    while seen is None and time.monotonic() < deadline and proc.poll() is None:
+        seen = health(port)
+        time.sleep(0.1)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_UNAVAILABLE, stderr
+    assert seen is not None and seen[0] == 503, seen
+    assert seen[1]["detail"] == "start-up checks"
+    errors = [r for r in records(stderr) if r["level"] == "error"]
+    assert [r["action"] for r in errors] == ["service_unavailable"]
+    assert "Kafka 127.0.0.1:1 did not answer within 5s" in errors[0]["message"]
+    assert not any(r.get("action") == "relay_start" for r in records(stderr))
+
+
+def test_a_wrong_password_is_one_line_and_exit_3(outbox_url: str, kafka_bootstrap: str) -> None:
+    proc = relay(outbox_url.replace("outbox:outbox@", "outbox:Wr0ng@"), kafka_bootstrap)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_CONFIG, stderr
+    errors = [r for r in records(stderr) if r["level"] == "error"]
+    assert len(errors) == 1 and "password authentication failed" in errors[0]["message"]
+    assert "Wr0ng" not in stderr
+
+
+def test_librdkafka_logs_through_the_toolkit_logger_as_json(
+        outbox_url: str, kafka_bootstrap: str) -> None:
+    """One bootstrap server refuses connections: the start-up check passes (the other
+    answers), and librdkafka's complaints arrive as JSON lines of outbox.librdkafka."""
+    proc = relay(outbox_url, f"127.0.0.1:1,{kafka_bootstrap}", "--poll-interval", "0.2")
+    try:
+        time.sleep(6)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_OK, stderr
+    parsed = records(stderr)
+    assert any(r["action"] == "relay_start" for r in parsed if "action" in r)
+    assert any(r["logger"] == "outbox.librdkafka" and "127.0.0.1:1" in r["message"]
+               for r in parsed), stderr[-3000:]
