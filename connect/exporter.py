@@ -35,10 +35,9 @@ from prometheus_client.registry import Collector
 from connect.client import ConnectClient, ConnectError
 from connect.config import CONNECTOR_CLASS, CdcOptions, render
 from outbox import http
-from outbox.cli_options import settings_options
-from outbox.errors import OutboxError, ServiceUnavailableError
+from outbox.cli_options import DURATION, CliError, settings_options
+from outbox.errors import ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_WORKER_DIED
-from outbox.logs import configure_logging
 from outbox.preflight import check_database
 from outbox.settings import Settings, redact_url, scrub
 
@@ -259,39 +258,30 @@ def _preflight(settings: Settings, names: list[str]) -> None:
 @click.option("--name", "names", multiple=True,
               help="connector to report on (repeatable; one that is missing is reported "
                    "MISSING); default: every Debezium PostgreSQL connector on this database")
-@click.option("--port", type=int, default=9102, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=9102, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on (0.0.0.0 in a container)")
-@click.option("--timeout", type=float, default=5.0, show_default=True,
-              help="seconds a scrape waits for PostgreSQL or Kafka Connect")
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
-              show_default=True)
-@click.option("--log-level", default="info", show_default=True)
-@settings_options
-def exporter(settings: Settings, names: tuple[str, ...], port: int, host: str, timeout: float,
-             log_format: str, log_level: str) -> None:
+@click.option("--timeout", type=DURATION, default=5.0, show_default=True,
+              help="how long a scrape waits for PostgreSQL or Kafka Connect")
+@settings_options(log_format="json", log_level="info")
+def exporter(settings: Settings, names: tuple[str, ...], port: int, host: str,
+             timeout: float) -> None:
     """Serve /metrics (replication slot lag, connector and task state) and /health.
 
-    Exit codes: 0 stopped by SIGTERM/SIGINT, 3 configuration rejected (one line says
-    why), 7 the HTTP server thread died.
+    Exit codes: 0 stopped by SIGTERM/SIGINT, 2 usage, 3 configuration rejected (one line
+    says why), 7 the HTTP server thread died.
     """
-    try:
-        configure_logging(log_format, log_level)
-        # httpx logs every request at INFO: two lines per connector per scrape.
-        logging.getLogger("httpx").setLevel(logging.WARNING)
-        _preflight(settings, list(names))
-    except OutboxError as exc:  # ConfigurationError, from the settings or the database
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(EXIT_CONFIG)
+    # httpx logs every request at INFO: two lines per connector per scrape.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    _preflight(settings, list(names))  # ConfigurationError: one line, exit 3
     collector = CdcCollector(settings, list(names), timeout)
     registry = CollectorRegistry()
     registry.register(collector)
     try:
         server = http.serve(registry, collector.health, host, port, name="cdc-exporter")
     except OSError as exc:
-        click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}; pick "
-                   "another --port", err=True)
-        sys.exit(EXIT_CONFIG)
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; pick another "
+                       "--port", EXIT_CONFIG) from None
     log.info("CDC exporter on http://%s:%d/metrics for %s (database %s, Connect %s)", host,
              port, ", ".join(names) or "the connectors on this database",
              redact_url(settings.database_url), redact_url(settings.connect_url),

@@ -117,7 +117,6 @@ def cli_error(exc: BaseException, settings: Settings | None = None) -> CliError:
     # Imported here: `outbox --help` must not pay for the drivers.
     import psycopg
     import sqlalchemy.exc
-    from alembic.util import CommandError
     from confluent_kafka import KafkaError, KafkaException
 
     from outbox import preflight
@@ -142,7 +141,9 @@ def cli_error(exc: BaseException, settings: Settings | None = None) -> CliError:
         detail = error.str() if isinstance(error, KafkaError) else _first_line(exc)
         return cli_error(preflight.kafka_failure(detail, settings,
                                                  settings.kafka_bootstrap_servers), settings)
-    if isinstance(exc, OutboxError | CommandError | psycopg.Error | KafkaException):
+    # (alembic by module: importing it logs its plugin set-up at info level)
+    if isinstance(exc, OutboxError | psycopg.Error | KafkaException) or type(
+            exc).__module__.startswith("alembic."):
         return CliError(clean(_first_line(exc)), EXIT_ERROR)
     if isinstance(exc, sqlalchemy.exc.ArgumentError):
         return CliError(clean(f"database URL: {_first_line(exc)}; check OUTBOX_DATABASE_URL "

@@ -73,6 +73,9 @@ COMMANDS: dict[tuple[str, ...], Spec] = {
     ("connect", "resume"): Spec(needs=_needs("connect")),
     ("connect", "restart"): Spec(needs=_needs("connect")),
     ("connect", "delete"): Spec(needs=_needs("connect")),
+    # Serves /metrics about the database and Connect even while they are down (reporting
+    # that is its job), so only what no restart can fix stops it.
+    ("connect", "exporter"): Spec(("--port", "0"), _needs("url")),
 }
 
 
