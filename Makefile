@@ -15,6 +15,7 @@ help:
 	@echo "make stack-up      start PostgreSQL, Kafka and Kafka Connect (idempotent)"
 	@echo "make stack-status  show what runs and where"
 	@echo "make stack-down    stop the stack"
+	@echo "OUTBOX_STACK_FAST=1 make stack-up   PostgreSQL without durable commits (edit-test loop only)"
 	@echo "make lint          ruff + mypy --strict"
 	@echo "make rules-check   promtool: check and unit-test deploy/prometheus's rules"
 
