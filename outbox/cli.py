@@ -18,7 +18,7 @@ from typing import Any
 import click
 
 from outbox import __version__
-from outbox.exit_codes import EXIT_ERROR
+from outbox.exit_codes import EXIT_INTERRUPTED
 
 # command name -> "module:attribute" of the click command (its docstring is its help)
 COMMANDS: dict[str, str] = {
@@ -69,9 +69,9 @@ class LazyGroup(click.Group):
         except click.ClickException as exc:
             _error_line(exc.format_message())
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
-            _error_line("aborted, nothing done")
-            sys.exit(EXIT_ERROR)
+        except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
+            _error_line("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
         except Exception as exc:
             from outbox.cli_options import cli_error, traceback_wanted
 
