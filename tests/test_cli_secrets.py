@@ -33,6 +33,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.connect]
 # Commands whose clients are C libraries (librdkafka): run as real processes, so a line
 # written straight to stderr would be seen too.
 REAL_PROCESS = {("replay",), ("dlq", "list"), ("dlq", "redrive")}
+# Daemons: run as processes for a few seconds, then SIGTERM.
+DAEMONS: dict[tuple[str, ...], tuple[str, ...]] = {("relay", "run"): (),
+                                                   ("connect", "exporter"): ("--port", "0")}
 
 
 @dataclass(frozen=True)
@@ -121,9 +124,9 @@ def _run(command: tuple[str, ...], args: tuple[str, ...], place: Place) -> str:
     return result.stdout + result.stderr + escaped
 
 
-def _relay_output(place: Place) -> str:
-    """`outbox relay run` for a few seconds (start-up, delivery, drain), then SIGTERM."""
-    proc = subprocess.Popen([*COMMAND, "relay", "run", *place.args],
+def _daemon_output(place: Place, command: tuple[str, ...] = ("relay", "run")) -> str:
+    """A daemon for a few seconds (start-up, work, drain), then SIGTERM."""
+    proc = subprocess.Popen([*COMMAND, *command, *DAEMONS[command], *place.args],
                             env={**os.environ, **place.env}, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     try:
@@ -131,7 +134,7 @@ def _relay_output(place: Place) -> str:
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
-    return output
+    return str(output)
 
 
 def test_no_command_prints_a_secret_given_in_any_place(
@@ -141,9 +144,10 @@ def test_no_command_prints_a_secret_given_in_any_place(
     seen = 0
     try:
         for where, place in places.items():
-            outputs: dict[tuple[str, ...], str] = {("relay", "run"): _relay_output(place)}
+            outputs: dict[tuple[str, ...], str] = {
+                command: _daemon_output(place, command) for command in DAEMONS}
             for command in leaf_commands():
-                if command != ("relay", "run"):
+                if command not in DAEMONS:
                     outputs[command] = _run(command, _args(command, connector), place)
             # ... and what the connector ended up with, as Kafka Connect shows it.
             outputs[("connect", "status", "--name")] = _run(
@@ -164,7 +168,7 @@ def test_no_command_prints_a_secret_given_in_any_place(
 def test_the_relay_log_masks_a_password_in_the_query_string(
         places: dict[str, Place], canaries: Canaries) -> None:
     """The relay's first log line printed ?password=... as it was (issue 14)."""
-    output = _relay_output(places["url query"])
+    output = _daemon_output(places["url query"])
     assert "?password=***" in output, output[:2000]
     assert canaries.database not in output
 

@@ -44,7 +44,7 @@ def test_render_masks_a_literal_password_and_routes_by_template() -> None:
     assert '"database.password": "***"' in result.output
     bad = CliRunner().invoke(main, ["connect", "render", "--topic-template", "all-events",
                                     "--database-url", "postgresql://app@db/shop"])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 3  # outbox.exit_codes.EXIT_CONFIG
     assert "has no {aggregatetype}" in bad.output
 
 
@@ -209,5 +209,5 @@ def test_unreachable_connect_is_one_clear_line() -> None:
     result = CliRunner().invoke(main, ["connect", "status", "--connect-url",
                                        "http://127.0.0.1:1", "--database-url",
                                        "postgresql://u@127.0.0.1/db"])
-    assert result.exit_code == 1
+    assert result.exit_code == 6  # outbox.exit_codes.EXIT_UNAVAILABLE
     assert "Kafka Connect at http://127.0.0.1:1 is not reachable" in result.output

@@ -236,8 +236,11 @@ def test_graceful_shutdown_leaves_nothing_produced_but_unmarked(
 def test_second_signal_exits_at_once(outbox_url: str, kafka_bootstrap: str, prefix: str,
                                      tmp_path: Path) -> None:
     log = tmp_path / "relay.log"
-    # An unreachable broker: the first signal's drain would wait for the shutdown timeout.
-    proc = spawn_relay(outbox_url, "127.0.0.1:1", prefix, "--shutdown-timeout", "60", log=log)
+    # The broker answers (the start-up checks pass), but the producer holds every record
+    # for a minute (linger.ms): the first signal's drain would wait for the shutdown timeout.
+    proc = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--shutdown-timeout", "60",
+                       "--kafka-config", "linger.ms=60000", "--kafka-config",
+                       "message.timeout.ms=120000", log=log)
     insert_events(outbox_url, make_events(10, aggregates=2))
     wait_started(log, 1)
     time.sleep(1.5)
