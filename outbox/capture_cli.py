@@ -6,17 +6,13 @@ import click
 import psycopg
 
 from outbox import capture as captures
-from outbox.cli_options import fail, settings_options
-from outbox.errors import OutboxError
-from outbox.settings import Settings, scrub
+from outbox.cli_options import settings_options
+from outbox.settings import Settings
 
 
 def _connect(settings: Settings) -> psycopg.Connection[tuple[object, ...]]:
-    try:
-        return psycopg.connect(settings.libpq_url(), connect_timeout=10, autocommit=True)
-    except psycopg.Error as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise click.ClickException(f"database: {scrub(first, settings)}") from None
+    # A failed connection is one line with its exit code (3 or 6) by settings_options.
+    return psycopg.connect(settings.libpq_url(), connect_timeout=10, autocommit=True)
 
 
 def _echo_sql(statements: list[str]) -> None:
@@ -61,15 +57,12 @@ def add(settings: Settings, table: str, name: str, event_type: str, aggregate_ty
                             aggregate_id_column=aggregate_id_column, event_type=event_type,
                             operations=_split(operations) or (), condition=condition,
                             columns=_split(columns), with_old=with_old)
-    try:
-        if sql:
-            captures.check(spec, settings)
-            _echo_sql(captures.install_sql(spec, settings))
-            return
-        with _connect(settings) as conn:
-            previous = captures.add(conn, spec, settings)
-    except (OutboxError, psycopg.Error) as exc:
-        raise fail(exc) from None
+    if sql:
+        captures.check(spec, settings)
+        _echo_sql(captures.install_sql(spec, settings))
+        return
+    with _connect(settings) as conn:
+        previous = captures.add(conn, spec, settings)
     verb = "replaced" if previous is not None else "installed"
     click.echo(f"{verb} capture {name} on {table}: {'/'.join(spec.operations)} -> "
                f"{event_type} ({aggregate_type}, key {aggregate_id_column})")
@@ -79,11 +72,8 @@ def add(settings: Settings, table: str, name: str, event_type: str, aggregate_ty
 @settings_options
 def list_(settings: Settings) -> None:
     """Show the installed captures and what they publish."""
-    try:
-        with _connect(settings) as conn:
-            found = captures.installed(conn, settings)
-    except (OutboxError, psycopg.Error) as exc:
-        raise fail(exc) from None
+    with _connect(settings) as conn:
+        found = captures.installed(conn, settings)
     if not found:
         click.echo(f"no captures in schema {settings.db_schema}")
     for item in found:
@@ -105,15 +95,12 @@ def list_(settings: Settings) -> None:
 @settings_options
 def remove(settings: Settings, name: str, sql: bool) -> None:
     """Remove capture NAME: its trigger and function; the table is left as it was."""
-    try:
-        with _connect(settings) as conn:
-            if sql:
-                found = captures.find(conn, settings, name)
-                if found is None or found.capture is None:
-                    raise click.ClickException(f"no capture named {name!r}")
-                _echo_sql(captures.remove_sql(found.capture, settings))
-                return
-            removed = captures.remove(conn, name, settings)
-    except (OutboxError, psycopg.Error) as exc:
-        raise fail(exc) from None
+    with _connect(settings) as conn:
+        if sql:
+            found = captures.find(conn, settings, name)
+            if found is None or found.capture is None:
+                raise click.ClickException(f"no capture named {name!r}")
+            _echo_sql(captures.remove_sql(found.capture, settings))
+            return
+        removed = captures.remove(conn, name, settings)
     click.echo(f"removed capture {name} from {removed.table}")

@@ -27,8 +27,6 @@ def db() -> None:
     """Migrations: add the outbox and inbox tables to an existing database."""
 
 
-# The steps of `outbox db roles`, in order (outbox/roles.sql).
-STEPS = ("roles", "grants", "publication")
 # A relative revision (-1) is an argument, not an unknown option.
 _REVISION_ARGS = {"ignore_unknown_options": True}
 
@@ -107,7 +105,8 @@ def check(settings: Settings, cdc: bool) -> None:
 @click.option("--connector-name", default="outbox-connector", show_default=True,
               help="the Debezium connector (`outbox connect --name`) whose publication "
                    "the CDC role reads")
-@click.option("--step", type=click.Choice([*STEPS, "all"]), default="all",
+@click.option("--step", type=click.Choice(["roles", "grants", "publication", "all"]),
+              default="all",
               show_default=True,
               help="roles: roles and schema (before `db upgrade`); grants: table "
                    "privileges (after it); publication: Debezium's (CDC only)")
@@ -123,9 +122,9 @@ def roles(settings: Settings, sql: bool, role_prefix: str, connector_name: str,
     from outbox import roles as role_sql
 
     # The connector's publication is named like its slot (connect.config.render).
-    blocks = role_sql.render(settings, role_sql.RoleNames(role_prefix),
-                             slot_name(connector_name))
-    chosen = [blocks[name] for name in STEPS if step in (name, "all")]
+    blocks = role_sql.render_steps(settings, role_sql.RoleNames(role_prefix),
+                                   slot_name(connector_name))
+    chosen = [blocks[name] for name in role_sql.STEPS if step in (name, "all")]
     if sql:
         click.echo("\n".join(chosen), nl=False)
         return
@@ -135,7 +134,7 @@ def roles(settings: Settings, sql: bool, role_prefix: str, connector_name: str,
         for block in chosen:
             conn.execute(block.encode())
     click.echo(f"roles {', '.join(f'{role_prefix}_{k}' for k in role_sql.KINDS)}: "
-               f"{', '.join(s for s in STEPS if step in (s, 'all'))} applied")
+               f"{', '.join(s for s in role_sql.STEPS if step in (s, 'all'))} applied")
 
 
 def _cdc_findings(settings: Settings) -> tuple[list[str], list[str]]:

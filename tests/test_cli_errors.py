@@ -50,6 +50,11 @@ def _needs(*names: str) -> frozenset[str]:
 
 
 COMMANDS: dict[tuple[str, ...], Spec] = {
+    ("capture", "add"): Spec(("orders", "--name", "c1", "--event-type", "OrderPlaced",
+                              "--aggregate-type", "order", "--aggregate-id-column", "id"),
+                             _needs("db")),
+    ("capture", "list"): Spec(needs=_needs("db")),
+    ("capture", "remove"): Spec(("c1",), _needs("db")),
     ("db", "upgrade"): Spec(needs=_needs("db")),
     ("db", "downgrade"): Spec(("--yes",), _needs("db")),
     ("db", "current"): Spec(needs=_needs("db")),

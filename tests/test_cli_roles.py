@@ -132,9 +132,12 @@ def _count(url: str, table: str) -> int:
 def test_writer_relay_and_consumer_each_work_as_their_role_and_no_more(
         roles: Roles, kafka_bootstrap: str, topic: str) -> None:
     outbox = f'"{SCHEMA}".outbox'
-    # A writer publishes, and can do nothing else with the outbox or the inbox.
+    # A writer publishes (publish(), and the SQL function any language and capture
+    # triggers call), and can do nothing else with the outbox or the inbox.
     with psycopg.connect(roles.urls["writer"]) as conn:
-        publish(conn, *_events(6, "written"), settings=roles.settings("writer"))
+        publish(conn, *_events(5, "written"), settings=roles.settings("writer"))
+        conn.execute(f"select {outbox[:-len('.outbox')]}.outbox_publish('invoice', 'inv-9', "
+                     """'InvoiceIssued', '{"n": 5, "tag": "written"}'::jsonb)""")
     for statement in (f"select * from {outbox}", f"update {outbox} set attempts = 1",
                       f"delete from {outbox}", f'select * from "{SCHEMA}".inbox',
                       f'select * from "{SCHEMA}".outbox_relay_cursor'):

@@ -182,7 +182,8 @@ def test_cli_upgrade_current_check_downgrade(empty_db: str) -> None:
     assert runner.invoke(main, ["db", "current"], env=env).output.strip() == migrate.head()
     result = runner.invoke(main, ["db", "downgrade", "-1"], env=env)  # no data lost: no question
     assert result.exit_code == 0, result.output
-    for refused in (["base"], ["-2"], ["0001-1"]):  # at 0002 now: each one goes to base
+    # One below head now: each of these goes to base.
+    for refused in (["base"], [f"-{len(migrate.revisions()) - 1}"], ["0001-1"]):
         result = runner.invoke(main, ["db", "downgrade", *refused], env=env)
         assert result.exit_code == EXIT_USAGE, (refused, result.output)
         assert "pass --yes" in result.output

@@ -184,7 +184,7 @@ def test_a_capture_that_could_not_publish_is_refused_at_add(
         "--aggregate-type", spec.aggregate_type, "--aggregate-id-column",
         spec.aggregate_id_column, "--on", ",".join(spec.operations), "--when",
         spec.condition or "true"], env={"OUTBOX_DATABASE_URL": database_url})
-    assert cli.exit_code == 1
+    assert cli.exit_code == 3  # outbox.exit_codes.EXIT_CONFIG
     assert "Traceback" not in cli.output
     assert len(cli.output.strip().splitlines()) == 1
 
