@@ -153,7 +153,8 @@ _SOURCES = {"database_url": "OUTBOX_DATABASE_URL / --database-url",
             "outbox_table": "OUTBOX_OUTBOX_TABLE / --outbox-table",
             "inbox_table": "OUTBOX_INBOX_TABLE / --inbox-table",
             "topic_template": "OUTBOX_TOPIC_TEMPLATE / --topic-template",
-            "max_payload_bytes": "OUTBOX_MAX_PAYLOAD_BYTES"}
+            "max_payload_bytes": "OUTBOX_MAX_PAYLOAD_BYTES",
+            "max_record_bytes": "OUTBOX_MAX_RECORD_BYTES"}
 _HINTS = {"kafka_config": "; write a JSON object such as "
                           '{"security.protocol": "SASL_SSL"}, or pass --kafka-config KEY=VALUE'}
 
