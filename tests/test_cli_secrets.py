@@ -131,9 +131,12 @@ def _daemon_output(place: Place, command: tuple[str, ...] = ("relay", "run")) ->
                             stderr=subprocess.STDOUT, text=True)
     try:
         time.sleep(6)
-    finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # did not stop: kill it rather than leave it running
+            proc.kill()
+            proc.communicate(timeout=10)
     return str(output)
 
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,11 +28,27 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_relay_left_behind() -> Iterator[None]:
+    """A relay that did not stop as the test expected is killed, not left running."""
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def relay(url: str, bootstrap: str, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([*COMMAND, "relay", "run", *args],
+    proc = subprocess.Popen([*COMMAND, "relay", "run", *args],
                             env={**os.environ, "OUTBOX_DATABASE_URL": url,
                                  "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": bootstrap},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    STARTED.append(proc)
+    return proc
 
 
 def health(port: int) -> tuple[int, dict[str, Any]] | None:
