@@ -122,10 +122,12 @@ class Bad:
     code: int
     words: str  # in the error line
     args: tuple[str, ...] = ()
-    # In-process (CliRunner) is quicker and sees every Python traceback; a real process
-    # also shows what a C library writes straight to stderr (librdkafka's raw lines):
-    # the cases that reach the broker, and one database case, run as real processes.
-    in_process: bool = True
+    # Batched: every command of the case in ONE helper process, each through CliRunner
+    # (quicker, and sees every Python traceback; its own process, so no thread of another
+    # test writes into the output). Otherwise a process per command, which also shows
+    # what a C library writes straight to stderr (librdkafka's raw lines): the cases that
+    # reach the broker, and one database case.
+    batched: bool = True
 
 
 def _port_in_use() -> Iterator[int]:
@@ -170,10 +172,10 @@ def bad_inputs(env: dict[str, str]) -> dict[str, Bad]:
         "unknown host": Bad(_url(env, f"@{host}:", "@nohost.invalid:"), "db", EXIT_CONFIG,
                             "nohost.invalid"),
         "database down": Bad(_url(env, f":{port}/", ":1/"), "db", EXIT_UNAVAILABLE,
-                             "did not answer", in_process=False),
+                             "did not answer", batched=False),
         "broker down": Bad({"OUTBOX_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "kafka",
                            EXIT_UNAVAILABLE, "Kafka 127.0.0.1:1 did not answer",
-                           in_process=False),
+                           batched=False),
         "Connect down": Bad({"OUTBOX_CONNECT_URL": "http://127.0.0.1:1"}, "connect",
                             EXIT_UNAVAILABLE, "Kafka Connect at http://127.0.0.1:1 is not"),
         "OUTBOX_KAFKA_CONFIG not json": Bad({"OUTBOX_KAFKA_CONFIG": "not json"}, "all",
@@ -194,15 +196,31 @@ class Outcome:
     seconds: float
 
 
-def run(command: tuple[str, ...], args: tuple[str, ...], env: dict[str, str],
-        in_process: bool = False) -> Outcome:
+def invoke(command: tuple[str, ...], args: tuple[str, ...], env: dict[str, str]) -> Outcome:
+    """One command through CliRunner, in this process."""
     started = time.monotonic()
-    if in_process:
-        result = CliRunner().invoke(main, [*command, *args], env=env)
-        escaped = result.exception if not isinstance(result.exception, SystemExit) else None
-        return Outcome(command, result.exit_code, result.stdout,
-                       result.stderr + (f"Traceback: {escaped!r}" if escaped else ""),
-                       time.monotonic() - started)
+    result = CliRunner().invoke(main, [*command, *args], env=env)
+    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
+    return Outcome(command, result.exit_code, result.stdout,
+                   result.stderr + (f"Traceback: {escaped!r}" if escaped else ""),
+                   time.monotonic() - started)
+
+
+def run_batch(runs: list[tuple[tuple[str, ...], tuple[str, ...]]],
+              env: dict[str, str]) -> list[Outcome]:
+    """:func:`invoke` for each (command, args), in one helper process (this module run as
+    a script)."""
+    done = subprocess.run([sys.executable, "-m", "tests.test_cli_errors"], cwd=ROOT,
+                          input=json.dumps({"runs": runs, "env": env}), capture_output=True,
+                          text=True, timeout=BOUND * len(runs) + 60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [Outcome(tuple(o["command"]), o["code"], o["stdout"], o["stderr"], o["seconds"])
+            for o in json.loads(done.stdout.splitlines()[-1])]
+
+
+def run(command: tuple[str, ...], args: tuple[str, ...], env: dict[str, str]) -> Outcome:
+    """One command as a real process."""
+    started = time.monotonic()
     done = subprocess.run([*COMMAND, *command, *args], env={**os.environ, **env},
                           capture_output=True, text=True, timeout=BOUND + 30,
                           stdin=subprocess.DEVNULL)
@@ -257,8 +275,8 @@ def test_each_bad_input_is_one_line_and_its_exit_code_for_every_command(
               or bad.concerns in s.needs]
     assert chosen, f"no command concerns {case!r}"
     env = {**base_env, **bad.env}
-    if bad.in_process:
-        outcomes = [run(c, (*s.args, *bad.args), env, in_process=True) for c, s in chosen]
+    if bad.batched:
+        outcomes = run_batch([(c, (*s.args, *bad.args)) for c, s in chosen], env)
     else:
         with ThreadPoolExecutor(max_workers=6) as pool:
             outcomes = list(pool.map(lambda cs: run(cs[0], (*cs[1].args, *bad.args), env),
@@ -284,3 +302,9 @@ def test_commands_with_their_own_bad_inputs(base_env: dict[str, str]) -> None:
                                f"cannot serve /metrics on 127.0.0.1:{port}")
     purge = run(("purge",), ("--older-than", "soon"), base_env)
     assert not problems_of(purge, Spec(), EXIT_USAGE, "'soon' is not a duration")
+
+
+if __name__ == "__main__":  # run_batch's helper process
+    request = json.loads(sys.stdin.read())
+    found = [invoke(tuple(c), tuple(a), request["env"]) for c, a in request["runs"]]
+    print(json.dumps([o.__dict__ for o in found]))
