@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from consumers.dlq import Failure
 from consumers.handlers import Registration
@@ -25,6 +25,7 @@ class Routed:
 
     event: IncomingEvent
     registration: Registration
+    value: BaseModel | None = None  # the payload validated by the registration's model
 
 
 Verdict = Routed | Failure
@@ -46,11 +47,12 @@ def route(msg: Received, routes: Routes, max_bytes: int | None) -> Verdict:
     if registration is None:
         return _poison("unknown-event-type", f"no handler for event type {event.type!r} on "
                                              f"{event.topic!r} and no fallback handler")
-    if registration.model is not None:
-        try:
-            registration.model.model_validate(event.payload)
-        except ValidationError as exc:
-            return _poison("invalid-payload", str(exc))
-        except Exception as exc:  # a validator that raised something else, RecursionError
-            return Failure("invalid-payload", exc, attempts=1)
-    return Routed(event, registration)
+    if registration.model is None:
+        return Routed(event, registration)
+    try:
+        value = registration.model.model_validate(event.payload)
+    except ValidationError as exc:
+        return _poison("invalid-payload", str(exc))
+    except Exception as exc:  # a validator that raised something else, RecursionError
+        return Failure("invalid-payload", exc, attempts=1)
+    return Routed(event, registration, value)

@@ -25,6 +25,7 @@ however malformed, huge or deep, stops the consumer.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -34,17 +35,20 @@ import time
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
 from types import FrameType
+from typing import TypeVar
 
 from confluent_kafka import Consumer as KafkaConsumer
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from pydantic import BaseModel
 from sqlalchemy import Engine, create_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from consumers.batch import BatchApplier, Item
 from consumers.clients import consumer_config, dead_letter_producer, measure_lag
+from consumers.dlq import Failure
 from consumers.dlq_writer import DeadLetterWriter
 from consumers.errors import Rewind
-from consumers.handlers import Handler, Registration, check_handler
+from consumers.handlers import Handler, resolve
 from consumers.health import ConsumerHealth, serve
 from consumers.inbox import InboxStore
 from consumers.message import IncomingEvent, Received
@@ -64,6 +68,7 @@ from outbox.preflight import check_database, check_kafka
 from outbox.settings import Settings
 
 log = logging.getLogger("outbox.consumer")
+H = TypeVar("H", bound=Handler)
 
 
 class _Fatal(Exception):  # noqa: N818 - control flow, never escapes the module
@@ -84,7 +89,8 @@ class Consumer:
     """
 
     def __init__(self, settings: Settings, group: str, *, engine: Engine | None = None,
-                 options: ConsumerOptions | None = None) -> None:
+                 options: ConsumerOptions | None = None,
+                 async_engine: AsyncEngine | None = None) -> None:
         self.settings = settings
         self.group = group
         self.options = options or ConsumerOptions()
@@ -96,7 +102,9 @@ class Consumer:
         self.stopping = threading.Event()
         self.state = ConsumerHealth(self.options.stall_after)
         self.applier = BatchApplier(self.engine, self.inbox, group, self.options,
-                                    self.metrics, self.state)
+                                    self.metrics, self.state, settings)
+        self.async_engine = async_engine  # made at run() if an async handler needs one
+        self._runner: asyncio.Runner | None = None
         self.kafka: KafkaConsumer | None = None
         self.dead_letters: DeadLetterWriter | None = None
         self._signals = 0
@@ -104,10 +112,10 @@ class Consumer:
 
     # ------------------------------------------------------------------ registration
     def handler(self, topic: str, event_type: str | None = None,
-                model: type[BaseModel] | None = None) -> Callable[[Handler], Handler]:
+                model: type[BaseModel] | None = None) -> Callable[[H], H]:
         """Decorator: handle ``event_type`` on ``topic`` (``None``: any type, a fallback)."""
 
-        def register(fn: Handler) -> Handler:
+        def register(fn: H) -> H:
             self.add_handler(topic, event_type, fn, model)
             return fn
 
@@ -117,10 +125,16 @@ class Consumer:
                     model: type[BaseModel] | None = None) -> None:
         """Register ``fn`` for ``event_type`` on ``topic``; ``model`` validates the payload.
 
-        ``fn`` must be a plain (synchronous) callable: an ``async def`` handler is refused
-        with a ``TypeError`` (see :mod:`consumers.handlers`).
+        ``fn`` is a function or ``async def`` whose parameters ask by annotation for what
+        it uses (:mod:`consumers.handlers`); a signature that cannot be served is a
+        ``TypeError`` here, naming the handler and the parameter.
         """
-        self.handlers[(topic, event_type)] = Registration(check_handler(fn), model)
+        self.handlers[(topic, event_type)] = resolve(fn, model)
+
+    @property
+    def is_async(self) -> bool:
+        """True if a handler is ``async def``: then every batch runs on the async engine."""
+        return any(r.is_async for r in self.handlers.values())
 
     @property
     def topics(self) -> list[str]:
@@ -170,6 +184,8 @@ class Consumer:
             code = self._start_up_checks()
             if code is not None:
                 return code
+            if self.is_async:
+                self._start_event_loop()
             try:
                 self.dead_letters = DeadLetterWriter(
                     lambda: dead_letter_producer(self.settings, self.options), self.group,
@@ -237,7 +253,31 @@ class Consumer:
                 self._process(batch)
             self._measure_lag()
 
+    def _start_event_loop(self) -> None:
+        """An event loop owned by this thread, on which async batches are awaited; the async
+        engine's connections belong to it, so it lives as long as the consumer runs."""
+        if self.async_engine is None:
+            self.async_engine = create_async_engine(self.settings.sqlalchemy_url(),
+                                                    pool_pre_ping=True, pool_size=2)
+        self.applier.use_async_engine(self.async_engine)
+        self._runner = asyncio.Runner()
+
+    def _fast(self, items: list[Item]) -> bool:
+        if self._runner is None:
+            return self.applier.fast(items)
+        return self._runner.run(self.applier.fast_async(items))
+
+    def _careful(self, items: list[Item]) -> tuple[int, tuple[Received, Failure] | None]:
+        if self._runner is None:
+            return self.applier.careful(items)
+        return self._runner.run(self.applier.careful_async(items))
+
     def _close(self) -> None:
+        if self._runner is not None:
+            if self.async_engine is not None:
+                self._runner.run(self.async_engine.dispose())
+            self._runner.close()
+            self._runner = None
         if self.dead_letters is not None:
             self.dead_letters.flush(self.options.shutdown_timeout)
         if self.kafka is not None:
@@ -287,11 +327,11 @@ class Consumer:
         received = [Received.of(m) for m in batch]
         items: list[Item] = [(m, route(m, self.handlers, limit)) for m in received]
         try:
-            if self.applier.fast(items):
+            if self._fast(items):
                 self._commit(received)
                 return
             while items and not self.stopping.is_set():
-                applied, failed = self.applier.careful(items)
+                applied, failed = self._careful(items)
                 if applied:
                     self._commit([m for m, _ in items[:applied]])
                 items = items[applied:]

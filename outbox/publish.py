@@ -90,6 +90,40 @@ class Event:
     id: uuid.UUID = field(default_factory=uuid7)
     created_at: dt.datetime = field(default_factory=_utc_now)
 
+    @classmethod
+    def of(cls, model: BaseModel, *, aggregate_id: str, aggregate_type: str | None = None,
+           event_type: str | None = None, correlation_id: str | None = None,
+           causation_id: str | None = None, traceparent: str | None = None) -> Event:
+        """The event carrying ``model`` as its payload (serialised by alias).
+
+        ``event_type`` defaults to the model's ``__event_type__`` class variable, else its
+        class name; ``aggregate_type`` to its ``__aggregate_type__`` (required one way or
+        the other)::
+
+            class OrderCreated(BaseModel):
+                __aggregate_type__: ClassVar[str] = "order"
+                order_id: str
+
+            publish(session, Event.of(OrderCreated(order_id=oid), aggregate_id=oid))
+        """
+        if not isinstance(model, BaseModel):
+            raise TypeError(f"Event.of() takes a pydantic model, got {type(model).__name__}")
+        kind = type(model)
+        aggregate = aggregate_type or getattr(kind, "__aggregate_type__", None)
+        if not aggregate:
+            raise EventValidationError("aggregate_type", f"is not given and {kind.__name__} "
+                                       "has no __aggregate_type__ class variable")
+        return cls(aggregate_type=aggregate, aggregate_id=aggregate_id,
+                   event_type=event_type or event_type_of(kind), payload=model,
+                   correlation_id=correlation_id, causation_id=causation_id,
+                   traceparent=traceparent)
+
+
+def event_type_of(model: type[BaseModel]) -> str:
+    """The event type a model is published as: ``__event_type__``, else its class name."""
+    declared = getattr(model, "__event_type__", None)
+    return declared if isinstance(declared, str) and declared else model.__name__
+
 
 @functools.cache
 def _default_settings() -> Settings:
@@ -282,4 +316,4 @@ async def publish_async(target: AsyncTarget, event: Event, *more: Event,
     return events
 
 
-__all__ = ["Event", "publish", "publish_async"]
+__all__ = ["Event", "event_type_of", "publish", "publish_async"]

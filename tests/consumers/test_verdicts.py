@@ -1,4 +1,4 @@
-"""Pure parts of the consumer, without services: verdicts, dead letters, handler rules.
+"""Pure parts of the consumer, without services: verdicts and dead letters.
 
 The same behaviour is proven against the real broker in test_poison.py and the fuzz test;
 these pin the details fast.
@@ -6,10 +6,7 @@ these pin the details fast.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import inspect
-import json
 import uuid
 
 import pytest
@@ -29,7 +26,7 @@ from consumers.dlq import (
     full_letter,
     truncated_letter,
 )
-from consumers.handlers import Registration, call_handler, check_handler
+from consumers.handlers import Registration
 from consumers.message import IncomingEvent, PoisonMessageError, Received
 from consumers.routing import Routed, Routes, route
 
@@ -148,42 +145,6 @@ def test_an_exception_whose_str_raises_still_makes_a_letter() -> None:
 
     letter = full_letter(received(b"v"), "g", Failure("handler-failed", NastyError(), 3))
     assert b"cannot be shown" in (dict(letter.headers)["dlq.exception.message"] or b"")
-
-
-# --- handlers ---------------------------------------------------------------------------
-
-async def async_handler(session: Session, event: IncomingEvent) -> None:
-    return None
-
-
-def generator_handler(session: Session, event: IncomingEvent) -> object:
-    yield None
-
-
-class AsyncCall:
-    async def __call__(self, session: Session, event: IncomingEvent) -> None:
-        return None
-
-
-@pytest.mark.parametrize(("fn", "name"), [
-    (async_handler, "async_handler"), (AsyncCall(), "AsyncCall"),
-    (functools.partial(async_handler), "async_handler"),
-    (generator_handler, "generator_handler"),
-])
-def test_handlers_that_would_not_run_are_refused_naming_them(fn: object, name: str) -> None:
-    with pytest.raises(TypeError, match=name):
-        check_handler(fn)
-
-
-def test_a_returned_coroutine_is_a_failure_and_is_closed() -> None:
-    def sneaky(session: Session, event: IncomingEvent) -> object:
-        return coroutine
-
-    coroutine = async_handler(None, None)  # type: ignore[arg-type]
-    event = IncomingEvent(uuid.uuid4(), "Thing", json.loads("{}"), None, "t", 0, 0, 0)
-    with pytest.raises(TypeError, match="sneaky"):
-        call_handler(sneaky, None, event)  # type: ignore[arg-type]
-    assert inspect.getcoroutinestate(coroutine) == inspect.CORO_CLOSED  # no warning later
 
 
 def test_dead_letter_headers_also_take_a_confluent_message() -> None:
