@@ -29,6 +29,8 @@ COMMANDS: dict[str, str] = {
     "replay": "relay.replay:replay_command",
     "dlq": "consumers.cli:dlq",
     "inbox": "consumers.cli:inbox",
+    "worker": "consumers.worker_cli:worker",
+    "events": "consumers.events_cli:events",
     "connect": "connect.cli:connect",
     "capture": "outbox.capture_cli:capture",
 }

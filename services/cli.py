@@ -28,10 +28,11 @@ import click
 import psycopg
 from prometheus_client import CollectorRegistry, Gauge
 
+from consumers.worker_cli import run_worker
 from outbox import http
 from outbox.cli_options import settings_options
 from outbox.errors import ConfigurationError, ServiceUnavailableError
-from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
+from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
 from outbox.logs import configure_logging
 from outbox.preflight import check_database, check_kafka
 from outbox.settings import Settings
@@ -139,24 +140,19 @@ def relay_command(settings: Settings, metrics_port: int | None) -> None:
 
 def _run_consumer(name: str, settings: Settings, metrics_port: int | None,
                   **kw: object) -> None:
+    """The service's consumer through the worker runner (``outbox worker
+    services.<name>:consumer`` does the same): logging, signals, /health, exit codes."""
     _logging()
     consumer = CONSUMERS[name](settings, make_engine(settings), **kw)
-    if metrics_port is not None:
-        _listen(f"--metrics-port {metrics_port}", lambda: consumer.serve_metrics(metrics_port))
-    consumer.install_signal_handlers()
-    try:
-        code = consumer.run()  # its start-up checks first: exit code 3 or 6
-    except Exception:
-        log.exception("%s consumer crashed", name, extra={"action": "consumer_crashed"})
-        code = EXIT_ERROR
-    sys.exit(code)
+    sys.exit(run_worker(consumer, metrics_port))
 
 
 @main.command()
 @METRICS_PORT
 @settings_options
 def inventory(settings: Settings, metrics_port: int | None) -> None:
-    """The inventory service (inventory-service-group on order-events, payment-events)."""
+    """The inventory service (inventory-service-group on order-events, payment-events);
+    the same as ``outbox worker services.inventory:consumer``."""
     _run_consumer("inventory", settings, metrics_port)
 
 
@@ -178,7 +174,8 @@ def payment(settings: Settings, decline_rate: float, latency: float,
 @METRICS_PORT
 @settings_options
 def shipping(settings: Settings, metrics_port: int | None) -> None:
-    """The shipping service (shipping-service-group on payment-events)."""
+    """The shipping service (shipping-service-group on payment-events); the same as
+    ``outbox worker services.shipping:consumer``."""
     _run_consumer("shipping", settings, metrics_port)
 
 

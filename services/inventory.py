@@ -10,15 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from outbox.publish import publish
+from consumers import Consumer, ConsumerOptions, Publisher
 from outbox.settings import Settings
 from services import events as ev
-from services.messages import SagaMessage, field
-from services.tables import reservations, stock
+from services.payloads import OrderCreated, PaymentFailed
+from services.tables import INVENTORY_SCHEMA, reservations, stock
+from services.wiring import ignore, service_consumer, topic
 
 
 class OutOfStockError(Exception):
@@ -38,49 +39,54 @@ def _reserve_lines(session: Session, items: list[dict[str, Any]]) -> None:
             raise OutOfStockError(f"not enough stock of {item['sku']} for {item['quantity']}")
 
 
-def on_order_created(settings: Settings, session: Session, msg: SagaMessage) -> None:
+def on_order_created(order: OrderCreated, session: Session, publisher: Publisher) -> None:
     """Reserve every line of the order atomically, or none of them."""
-    order_id = str(field(msg, "orderId"))
-    correlation_id = str(field(msg, "correlationId"))
-    items: list[dict[str, Any]] = list(field(msg, "items"))
-    already = session.execute(
-        select(reservations.c.status).where(reservations.c.order_id == order_id)).first()
+    already = session.execute(select(reservations.c.status)
+                              .where(reservations.c.order_id == order.order_id)).first()
     if already is not None:
         return  # a replayed OrderCreated (new delivery of an old order): decided already
-    data = {k: msg.payload[k] for k in ("customerId", "amount", "currency") if k in msg.payload}
+    items = [line.model_dump() for line in order.items]
     savepoint = session.begin_nested()
     try:
         _reserve_lines(session, items)
     except OutOfStockError as exc:
         savepoint.rollback()
-        publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVATION_FAILED, order_id,
-                                       correlation_id, {**data, "reason": str(exc)},
-                                       causation_id=msg.id), settings=settings)
+        publisher.publish(ev.saga_event(
+            ev.INVENTORY, ev.INVENTORY_RESERVATION_FAILED, order.order_id,
+            order.correlation_id, {**order.order_data(), "reason": str(exc)}))
         return
     savepoint.commit()
-    session.execute(insert(reservations).values(order_id=order_id, items=items,
+    session.execute(insert(reservations).values(order_id=order.order_id, items=items,
                                                 status="RESERVED"))
-    publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVED, order_id, correlation_id,
-                                   {**data, "items": items}, causation_id=msg.id),
-            settings=settings)
+    publisher.publish(ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVED, order.order_id,
+                                    order.correlation_id,
+                                    {**order.order_data(), "items": items}))
 
 
-def on_payment_failed(settings: Settings, session: Session, msg: SagaMessage) -> None:
+def on_payment_failed(failed: PaymentFailed, session: Session, publisher: Publisher) -> None:
     """Compensate: put the reserved stock back and say so."""
-    order_id = str(field(msg, "orderId"))
     row = session.execute(
         select(reservations.c["items"], reservations.c.status)
-        .where(reservations.c.order_id == order_id).with_for_update()).first()
+        .where(reservations.c.order_id == failed.order_id).with_for_update()).first()
     if row is None or row.status != "RESERVED":
         return  # nothing reserved, or already released
     for item in sorted(row.items, key=lambda i: str(i["sku"])):
         session.execute(update(stock).where(stock.c.sku == item["sku"])
                         .values(available=stock.c.available + int(item["quantity"])))
-    session.execute(update(reservations).where(reservations.c.order_id == order_id)
+    session.execute(update(reservations).where(reservations.c.order_id == failed.order_id)
                     .values(status="RELEASED"))
-    publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RELEASED, order_id,
-                                   str(field(msg, "correlationId")), {"items": row.items},
-                                   causation_id=msg.id), settings=settings)
+    publisher.publish(ev.saga_event(ev.INVENTORY, ev.INVENTORY_RELEASED, failed.order_id,
+                                    failed.correlation_id, {"items": row.items}))
+
+
+def consumer(base: Settings, engine: Engine | None = None,
+             options: ConsumerOptions | None = None) -> Consumer:
+    """``inventory-service-group``: reserves stock, releases it when payment fails."""
+    app = service_consumer(base, INVENTORY_SCHEMA, ev.INVENTORY_GROUP, engine, options)
+    app.add_handler(topic(base, ev.ORDER), ev.ORDER_CREATED, on_order_created)
+    app.add_handler(topic(base, ev.PAYMENT), ev.PAYMENT_FAILED, on_payment_failed)
+    app.add_handler(topic(base, ev.PAYMENT), None, ignore)
+    return app
 
 
 def restock(session: Session, levels: dict[str, int]) -> None:

@@ -25,6 +25,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from consumers import Consumer, ConsumerOptions, IncomingEvent
 from outbox.publish import publish
 from outbox.settings import Settings
 from outbox.uuid7 import uuid7
@@ -37,7 +38,8 @@ from services.api_input import (
     validation_error,
 )
 from services.messages import SagaMessage, field
-from services.tables import UTC_NOW, order_history, orders
+from services.tables import ORDERS_SCHEMA, UTC_NOW, order_history, orders
+from services.wiring import service_consumer, topic
 
 FINAL = ("COMPLETED", "CANCELLED")
 HealthCheck = Callable[[], tuple[bool, str]]
@@ -185,22 +187,32 @@ def _settle(session: Session, order_id: str, status: str, reason: str | None) ->
                     .values(status=status, reason=reason, updated_at=UTC_NOW))
 
 
-def on_inventory_event(session: Session, msg: SagaMessage) -> None:
+def on_inventory_event(session: Session, msg: IncomingEvent) -> None:
     """Record inventory progress; cancel the order when stock could not be reserved."""
     order_id = _record(session, msg, "inventory")
     if msg.payload.get("eventType") == ev.INVENTORY_RESERVATION_FAILED:
         _settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "out of stock")))
 
 
-def on_payment_event(session: Session, msg: SagaMessage) -> None:
+def on_payment_event(session: Session, msg: IncomingEvent) -> None:
     """Record payment progress; cancel the order when payment failed."""
     order_id = _record(session, msg, "payment")
     if msg.payload.get("eventType") == ev.PAYMENT_FAILED:
         _settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "payment failed")))
 
 
-def on_shipping_event(session: Session, msg: SagaMessage) -> None:
+def on_shipping_event(session: Session, msg: IncomingEvent) -> None:
     """Complete the order once its shipment is scheduled."""
     order_id = _record(session, msg, "shipping")
     if msg.payload.get("eventType") == ev.SHIPMENT_SCHEDULED:
         _settle(session, order_id, "COMPLETED", None)
+
+
+def consumer(base: Settings, engine: Engine | None = None,
+             options: ConsumerOptions | None = None) -> Consumer:
+    """``order-service-group``: settles orders from the other services' events."""
+    app = service_consumer(base, ORDERS_SCHEMA, ev.ORDER_GROUP, engine, options)
+    app.add_handler(topic(base, ev.INVENTORY), None, on_inventory_event)
+    app.add_handler(topic(base, ev.PAYMENT), None, on_payment_event)
+    app.add_handler(topic(base, ev.SHIPPING), None, on_shipping_event)
+    return app

@@ -8,48 +8,52 @@ dedupes redeliveries, and the gateway call carries the order id as idempotency k
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from decimal import Decimal
+import functools
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from outbox.publish import publish
+from consumers import Consumer, ConsumerOptions, Publisher
 from outbox.settings import Settings
 from services import events as ev
 from services.gateway import PaymentGateway, SimulatedGateway
-from services.messages import SagaMessage, field
-from services.tables import payments
+from services.payloads import InventoryReserved
+from services.tables import PAYMENT_SCHEMA, payments
+from services.wiring import ignore, service_consumer, topic
 
 
-def make_handler(settings: Settings, gateway: PaymentGateway | None = None
-                 ) -> Callable[[Session, SagaMessage], None]:
-    """The ``InventoryReserved`` handler, bound to a gateway (simulated by default)."""
-    gw = gateway if gateway is not None else SimulatedGateway()
+def on_inventory_reserved(gateway: PaymentGateway, reserved: InventoryReserved,
+                          session: Session, publisher: Publisher) -> None:
+    """Authorise the order's amount with ``gateway`` (bound with functools.partial)."""
+    order_id = reserved.order_id
+    if session.execute(select(payments.c.status)
+                       .where(payments.c.order_id == order_id)).first() is not None:
+        return  # already decided for this order: never charge twice
+    amount, currency = reserved.amount, reserved.currency
+    result = gateway.authorize(order_id, reserved.customer_id, amount, currency)
+    session.execute(insert(payments).values(
+        order_id=order_id, amount=amount, currency=currency,
+        status="AUTHORIZED" if result.approved else "DECLINED",
+        gateway_reference=result.reference, reason=result.reason))
+    data: dict[str, object] = {"amount": str(amount), "currency": currency,
+                               "paymentReference": result.reference}
+    if result.approved:
+        event = ev.saga_event(ev.PAYMENT, ev.PAYMENT_AUTHORIZED, order_id,
+                              reserved.correlation_id, data)
+    else:
+        event = ev.saga_event(ev.PAYMENT, ev.PAYMENT_FAILED, order_id,
+                              reserved.correlation_id, {**data, "reason": result.reason})
+    publisher.publish(event)
 
-    def on_inventory_reserved(session: Session, msg: SagaMessage) -> None:
-        order_id = str(field(msg, "orderId"))
-        if session.execute(select(payments.c.status)
-                           .where(payments.c.order_id == order_id)).first() is not None:
-            return  # already decided for this order: never charge twice
-        amount = Decimal(str(field(msg, "amount")))
-        currency = str(msg.payload.get("currency", "EUR"))
-        customer = str(field(msg, "customerId"))
-        result = gw.authorize(order_id, customer, amount, currency)
-        session.execute(insert(payments).values(
-            order_id=order_id, amount=amount, currency=currency,
-            status="AUTHORIZED" if result.approved else "DECLINED",
-            gateway_reference=result.reference, reason=result.reason))
-        data: dict[str, object] = {"amount": str(amount), "currency": currency,
-                                   "paymentReference": result.reference}
-        if result.approved:
-            event = ev.saga_event(ev.PAYMENT, ev.PAYMENT_AUTHORIZED, order_id,
-                                  str(field(msg, "correlationId")), data, causation_id=msg.id)
-        else:
-            event = ev.saga_event(ev.PAYMENT, ev.PAYMENT_FAILED, order_id,
-                                  str(field(msg, "correlationId")),
-                                  {**data, "reason": result.reason}, causation_id=msg.id)
-        publish(session, event, settings=settings)
 
-    return on_inventory_reserved
+def consumer(base: Settings, engine: Engine | None = None,
+             options: ConsumerOptions | None = None,
+             gateway: PaymentGateway | None = None) -> Consumer:
+    """``payment-service-group``: authorises payment once stock is reserved (through
+    ``gateway``, simulated by default)."""
+    app = service_consumer(base, PAYMENT_SCHEMA, ev.PAYMENT_GROUP, engine, options)
+    app.add_handler(topic(base, ev.INVENTORY), ev.INVENTORY_RESERVED, functools.partial(
+        on_inventory_reserved, gateway if gateway is not None else SimulatedGateway()))
+    app.add_handler(topic(base, ev.INVENTORY), None, ignore)
+    return app

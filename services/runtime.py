@@ -7,45 +7,24 @@ own consumer group. Topic names follow the toolkit's topic template
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Callable
 
 import psycopg
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
-from consumers import Consumer, ConsumerOptions, IncomingEvent
+from consumers import Consumer
 from outbox import migrate
 from outbox.errors import ConfigurationError
-from outbox.record import topic_for
 from outbox.settings import Settings
 from relay.loop import Relay, RelayOptions
 from relay.queries import Queries
-from services import events as ev
 from services import inventory, order, payment, shipping
-from services.gateway import PaymentGateway
 from services.supervisor import Supervisor
-from services.tables import (
-    INVENTORY_SCHEMA,
-    ORDERS_SCHEMA,
-    PAYMENT_SCHEMA,
-    SCHEMAS,
-    SHIPPING_SCHEMA,
-    metadata,
-)
+from services.tables import SCHEMAS, metadata
+from services.wiring import default_options, for_service, topic
 
 DEMO_STOCK = {"SKU-BOOK": 100_000, "SKU-MUG": 100_000, "SKU-PEN": 100_000, "SKU-RARE": 5}
-
-
-def for_service(base: Settings, schema: str) -> Settings:
-    """The settings of the service that owns ``schema``: its own outbox and inbox."""
-    return base.model_copy(update={"db_schema": schema})
-
-
-def topic(base: Settings, aggregate_type: str) -> str:
-    """The topic a saga aggregate type is published to."""
-    return topic_for(aggregate_type, base.topic_template)
 
 
 def make_engine(base: Settings, pool_size: int = 5) -> Engine:
@@ -70,78 +49,11 @@ def prepare_database(base: Settings, stock: dict[str, int] | None = None) -> Non
         engine.dispose()
 
 
-def _ignore(session: Session, event: IncomingEvent) -> None:
-    """Events on a subscribed topic that this service has no business with."""
-
-
-def _bound(fn: Callable[[Settings, Session, IncomingEvent], None],
-           settings: Settings) -> Callable[[Session, IncomingEvent], None]:
-    return functools.partial(fn, settings)
-
-
-def order_consumer(base: Settings, engine: Engine | None = None,
-                   options: ConsumerOptions | None = None) -> Consumer:
-    """``order-service-group``: settles orders from the other services' events."""
-    consumer = Consumer(for_service(base, ORDERS_SCHEMA), ev.ORDER_GROUP, engine=engine,
-                        options=options or default_options())
-    consumer.add_handler(topic(base, ev.INVENTORY), None, order.on_inventory_event)
-    consumer.add_handler(topic(base, ev.PAYMENT), None, order.on_payment_event)
-    consumer.add_handler(topic(base, ev.SHIPPING), None, order.on_shipping_event)
-    return consumer
-
-
-def inventory_consumer(base: Settings, engine: Engine | None = None,
-                       options: ConsumerOptions | None = None) -> Consumer:
-    """``inventory-service-group``: reserves stock, releases it when payment fails."""
-    settings = for_service(base, INVENTORY_SCHEMA)
-    consumer = Consumer(settings, ev.INVENTORY_GROUP, engine=engine,
-                        options=options or default_options())
-    consumer.add_handler(topic(base, ev.ORDER), ev.ORDER_CREATED,
-                         _bound(inventory.on_order_created, settings))
-    consumer.add_handler(topic(base, ev.PAYMENT), ev.PAYMENT_FAILED,
-                         _bound(inventory.on_payment_failed, settings))
-    consumer.add_handler(topic(base, ev.PAYMENT), None, _ignore)
-    return consumer
-
-
-def payment_consumer(base: Settings, engine: Engine | None = None,
-                     options: ConsumerOptions | None = None,
-                     gateway: PaymentGateway | None = None) -> Consumer:
-    """``payment-service-group``: authorises payment once stock is reserved."""
-    settings = for_service(base, PAYMENT_SCHEMA)
-    consumer = Consumer(settings, ev.PAYMENT_GROUP, engine=engine,
-                        options=options or default_options())
-    consumer.add_handler(topic(base, ev.INVENTORY), ev.INVENTORY_RESERVED,
-                         payment.make_handler(settings, gateway))
-    consumer.add_handler(topic(base, ev.INVENTORY), None, _ignore)
-    return consumer
-
-
-def shipping_consumer(base: Settings, engine: Engine | None = None,
-                      options: ConsumerOptions | None = None) -> Consumer:
-    """``shipping-service-group``: schedules a shipment once payment is authorised."""
-    settings = for_service(base, SHIPPING_SCHEMA)
-    consumer = Consumer(settings, ev.SHIPPING_GROUP, engine=engine,
-                        options=options or default_options())
-    consumer.add_handler(topic(base, ev.PAYMENT), ev.PAYMENT_AUTHORIZED,
-                         _bound(shipping.on_payment_authorized, settings))
-    consumer.add_handler(topic(base, ev.PAYMENT), None, _ignore)
-    return consumer
-
-
-def default_options() -> ConsumerOptions:
-    """Service consumers: a crashed member is noticed after 10 s, not Kafka's default 45 s.
-    With ``OUTBOX_CONSUMER_INSTANCE_ID`` set (unique per running instance), a restarted
-    one takes its partitions back at once (static membership, ConsumerOptions.instance_id).
-    """
-    return ConsumerOptions(instance_id=os.environ.get("OUTBOX_CONSUMER_INSTANCE_ID") or None,
-                           kafka_config={"session.timeout.ms": "10000",
-                                         "heartbeat.interval.ms": "1000"})
-
-
+# Each service's consumer, by the name of its command (``outbox-saga inventory``); each
+# is also an app of ``outbox worker`` (``services.inventory:consumer``).
 CONSUMERS: dict[str, Callable[..., Consumer]] = {
-    "order": order_consumer, "inventory": inventory_consumer,
-    "payment": payment_consumer, "shipping": shipping_consumer,
+    "order": order.consumer, "inventory": inventory.consumer,
+    "payment": payment.consumer, "shipping": shipping.consumer,
 }
 
 
@@ -184,3 +96,7 @@ def _relay_health(relay: Relay) -> Callable[[], tuple[bool, str]]:
         return ok, str(info.get("detail", ""))
 
     return check
+
+
+__all__ = ["CONSUMERS", "DEMO_STOCK", "RelayGroup", "default_options", "for_service",
+           "make_engine", "prepare_database", "topic"]

@@ -12,10 +12,24 @@ import pytest
 
 from consumers import ConsumerOptions
 from services.launcher import free_port
-from tests.consumers.app import Running, build
+from tests.consumers.app import KINDS, Running, build
 from tests.harness.kafka import create_topic
 from tests.harness.stack import service_missing
 from tests.test_compose import load_stack_module
+
+
+@pytest.fixture
+def topic_ready(kafka_bootstrap: str, topic: str) -> str:
+    """``topic``, created with 2 partitions."""
+    create_topic(kafka_bootstrap, topic, partitions=2)
+    return topic
+
+
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The handler kind a contract test runs with: ``sync`` (Session) or ``async``
+    (AsyncSession on the async engine)."""
+    return str(request.param)
 
 
 @pytest.fixture

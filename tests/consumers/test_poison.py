@@ -164,23 +164,10 @@ def test_a_header_name_that_is_not_utf8_is_dead_lettered(
     assert letter.header("dlq.original.topic") == one_partition.encode()
 
 
-# --- async handlers --------------------------------------------------------------------
+# --- a sync handler that returns a coroutine ---------------------------------------------
 
 async def async_handler(session: Session, event: IncomingEvent) -> None:
     apply_effect(session, event)
-
-
-class AsyncCallable:
-    async def __call__(self, session: Session, event: IncomingEvent) -> None:
-        apply_effect(session, event)
-
-
-@pytest.mark.parametrize("handler", [async_handler, AsyncCallable()],
-                         ids=["async-def", "async-call"])
-def test_async_handlers_are_refused_at_registration(database_url: str, kafka_bootstrap: str,
-                                                    handler: object) -> None:
-    with pytest.raises(TypeError, match=r"async_handler|AsyncCallable"):
-        build(database_url, kafka_bootstrap, "t", "g", handler=handler)  # type: ignore[arg-type]
 
 
 def test_a_handler_returning_a_coroutine_is_never_recorded_as_processed(
@@ -198,7 +185,7 @@ def test_a_handler_returning_a_coroutine_is_never_recorded_as_processed(
     produce(kafka_bootstrap, one_partition, [thing(0, eid), thing(1)])
     options = replace(OPTIONS, max_attempts=2)
     app = build(database_url, kafka_bootstrap, one_partition, "g-coro",
-                handler=sneaky, options=options)  # type: ignore[arg-type]
+                handler=sneaky, options=options)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # "coroutine ... was never awaited"
         run_until_applied(app, database_url, [1])

@@ -1,4 +1,5 @@
-"""Rebalancing under load, and arbitrary bytes thrown at a consumer (real Kafka + PostgreSQL)."""
+"""Arbitrary bytes thrown at a consumer (real Kafka + PostgreSQL); rebalancing under load
+is in the contract suite (test_contract.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 from consumers import ConsumerOptions
 from tests.consumers.app import Running, build
 from tests.consumers.rawkafka import RawHeader, RawMessage, produce_raw
-from tests.harness.kafka import Header, create_topic, produce
+from tests.harness.kafka import Header, create_topic
 
 Msg = tuple[bytes | None, bytes | None, list[Header]]
 
@@ -44,23 +45,6 @@ def wait_for_effects(url: str, n: int, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"only {effect_counts(url)} effects of {n}")
-
-
-@pytest.mark.slow
-def test_rebalance_with_two_consumers_while_messages_flow(
-        database_url: str, kafka_bootstrap: str, topic: str) -> None:
-    create_topic(kafka_bootstrap, topic, partitions=4)
-    first = Running(build(database_url, kafka_bootstrap, topic, "g-rebalance"))
-    produce(kafka_bootstrap, topic, [thing(n) for n in range(0, 150)])
-    second = Running(build(database_url, kafka_bootstrap, topic, "g-rebalance"))  # joins
-    produce(kafka_bootstrap, topic, [thing(n) for n in range(150, 300)])
-    time.sleep(1)
-    first.stop()  # leaves: its partitions move to the second one
-    produce(kafka_bootstrap, topic, [thing(n) for n in range(300, 400)])
-    wait_for_effects(database_url, 400)
-    second.stop()
-    rows, distinct = effect_counts(database_url)
-    assert (rows, distinct) == (400, 400), "lost or doubled effects"
 
 
 # --- the fuzz: arbitrary bytes for key, value and headers, against the real broker ----------
