@@ -51,11 +51,15 @@ def load_app(path: str, settings: Settings) -> Consumer:
     if target is None:
         raise ConfigurationError(f"worker app {path!r}: module {module_name!r} has no "
                                  f"attribute {attribute!r}")
-    app = target if isinstance(target, Consumer) else (
-        target(settings) if callable(target) else None)
-    if not isinstance(app, Consumer):
-        raise ConfigurationError(f"worker app {path!r} is {type(app).__name__}, not a "
+    if isinstance(target, Consumer):
+        return target
+    if not callable(target):
+        raise ConfigurationError(f"worker app {path!r} is {type(target).__name__}, not a "
                                  "Consumer or a function of Settings returning one")
+    app = target(settings)
+    if not isinstance(app, Consumer):
+        raise ConfigurationError(f"worker app {path!r} returned {type(app).__name__}, not "
+                                 "a Consumer")
     return app
 
 

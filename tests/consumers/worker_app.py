@@ -1,0 +1,29 @@
+"""A consumer application for ``outbox worker`` tests: the test effect on
+``$OUTBOX_TEST_TOPIC``, of the kind ``$OUTBOX_TEST_HANDLER_KIND``, slowed down by
+``$OUTBOX_TEST_HANDLER_SLEEP`` seconds per event (to catch it mid-batch)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from consumers import Consumer, ConsumerOptions, IncomingEvent
+from outbox.settings import Settings
+from tests.consumers.app import build, handler_for
+
+
+def _slow(event: IncomingEvent) -> None:
+    time.sleep(float(os.environ.get("OUTBOX_TEST_HANDLER_SLEEP", "0")))
+
+
+def app(settings: Settings) -> Consumer:
+    """The worker's factory: built from the settings the worker read."""
+    return build(settings.database_url, settings.kafka_bootstrap_servers,
+                 os.environ["OUTBOX_TEST_TOPIC"], os.environ.get("OUTBOX_TEST_GROUP", "g-worker"),
+                 handler=handler_for(os.environ.get("OUTBOX_TEST_HANDLER_KIND", "sync"),
+                                     before=_slow),
+                 options=ConsumerOptions(poll_timeout=0.2, kafka_config={
+                     "session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}))
+
+
+not_a_consumer = 42
