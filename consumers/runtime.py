@@ -5,7 +5,9 @@ For each batch of messages, in **one** database transaction, the inbox rows
 the new ones run with the same session — so each handler's writes and any events it
 ``publish()``-es commit together with the inbox rows, or not at all. Kafka offsets are
 committed only after that commit. A crash in between redelivers the batch; the inbox
-rows make the redelivery a no-op (:mod:`consumers.batch`).
+rows make the redelivery a no-op (:mod:`consumers.batch`). A consumer with an ``async
+def`` handler runs each batch's transaction as a coroutine on the async engine, awaited
+here on an event loop this thread owns: the loop below is the same for both kinds.
 
 Failures, in order of what they mean:
 
