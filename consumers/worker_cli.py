@@ -24,7 +24,6 @@ from consumers.runtime import Consumer
 from outbox.cli_options import settings_options
 from outbox.errors import ConfigurationError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR
-from outbox.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from outbox.settings import Settings
 
 log = logging.getLogger("outbox.worker")
@@ -96,16 +95,11 @@ def run_worker(app: Consumer, metrics_port: int | None = None,
 @click.option("--instance-id", default=None, envvar="OUTBOX_CONSUMER_INSTANCE_ID",
               help="static group membership id, unique per running instance (e.g. the pod "
                    "name) [env OUTBOX_CONSUMER_INSTANCE_ID]")
-@click.option("--log-format", type=click.Choice(LOG_FORMATS), default="json",
-              show_default=True)
-@click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False),
-              default="info", show_default=True)
-@settings_options
+@settings_options(daemon=True, log_format="json", log_level="info")
 def worker(settings: Settings, app_path: str, metrics_port: int | None, metrics_host: str,
-           instance_id: str | None, log_format: str, log_level: str) -> None:
+           instance_id: str | None) -> None:
     """Run the consumer application MODULE:APP (a Consumer, or a function of the settings
     returning one) with logging, signals, /health and /metrics, and exit codes."""
-    configure_logging(log_format, log_level)
     try:
         app = load_app(app_path, settings)
     except ConfigurationError as exc:

@@ -81,6 +81,11 @@ COMMANDS: dict[tuple[str, ...], Spec] = {
     # Serves /metrics about the database and Connect even while they are down (reporting
     # that is its job), so only what no restart can fix stops it.
     ("connect", "exporter"): Spec(("--port", "0"), _needs("url")),
+    ("worker",): Spec(("tests.consumers.worker_app:cli_walk",), _needs("db", "kafka"),
+                      daemon=True),
+    # A catalogue needs no service: it only imports the app.
+    ("events", "list"): Spec(("services.inventory:consumer",)),
+    ("events", "asyncapi"): Spec(("services.inventory:consumer",)),
 }
 
 

@@ -1,6 +1,7 @@
 """A consumer application for ``outbox worker`` tests: the test effect on
 ``$OUTBOX_TEST_TOPIC``, of the kind ``$OUTBOX_TEST_HANDLER_KIND``, slowed down by
-``$OUTBOX_TEST_HANDLER_SLEEP`` seconds per event (to catch it mid-batch)."""
+``$OUTBOX_TEST_HANDLER_SLEEP`` seconds per event (to catch it mid-batch); and ``cli_walk``,
+the app of the CLI walks."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ def app(settings: Settings) -> Consumer:
                                      before=_slow),
                  options=ConsumerOptions(poll_timeout=0.2, kafka_config={
                      "session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}))
+
+
+def cli_walk(settings: Settings) -> Consumer:
+    """The app the CLI walks run (tests/test_cli_errors.py, test_cli_secrets.py): a topic
+    and a group of its own process, so it never joins another test's group."""
+    app = Consumer(settings, f"g-cli-walk-{os.getpid()}")
+    app.add_handler(f"cli-walk-{os.getpid()}-events", None, _slow)
+    return app
 
 
 not_a_consumer = 42
