@@ -33,6 +33,7 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
+import types
 import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -121,6 +122,10 @@ def _hints(fn: Any) -> dict[str, Any]:
 
 
 def _given(annotation: Any, table: dict[type, Give]) -> Give | None:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        # ``X | None`` (a parameter with a None default): what X is
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        annotation = args[0] if len(args) == 1 else None
     if not isinstance(annotation, type):
         return None
     for kind, give in table.items():
@@ -144,14 +149,26 @@ def resolve(fn: object, model: type[BaseModel] | None = None) -> Registration:
         raise _refuse(fn, f"{why}: its body would not run before the event is recorded as "
                           "processed; make it a function (def or async def)")
     is_async = _is_async(fn)
+    hints = _hints(fn)
+    resolved = _resolved(fn, hints, is_async)
+    model = _model(fn, hints, resolved, model)
+    positional, keywords = _call_plan(fn, hints, resolved, is_async)
+    return Registration(fn, model, is_async, positional, keywords, name_of(fn),
+                        plain=positional == _LEGACY and not keywords)
+
+
+Resolved = list[tuple[inspect.Parameter, Give | None]]
+
+
+def _resolved(fn: Callable[..., Any], hints: dict[str, Any], is_async: bool) -> Resolved:
+    """Each parameter with what its annotation asks for (None: nothing known)."""
     table, other = (_BY_TYPE_ASYNC, _BY_TYPE_SYNC) if is_async else (_BY_TYPE_SYNC,
                                                                       _BY_TYPE_ASYNC)
     try:
         params = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError) as exc:
         raise _refuse(fn, f"has no signature the runtime can read: {exc}") from None
-    hints = _hints(fn)
-    resolved: list[tuple[inspect.Parameter, Give | None]] = []
+    resolved: Resolved = []
     for param in params:
         if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
             continue
@@ -167,42 +184,55 @@ def resolve(fn: object, model: type[BaseModel] | None = None) -> Registration:
     if len(resolved) == 2 and all(p.default is p.empty for p, _ in resolved):
         # The original form handler(session, event), unannotated or annotated otherwise
         # (a protocol): position says what an unresolved parameter is.
-        legacy: list[tuple[inspect.Parameter, Give | None]] = [
-            (p, g if g is not None else _LEGACY[i]) for i, (p, g) in enumerate(resolved)]
+        legacy: Resolved = [(p, g if g is not None else _LEGACY[i])
+                            for i, (p, g) in enumerate(resolved)]
         if tuple(g for _, g in legacy) == _LEGACY:
-            resolved = legacy
+            return legacy
+    return resolved
+
+
+def _model(fn: object, hints: dict[str, Any], resolved: Resolved,
+           model: type[BaseModel] | None) -> type[BaseModel] | None:
+    """The payload model: the one a parameter asks for, agreeing with ``model=``."""
     models = {hints[p.name] for p, g in resolved if g is Give.MODEL}
     if len(models) > 1:
         raise _refuse(fn, "asks for more than one payload model "
                           f"({', '.join(sorted(m.__name__ for m in models))}): one event, "
                           "one model")
-    if models:
-        asked = models.pop()
-        if model is not None and model is not asked:
-            raise _refuse(fn, f"takes {asked.__name__} but was registered with "
-                              f"model={model.__name__}: drop one")
-        model = asked
+    if not models:
+        return model
+    asked: type[BaseModel] = models.pop()
+    if model is not None and model is not asked:
+        raise _refuse(fn, f"takes {asked.__name__} but was registered with "
+                          f"model={model.__name__}: drop one")
+    return asked
+
+
+def _call_plan(fn: object, hints: dict[str, Any], resolved: Resolved, is_async: bool
+               ) -> tuple[tuple[Give, ...], tuple[tuple[str, Give], ...]]:
+    """What goes in each positional argument, and what by keyword."""
     positional: list[Give] = []
     keywords: list[tuple[str, Give]] = []
+    by_keyword = False  # once a parameter keeps its default, the rest go by name
     for param, give in resolved:
         if give is None:
             if param.default is not param.empty:
-                continue  # keeps its default; later parameters go by keyword
+                by_keyword = True
+                continue
+            session, publisher = (("AsyncSession", "AsyncPublisher") if is_async
+                                  else ("Session", "Publisher"))
             raise _refuse(fn, f"parameter {param.name!r} cannot be given (annotated "
-                              f"{_show(hints.get(param.name))}): annotate it with "
-                              f"{'AsyncSession' if is_async else 'Session'}, a pydantic "
-                              f"model, IncomingEvent or {'AsyncPublisher' if is_async else 'Publisher'}, "  # noqa: E501
-                              "or give it a default")
-        if param.kind is param.KEYWORD_ONLY or keywords:
+                              f"{_show(hints.get(param.name))}): annotate it with {session}, "
+                              f"a pydantic model, IncomingEvent or {publisher}, or give it "
+                              "a default")
+        if param.kind is param.KEYWORD_ONLY or by_keyword:
             if param.kind is param.POSITIONAL_ONLY:
                 raise _refuse(fn, f"positional-only parameter {param.name!r} follows one "
                                   "the runtime does not give")
             keywords.append((param.name, give))
         else:
             positional.append(give)
-    plain = tuple(positional) == _LEGACY and not keywords
-    return Registration(fn, model, is_async, tuple(positional), tuple(keywords), name_of(fn),
-                        plain)
+    return tuple(positional), tuple(keywords)
 
 
 def _show(annotation: Any) -> str:

@@ -105,6 +105,25 @@ def test_defaults_keyword_only_parameters_and_partials() -> None:
     assert got == {"gateway": "gw", "thing": Thing(n=1), "retries": 3, "envelope": incoming}
 
 
+def test_parameters_after_one_that_keeps_its_default_go_by_name() -> None:
+    got: dict[str, object] = {}
+
+    def optional(thing: Thing, retries: int = 3, envelope: IncomingEvent | None = None,
+                 session: Session | None = None) -> None:
+        got.update(thing=thing, retries=retries)
+
+    def annotated(thing: Thing, retries: int = 3, *, envelope: IncomingEvent) -> None:
+        got.update(retries=retries, envelope=envelope)
+
+    reg = resolve(annotated)
+    assert reg.positional == (Give.MODEL,) and reg.keywords == (("envelope", Give.EVENT),)
+    incoming = event()
+    call_sync(reg, None, incoming, Thing(n=1), Settings())  # type: ignore[arg-type]
+    assert got == {"retries": 3, "envelope": incoming}
+    reg = resolve(optional)  # X | None is given as X
+    assert reg.keywords == (("envelope", Give.EVENT), ("session", Give.SESSION))
+
+
 def test_an_object_with_call_is_resolved_from_its_call() -> None:
     class Handler:
         def __call__(self, thing: Thing) -> None:
