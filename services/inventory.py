@@ -38,28 +38,64 @@ def _reserve_lines(session: Session, items: list[dict[str, Any]]) -> None:
             raise OutOfStockError(f"not enough stock of {item['sku']} for {item['quantity']}")
 
 
-def on_order_created(settings: Settings, session: Session, msg: SagaMessage) -> None:
-    """Reserve every line of the order atomically, or none of them."""
-    order_id = str(field(msg, "orderId"))
-    correlation_id = str(field(msg, "correlationId"))
-    items: list[dict[str, Any]] = list(field(msg, "items"))
+RESERVED, OUT_OF_STOCK, DECIDED = "reserved", "out-of-stock", "decided"
+
+
+def reserve(session: Session, order_id: str,
+            items: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """The inventory rule, whatever delivered the request (an event or an HTTP call).
+
+    Reserves every line of the order atomically, or none of them. Returns
+    ``(RESERVED, None)``, ``(OUT_OF_STOCK, reason)``, or ``(DECIDED, None)`` when the
+    order was reserved before: a replay (a new delivery of an old order) changes nothing.
+    """
     already = session.execute(
         select(reservations.c.status).where(reservations.c.order_id == order_id)).first()
     if already is not None:
-        return  # a replayed OrderCreated (new delivery of an old order): decided already
-    data = {k: msg.payload[k] for k in ("customerId", "amount", "currency") if k in msg.payload}
+        return DECIDED, None
     savepoint = session.begin_nested()
     try:
         _reserve_lines(session, items)
     except OutOfStockError as exc:
         savepoint.rollback()
-        publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVATION_FAILED, order_id,
-                                       correlation_id, {**data, "reason": str(exc)},
-                                       causation_id=msg.id), settings=settings)
-        return
+        return OUT_OF_STOCK, str(exc)
     savepoint.commit()
     session.execute(insert(reservations).values(order_id=order_id, items=items,
                                                 status="RESERVED"))
+    return RESERVED, None
+
+
+def release(session: Session, order_id: str) -> list[dict[str, Any]] | None:
+    """Compensate: put an order's reserved stock back; returns the lines released, or
+    None if nothing was reserved or it was released already."""
+    row = session.execute(
+        select(reservations.c["items"], reservations.c.status)
+        .where(reservations.c.order_id == order_id).with_for_update()).first()
+    if row is None or row.status != "RESERVED":
+        return None
+    for item in sorted(row.items, key=lambda i: str(i["sku"])):
+        session.execute(update(stock).where(stock.c.sku == item["sku"])
+                        .values(available=stock.c.available + int(item["quantity"])))
+    session.execute(update(reservations).where(reservations.c.order_id == order_id)
+                    .values(status="RELEASED"))
+    items: list[dict[str, Any]] = row.items
+    return items
+
+
+def on_order_created(settings: Settings, session: Session, msg: SagaMessage) -> None:
+    """Reserve every line of the order atomically, or none of them."""
+    order_id = str(field(msg, "orderId"))
+    correlation_id = str(field(msg, "correlationId"))
+    items: list[dict[str, Any]] = list(field(msg, "items"))
+    outcome, reason = reserve(session, order_id, items)
+    if outcome == DECIDED:
+        return
+    data = {k: msg.payload[k] for k in ("customerId", "amount", "currency") if k in msg.payload}
+    if outcome == OUT_OF_STOCK:
+        publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVATION_FAILED, order_id,
+                                       correlation_id, {**data, "reason": reason},
+                                       causation_id=msg.id), settings=settings)
+        return
     publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVED, order_id, correlation_id,
                                    {**data, "items": items}, causation_id=msg.id),
             settings=settings)
@@ -68,18 +104,11 @@ def on_order_created(settings: Settings, session: Session, msg: SagaMessage) -> 
 def on_payment_failed(settings: Settings, session: Session, msg: SagaMessage) -> None:
     """Compensate: put the reserved stock back and say so."""
     order_id = str(field(msg, "orderId"))
-    row = session.execute(
-        select(reservations.c["items"], reservations.c.status)
-        .where(reservations.c.order_id == order_id).with_for_update()).first()
-    if row is None or row.status != "RESERVED":
+    released = release(session, order_id)
+    if released is None:
         return  # nothing reserved, or already released
-    for item in sorted(row.items, key=lambda i: str(i["sku"])):
-        session.execute(update(stock).where(stock.c.sku == item["sku"])
-                        .values(available=stock.c.available + int(item["quantity"])))
-    session.execute(update(reservations).where(reservations.c.order_id == order_id)
-                    .values(status="RELEASED"))
     publish(session, ev.saga_event(ev.INVENTORY, ev.INVENTORY_RELEASED, order_id,
-                                   str(field(msg, "correlationId")), {"items": row.items},
+                                   str(field(msg, "correlationId")), {"items": released},
                                    causation_id=msg.id), settings=settings)
 
 
