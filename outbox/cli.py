@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "replay": "relay.replay:replay_command",
     "dlq": "consumers.cli:dlq",
     "inbox": "consumers.cli:inbox",
+    "forward": "consumers.forward_cli:forward",
     "connect": "connect.cli:connect",
     "capture": "outbox.capture_cli:capture",
 }
