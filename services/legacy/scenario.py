@@ -154,11 +154,13 @@ def _collect(url: str, placed: list[_Placed], outcome: Outcome) -> None:
         rows = conn.execute("select id, status, extract(epoch from updated_at) "
                             "from orders.orders where id = any(%s)",
                             (list(accepted),)).fetchall()
-        taken = dict(conn.execute("select sku, available from inventory.stock").fetchall())
-        reserved = dict(conn.execute(
+        taken: dict[str, int] = {
+            str(sku): int(n) for sku, n in conn.execute(
+                "select sku, available from inventory.stock").fetchall()}
+        reserved: dict[str, int] = {str(sku): int(n) for sku, n in conn.execute(
             "select item->>'sku', sum((item->>'quantity')::int) from inventory.reservations r,"
             " jsonb_array_elements(r.items) item where r.status = 'RESERVED' group by 1"
-        ).fetchall())
+        ).fetchall()}
         twice = conn.execute(
             "select (select count(*) - count(distinct order_id) from payment.payments)"
             " + (select count(*) - count(distinct order_id) from shipping.shipments)"
@@ -172,8 +174,8 @@ def _collect(url: str, placed: list[_Placed], outcome: Outcome) -> None:
         if status in FINAL:
             latencies.append(float(final_at) - accepted[order_id].sent_at)
             last_final = max(last_final, float(final_at))
-            outcome.completed += status == "COMPLETED"
-            outcome.cancelled += status == "CANCELLED"
+            outcome.completed += int(status == "COMPLETED")
+            outcome.cancelled += int(status == "CANCELLED")
     lost = [order_id for order_id, status, _ in rows if status not in FINAL]
     outcome.accepted = len(accepted)
     outcome.rejected = len(placed) - len(accepted)
@@ -181,7 +183,7 @@ def _collect(url: str, placed: list[_Placed], outcome: Outcome) -> None:
     outcome.lost_sample = sorted(lost)[:5]
     outcome.stock_held_by_lost = int(held[0]) if held else 0
     # Stock taken beyond what live reservations hold: a reservation applied twice.
-    over = sum(max(0, (DEMO_STOCK[sku] - int(available)) - int(reserved.get(sku, 0)))
+    over = sum(max(0, DEMO_STOCK[sku] - available - reserved.get(sku, 0))
                for sku, available in taken.items() if sku in DEMO_STOCK)
     outcome.duplicates = over + (int(twice[0]) if twice else 0)
     if latencies:
