@@ -162,6 +162,8 @@ def main() -> int:
                         help="the stack is this run's alone: the broker and postgres faults "
                              "may restart it")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument("--json-out", type=Path, default=None,
+                        help="also write the JSON result to this file")
     parser.add_argument("--log-dir", type=Path, default=ROOT / ".stack" / "logs" / "migration")
     args = parser.parse_args()
     chosen = [v for v in args.variants.split(",") if v]
@@ -198,6 +200,8 @@ def main() -> int:
     ratio = ratios(rows)
     result = {"plan": vars(plan), "synchronous_commit": sync_commit, "rows": rows,
               "ratios": ratio}
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(result, indent=2, default=str))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
