@@ -1,21 +1,23 @@
 """``outbox forward``: deliver events to existing HTTP endpoints, as an idempotent consumer.
 
 A forwarder is a :class:`~consumers.runtime.Consumer` like any other (consumer group,
-inbox dedupe, dead letters): its handler POSTs each event to every route that wants it.
-What it adds is how a failing event waits without stopping other keys:
+inbox dedupe, dead letters), composed, not changed. What it adds is how a failing event
+waits without stopping other keys:
 
-- **in the consume loop**, an event whose key has nothing parked is sent at once. 2xx:
-  done (the inbox row commits, the offset moves on). A retryable failure (408, 429, 5xx,
-  timeout, no connection) **parks** the event in the park table, in the same transaction
-  as its inbox row, with the time of its next attempt. Any other status, or a body template
-  the event cannot fill, dead-letters it. Either way the handler returns: the partition
-  is never held, so other keys flow.
+- **the consume loop** hands each batch's events to the forwarder, which sends them just
+  before the batch's transaction commits (the session's ``before_commit``): one chain per
+  (route, key), ``concurrency`` chains at a time, each key's events in order. 2xx: done (the
+  inbox rows commit, the offsets move on). A retryable failure (408, 429, 5xx, timeout,
+  no connection) **parks** the event in the park table, in the same transaction as its
+  inbox row, with the time of its next attempt. Any other status, or a body template the
+  event cannot fill, dead-letters it. The partition is never held: other keys flow.
 - a later event **of a parked key** is parked behind it without being sent: per key, the
   endpoint sees events in partition order.
 - **retry workers** (threads) take the oldest parked event of a key when it is due, send
   it, and on success delete it, which makes the next one of that key due at once. A
   ``Retry-After`` sets the delay; exhausted attempts dead-letter the event (and the key
-  moves on).
+  moves on). While an endpoint does not answer at all, the workers send one probe per
+  backoff step instead of trying every parked key.
 
 Every request carries ``Idempotency-Key: <event id>``: the forwarder is at-least-once (a
 crash between a 2xx and the commit re-sends), so the endpoint should dedupe on it.
@@ -26,34 +28,27 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message, Producer
 from sqlalchemy import Engine, event
 from sqlalchemy.orm import Session
 
-from consumers.dlq import Failure, dead_letter_headers, dlq_topic
 from consumers.errors import is_connection_lost
 from consumers.forward_config import ForwardConfig, Route
+from consumers.forward_dlq import DeadLetters, StoppingError
 from consumers.forward_http import DONE, RETRY, Attempt, ForwardMetrics, RouteClient, retry_delay
-from consumers.forward_store import ParkStore, event_key, event_value
+from consumers.forward_store import ParkStore, event_key
 from consumers.forward_template import TemplateError, render_body
 from consumers.message import IncomingEvent
 from consumers.runtime import Consumer, ConsumerOptions
 from outbox.backoff import compute_backoff
 from outbox.exit_codes import EXIT_WORKER_DIED
-from outbox.logs import with_client_logger
 from outbox.settings import Settings
 
 log = logging.getLogger("outbox.forward")
 
-
-class ForwardError(Exception):
-    """Why an endpoint did not take an event (the dead letter's exception message)."""
-
-
-class StoppingError(Exception):
-    """Stopping while a dead letter was not acknowledged: the event stays unsettled (its
-    transaction rolls back) and is delivered again after the restart."""
+PENDING = "forward_pending"  # session.info key: (route, event) of this batch, in order
+Sent = Attempt | TemplateError | None  # None: parked without sending
 
 
 class Forwarder:
@@ -75,7 +70,8 @@ class Forwarder:
         self.workers: list[threading.Thread] = []
         self.worker_failure: BaseException | None = None
         self.worker_db_failures = 0
-        self.producer: Producer | None = None
+        self.dead_letters: DeadLetters | None = None
+        self.pool = ThreadPoolExecutor(config.concurrency, thread_name_prefix="forward-send")
         self._register()
 
     # ------------------------------------------------------------------ wiring
@@ -93,8 +89,11 @@ class Forwarder:
 
     def _handler(self, routes: list[Route]) -> Callable[[Session, IncomingEvent], None]:
         def handle(session: Session, incoming: IncomingEvent) -> None:
-            for route in routes:
-                self._forward(session, route, incoming)
+            pending = session.info.get(PENDING)
+            if pending is None:  # the batch's first event: deliver them all at commit
+                pending = session.info[PENDING] = []
+                event.listen(session, "before_commit", self._deliver_batch)
+            pending.extend((route, incoming) for route in routes)
         return handle
 
     def health(self) -> tuple[bool, str]:
@@ -111,9 +110,8 @@ class Forwarder:
     def run(self) -> int:
         """Create the park table, start the retry workers, consume until stopped."""
         self.store.create(self.engine)
-        self.producer = Producer(with_client_logger({
-            **self.settings.producer_config(), "enable.idempotence": True, "acks": "all",
-            "partitioner": "murmur2_random", "linger.ms": 1}))
+        self.dead_letters = DeadLetters(self.settings, self.config.group, self.metrics,
+                                        self.consumer.stopping)
         for n in range(self.config.workers):
             worker = threading.Thread(target=self._work, name=f"forward-retry-{n}", daemon=True)
             worker.start()
@@ -125,7 +123,8 @@ class Forwarder:
         self.wake.set()
         for worker in self.workers:
             worker.join(max(route.timeout for route in self.config.routes) + 5)
-        self.producer.flush(10)
+        self.pool.shutdown()
+        self.dead_letters.close()
         for client in self.clients.values():
             client.close()
         if self.worker_failure is not None:
@@ -138,27 +137,61 @@ class Forwarder:
         self.wake.set()
 
     # ------------------------------------------------------------------ consume loop
-    def _forward(self, session: Session, route: Route, incoming: IncomingEvent) -> None:
-        if self.store.has_parked(session, route.name, event_key(incoming)):
-            self._park(session, route, incoming)  # behind an earlier event of its key
-            return
-        if self.clients[route.name].unreachable:
-            self._park(session, route, incoming)  # let a retry worker find out first
-            return
-        attempt = self._send(route, incoming)
-        if attempt is None:
-            return  # dead-lettered (the template cannot be filled)
-        if attempt.outcome == DONE:
+    def _deliver_batch(self, session: Session) -> None:
+        """Just before the batch commits: send its events, park or dead-letter what
+        failed, in the batch's own transaction."""
+        pending: list[tuple[Route, IncomingEvent]] = session.info.pop(PENDING, [])
+        chains: dict[tuple[str, str], list[IncomingEvent]] = {}
+        for route, incoming in pending:
+            chains.setdefault((route.name, event_key(incoming)), []).append(incoming)
+        blocked: set[tuple[str, str]] = set()
+        for name in {name for name, _ in chains}:
+            keys = [key for route, key in chains if route == name]
+            blocked |= {(name, key) for key in self.store.parked_keys(session, name, keys)}
+        jobs = list(chains.items())
+
+        def run(job: tuple[tuple[str, str], list[IncomingEvent]]) -> list[Sent]:
+            return self._chain(self.routes[job[0][0]], job[1], job[0] in blocked)
+
+        results = ([run(jobs[0])] if len(jobs) == 1 else list(self.pool.map(run, jobs)))
+        for ((name, _key), events), sent in zip(jobs, results, strict=True):
+            for incoming, outcome in zip(events, sent, strict=True):
+                self._settle(session, self.routes[name], incoming, outcome)
+
+    def _chain(self, route: Route, events: list[IncomingEvent], blocked: bool) -> list[Sent]:
+        """Send one key's events in order; from the first that must wait, the rest wait
+        behind it unsent (so does everything once the endpoint stopped answering)."""
+        client = self.clients[route.name]
+        sent: list[Sent] = []
+        for incoming in events:
+            if blocked or client.unreachable:
+                sent.append(None)
+                blocked = True
+                continue
+            outcome = self._send(route, incoming)
+            sent.append(outcome)
+            blocked = (isinstance(outcome, Attempt) and outcome.outcome == RETRY
+                       and route.max_attempts > 1)
+        return sent
+
+    def _settle(self, session: Session, route: Route, incoming: IncomingEvent,
+                sent: Sent) -> None:
+        assert self.dead_letters is not None
+        if sent is None:
+            self._park(session, route, incoming)
+        elif isinstance(sent, TemplateError):
+            self.dead_letters.send(route, incoming, None, 1, sent)
+        elif sent.outcome == DONE:
             self.metrics.delivered.labels(route.name).inc()
-        elif attempt.outcome == RETRY and route.max_attempts > 1:
+        elif sent.outcome == RETRY and route.max_attempts > 1:
             self.metrics.retries.labels(route.name).inc()
-            delay = retry_delay(route, 1, attempt.retry_after)
-            log.warning("%s: %s; parked, next attempt in %.1fs", route.name, attempt.summary(),
+            delay = retry_delay(route, 1, sent.retry_after)
+            log.warning("%s: %s; parked, next attempt in %.1fs", route.name, sent.summary(),
                         delay, extra={"action": "forward_parked", "route": route.name,
                                       "event_id": str(incoming.id)})
-            self._park(session, route, incoming, attempt, delay)
+            self._park(session, route, incoming, sent, delay)
         else:
-            self._dead_letter(route, incoming, attempt, 1)
+            self.dead_letters.send(route, incoming, sent, 1)
 
     def _park(self, session: Session, route: Route, incoming: IncomingEvent,
               attempt: Attempt | None = None, delay: float | None = None) -> None:
@@ -167,13 +200,12 @@ class Forwarder:
             session.info["forward_wake"] = True
             event.listen(session, "after_commit", lambda _s: self.wake.set(), once=True)
 
-    def _send(self, route: Route, incoming: IncomingEvent) -> Attempt | None:
-        """Render and send; a template the event cannot fill dead-letters it (None)."""
+    def _send(self, route: Route, incoming: IncomingEvent) -> Attempt | TemplateError:
+        """Render and send (a template the event cannot fill is returned, not sent)."""
         try:
             body = render_body(route.body, incoming)
         except TemplateError as exc:
-            self._dead_letter(route, incoming, None, 1, exc)
-            return None
+            return exc
         return self.clients[route.name].send(incoming, body)
 
     # ------------------------------------------------------------------ retry workers
@@ -216,83 +248,33 @@ class Forwarder:
 
     def _retry_one(self) -> bool:
         """Try the oldest due parked event of some key; False if none was due."""
+        assert self.dead_letters is not None
+        routes = [name for name, client in self.clients.items() if not client.paused()]
+        if not routes:
+            return False
         with Session(self.engine) as session, session.begin():
-            parked = self.store.claim_due(session, list(self.routes))
+            parked = self.store.claim_due(session, routes)
             if parked is None:
                 return False
             route = self.routes[parked.route]
-            attempt = self._send(route, parked.event)
+            sent = self._send(route, parked.event)
             attempts = parked.attempts + 1
-            if attempt is None or attempt.outcome == DONE:
-                if attempt is not None:
-                    self.metrics.delivered.labels(route.name).inc()
-                    log.info("%s: delivered %s after %d attempts", route.name, parked.event.id,
-                             attempts, extra={"action": "forward_retried",
-                                              "route": route.name})
+            if isinstance(sent, TemplateError):
+                self.dead_letters.send(route, parked.event, None, attempts, sent)
                 self.store.settle(session, parked)
-            elif attempt.outcome == RETRY and attempts < route.max_attempts:
+            elif sent.outcome == DONE:
+                self.metrics.delivered.labels(route.name).inc()
+                log.info("%s: delivered %s after %d attempts", route.name, parked.event.id,
+                         attempts, extra={"action": "forward_retried", "route": route.name})
+                self.store.settle(session, parked)
+            elif sent.outcome == RETRY and attempts < route.max_attempts:
                 self.metrics.retries.labels(route.name).inc()
-                delay = retry_delay(route, attempts, attempt.retry_after)
-                self.store.reschedule(session, parked, attempt, delay)
+                self.store.reschedule(session, parked, sent,
+                                      retry_delay(route, attempts, sent.retry_after))
             else:
-                self._dead_letter(route, parked.event, attempt, attempts)
+                self.dead_letters.send(route, parked.event, sent, attempts)
                 self.store.settle(session, parked)
         return True
 
-    # ------------------------------------------------------------------ dead letters
-    def _dead_letter(self, route: Route, incoming: IncomingEvent, attempt: Attempt | None,
-                     attempts: int, error: Exception | None = None) -> None:
-        """Produce the event to ``{topic}.dlq`` with why, and wait for the acknowledgement."""
-        if error is not None:
-            reason = "template-failed"
-        elif attempt is not None and attempt.outcome == RETRY:
-            reason = "retries-exhausted"
-        else:
-            reason = "http-rejected"
-        if error is None:
-            summary = attempt.summary() if attempt is not None else "not sent"
-            error = ForwardError(route.scrub(f"{route.method} {route.url}: {summary}"))
-        original = Message(topic=incoming.topic, partition=incoming.partition,
-                           offset=incoming.offset, timestamp=(TIMESTAMP_CREATE_TIME,
-                                                               incoming.timestamp_ms),
-                           key=incoming.key.encode() if incoming.key is not None else None,
-                           value=event_value(incoming), headers=list(incoming.headers.items()))
-        headers = dead_letter_headers(original, self.config.group,
-                                      Failure(reason, error, attempts))
-        headers += [(name, value.encode("utf-8", "replace")) for name, value in {
-            "dlq.forward.route": route.name,
-            "dlq.http.status": str(attempt.status) if attempt and attempt.status else "",
-            "dlq.http.response": attempt.excerpt if attempt is not None else "",
-            "dlq.http.latency.ms": f"{attempt.latency * 1000:.1f}" if attempt else ""}.items()]
-        self._produce_dead_letter(original, headers)
-        self.metrics.dead_lettered.labels(route.name, reason).inc()
-        log.error("%s: dead-lettered %s (%s): %s", route.name, incoming.id, reason, error,
-                  extra={"action": "forward_dead_lettered", "route": route.name,
-                         "reason": reason, "attempts": attempts})
 
-    def _produce_dead_letter(self, original: Message, headers: list[tuple[str, bytes]]) -> None:
-        assert self.producer is not None
-        errors: list[str] = []
-
-        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                errors.append(err.str())
-
-        attempt = 0
-        while True:
-            attempt += 1
-            errors.clear()
-            self.producer.produce(dlq_topic(original.topic() or ""), key=original.key(),
-                                  value=original.value(), headers=list(headers),
-                                  on_delivery=on_delivery)
-            if not self.producer.flush(30) and not errors:
-                return
-            delay = compute_backoff(attempt, cap=10)
-            log.error("dead letter not acknowledged (%s); again in %.1fs", errors or "timeout",
-                      delay, extra={"action": "forward_dlq_retry"})
-            if self.consumer.stopping.wait(delay):
-                raise StoppingError(f"stopping with a dead letter of {original.topic()} "
-                                    "unacknowledged")
-
-
-__all__ = ["ForwardError", "Forwarder"]
+__all__ = ["Forwarder"]

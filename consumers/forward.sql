@@ -29,9 +29,10 @@ create table if not exists {table} (
 );
 create index if not exists {index} on {table} (route, key, seq);
 
--- name: has_parked
--- Index scan on (route, key, seq): one probe per event and route on the hot path.
-select exists (select 1 from {table} where route = :route and key = :key);
+-- name: parked_keys
+-- Which of a batch's keys have an event waiting: one index probe on (route, key, seq) per
+-- key, one statement per batch and route (the table is empty while all is well).
+select distinct key from {table} where route = :route and key = any(:keys);
 
 -- name: park
 insert into {table} (route, key, event_id, event_type, topic, partition, "offset",

@@ -61,6 +61,8 @@ def route_options(func: Any) -> Any:
                      help="name of the route given by flags (metrics label)"),
         click.option("--group", default=None, help="consumer group [default outbox-forward]"),
         click.option("--workers", type=int, default=None, help="retry worker threads"),
+        click.option("--concurrency", type=int, default=None,
+                     help="requests in flight at once from the consume loop (other keys)"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -70,7 +72,8 @@ def route_options(func: Any) -> Any:
 def load_config(config_path: Path | None, url: str | None, topics: tuple[str, ...],
                 event_types: tuple[str, ...], method: str | None, headers: tuple[str, ...],
                 body_template: str | None, timeout: float | None, max_attempts: int | None,
-                route_name: str, group: str | None, workers: int | None) -> ForwardConfig:
+                route_name: str, group: str | None, workers: int | None,
+                concurrency: int | None) -> ForwardConfig:
     """The file's configuration plus the route and settings given by flags."""
     data: dict[str, Any] = read_file(config_path) if config_path is not None else {}
     source = str(config_path) if config_path is not None else "flags"
@@ -97,6 +100,8 @@ def load_config(config_path: Path | None, url: str | None, topics: tuple[str, ..
         data["group"] = group
     if workers is not None:
         data["workers"] = workers
+    if concurrency is not None:
+        data["concurrency"] = concurrency
     try:
         return build_config(data, source, dict(os.environ))
     except ConfigurationError as exc:
@@ -193,7 +198,7 @@ def check(**flags: Any) -> None:
         config = load_config(**flags)
     except ConfigurationError as exc:
         _die(str(exc), EXIT_CONFIG)
-    click.echo(f"group {config.group}, {config.workers} retry worker(s), park table "
-               f"{config.park_table}")
+    click.echo(f"group {config.group}, {config.concurrency} request(s) in flight, "
+               f"{config.workers} retry worker(s), park table {config.park_table}")
     for route in config.routes:
         click.echo(json.dumps(route.describe()))

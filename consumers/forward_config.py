@@ -111,6 +111,7 @@ class ForwardModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     group: str = Field(default="outbox-forward", min_length=1, max_length=255)
     workers: int = Field(default=4, ge=1, le=64)
+    concurrency: int = Field(default=8, ge=1, le=256)
     park_table: str = Field(default="forward_parked", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     routes: dict[str, RouteModel] = Field(default_factory=dict)
 
@@ -171,11 +172,12 @@ def _mask(name: str, value: str) -> str:
 
 
 class ForwardConfig:
-    """The forwarder's configuration: consumer group, retry workers and routes."""
+    """The forwarder's configuration: consumer group, parallelism and routes."""
 
     def __init__(self, model: ForwardModel, routes: list[Route], source: str) -> None:
         self.group = model.group
         self.workers = model.workers
+        self.concurrency = model.concurrency
         self.park_table = model.park_table
         self.routes = routes
         self.source = source

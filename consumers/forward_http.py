@@ -119,8 +119,11 @@ class RouteClient:
         self.route = route
         self.metrics = metrics
         # No answer at the last attempt (timeout, refused): the consume loop parks new
-        # events without trying, so a hung endpoint costs one timeout, not one per event.
+        # events without trying, so a hung endpoint costs one timeout, not one per event,
+        # and the retry workers send one probe per backoff step instead of every head.
         self.unreachable = False
+        self.silent = 0  # attempts in a row without an answer
+        self.paused_until = 0.0
         self.client = httpx.Client(timeout=route.timeout, follow_redirects=False,
                                    headers={"User-Agent": "outbox-forward"})
 
@@ -156,9 +159,19 @@ class RouteClient:
             attempt = Attempt(None, time.perf_counter() - started,
                               error=f"{kind}: {self.route.scrub(str(exc) or type(exc).__name__)}")
         self.unreachable = attempt.status is None
+        if attempt.status is None:
+            self.silent += 1
+            self.paused_until = time.monotonic() + compute_backoff(
+                self.silent, base=self.route.backoff_base, cap=self.route.backoff_cap)
+        else:
+            self.silent, self.paused_until = 0, 0.0
         self.metrics.requests.labels(self.route.name, attempt.status_class).inc()
         self.metrics.seconds.labels(self.route.name).observe(attempt.latency)
         return attempt
+
+    def paused(self) -> bool:
+        """Whether retry workers should leave this route alone for now (no answer lately)."""
+        return time.monotonic() < self.paused_until
 
     def close(self) -> None:
         """Close the connection pool."""

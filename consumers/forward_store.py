@@ -75,10 +75,10 @@ class ParkStore:
         with engine.begin() as conn:
             conn.exec_driver_sql(self._create)
 
-    def has_parked(self, session: Session, route: str, key: str) -> bool:
-        """Whether an event of ``key`` waits on ``route`` (later ones must wait behind it)."""
-        return bool(session.execute(self.sql["has_parked"], {"route": route, "key": key})
-                    .scalar())
+    def parked_keys(self, session: Session, route: str, keys: list[str]) -> set[str]:
+        """Which of ``keys`` have an event waiting on ``route`` (later ones wait behind)."""
+        rows = session.execute(self.sql["parked_keys"], {"route": route, "keys": keys})
+        return {str(key) for key in rows.scalars()}
 
     def park(self, session: Session, route: str, event: IncomingEvent,
              attempt: Attempt | None = None, delay: float | None = None) -> None:
