@@ -110,7 +110,7 @@ class ForwardModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     group: str = Field(default="outbox-forward", min_length=1, max_length=255)
-    workers: int = Field(default=4, ge=1, le=64)
+    workers: int = Field(default=8, ge=1, le=64)
     concurrency: int = Field(default=8, ge=1, le=256)
     park_table: str = Field(default="forward_parked", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
     routes: dict[str, RouteModel] = Field(default_factory=dict)

@@ -217,6 +217,7 @@ def run(variant_name: str, fault: str, plan: Plan, admin_url: str, bootstrap: st
     prepare_database(settings)
     env = {"OUTBOX_DATABASE_URL": url, "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
            "OUTBOX_TOPIC_TEMPLATE": template}
+    log_dir.mkdir(parents=True, exist_ok=True)
     variant = variants.build(variant_name, env, log_dir / name, log_dir / f"{name}.toml")
     total = int(plan.rate * plan.seconds)
     outcome = Outcome(variant_name, fault, total)

@@ -37,7 +37,7 @@ def test_defaults_and_secrets_from_the_environment() -> None:
                   "url": "https://h/x?key=${env:KEY}"}, env={"TOKEN": "abc123", "KEY": "k9k9"})
     [route] = cfg.routes
     assert (cfg.group, cfg.workers, route.method, route.timeout) == (
-        "outbox-forward", 4, "POST", 10.0)
+        "outbox-forward", 8, "POST", 10.0)
     assert route.headers == {"Authorization": "Bearer abc123"}
     assert route.url == "https://h/x?key=k9k9"
     described = str(route.describe())
