@@ -115,22 +115,20 @@ def fmt(value: float, column: str) -> str:
 
 
 def print_table(fault: str, rows: list[dict[str, Any]]) -> None:
-    """One fault: a row per variant (the median over rounds, each round's value after)."""
+    """One fault: a row per variant (medians over rounds), then each round's figures."""
     print(f"\n== fault: {fault}")
-    print(f"{'variant':<11}" + "".join(f"{c:>14}" for c in COLUMNS))
+    print(f"{'variant':<11}" + "".join(f"{c:>13}" for c in COLUMNS) + f"{'fault_s':>9}")
     for name in variants.VARIANTS:
         runs = [r for r in rows if r["variant"] == name]
-        if not runs:
-            continue
-        cells = []
-        for column in COLUMNS:
-            values = [float(r[column]) for r in runs]
-            median = statistics.median(values)
-            text = fmt(median, column)
-            if len(values) > 1 and column in ("lost", "orders_per_s", "p99_ms"):
-                text += " (" + "/".join(fmt(v, column) for v in values) + ")"
-            cells.append(f"{text:>14}")
-        print(f"{name:<11}" + "".join(cells))
+        if runs:
+            print(f"{name:<11}" + "".join(
+                f"{fmt(statistics.median(float(r[c]) for r in runs), c):>13}" for c in COLUMNS)
+                + f"{statistics.median(float(r['fault_seconds']) for r in runs):>9.1f}")
+    if len({r["round"] for r in rows}) > 1:
+        for row in sorted(rows, key=lambda r: (r["variant"], r["round"])):
+            print(f"  {row['variant']:<10} round {row['round']}: lost {row['lost']}, "
+                  f"{row['orders_per_s']:.1f} orders/s, p50 {fmt(row['p50_ms'], 'p50_ms')} ms, "
+                  f"p99 {fmt(row['p99_ms'], 'p99_ms')} ms")
 
 
 def ratios(rows: list[dict[str, Any]]) -> dict[str, float]:
