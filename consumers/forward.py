@@ -213,7 +213,8 @@ class Forwarder:
         try:
             while not self.consumer.stopping.is_set():
                 try:
-                    busy = self._retry_one()
+                    if not self._retry_one():
+                        self._idle()
                     self.worker_db_failures = 0
                 except Exception as exc:
                     if not is_connection_lost(exc):
@@ -224,9 +225,6 @@ class Forwarder:
                                 delay, str(exc).splitlines()[0],
                                 extra={"action": "forward_db_unavailable"})
                     self.consumer.stopping.wait(delay)
-                    continue
-                if not busy:
-                    self._idle()
         except StoppingError:
             return
         except BaseException as exc:

@@ -265,3 +265,39 @@ def test_a_dead_retry_worker_stops_the_forwarder_non_zero(
     running.thread.join(30)
     assert running.code == EXIT_WORKER_DIED
     assert running.forwarder.health() == (False, "not running")
+
+
+def test_database_connections_lost_mid_stream_lose_nothing(
+        kafka_bootstrap: str, topic_ready: str, endpoint: Endpoint, start_forwarder: Start,
+        database_url: str) -> None:
+    """Every connection of the forwarder cut, again and again (as a PostgreSQL restart
+    does), while events flow and parked ones are retried: it keeps running."""
+    failing_until = time.monotonic() + 3.0
+    endpoint.script = lambda r, _seen: (Reply(503) if r.json["key"] == "bad"
+                                        and time.monotonic() < failing_until else Reply())
+    messages = [event("bad" if n % 5 == 0 else f"k{n % 7}", n) for n in range(300)]
+    running = start_forwarder(route(endpoint, topic_ready, max_attempts=1000))
+    send(kafka_bootstrap, topic_ready, [m for _, m in messages[:150]])
+    cut = 0
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            if cut == 3:
+                send(kafka_bootstrap, topic_ready, [m for _, m in messages[150:]])
+            cut += 1
+            conn.execute("select pg_terminate_backend(pid) from pg_stat_activity where "
+                         "datname = current_database() and pid <> pg_backend_pid()")
+            time.sleep(0.4)
+    wait_for(lambda: {r.key for r in endpoint.received} >= {e for e, _ in messages},
+             timeout=60, what="every event delivered after the connections were cut")
+    wait_for(lambda: parked(database_url) == 0)
+    wait_for(lambda: running.forwarder.health() == (True, "forwarding"), timeout=30)
+    assert running.thread.is_alive()
+    assert running.stop() == 0
+    per_key: dict[str, list[int]] = defaultdict(list)
+    seen: set[str] = set()
+    for request in endpoint.received:
+        if request.key not in seen and request.json["key"] == "bad":
+            seen.add(request.key)
+            per_key["bad"].append(request.json["n"])
+    assert per_key["bad"] == sorted(per_key["bad"])
