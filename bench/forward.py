@@ -13,14 +13,13 @@ counting requests). Per round, in alternating order:
   one sequential httpx client, and from ``--concurrency`` threads sharing one (the
   forwarder's own concurrency): the native ceiling of the endpoint and the client.
 
-Payloads are incompressible (random base64) of ``--payload-bytes``; each round has its own
-database and topic.
+Payloads are ``bench.common.payload`` (saga-like JSON, bulk random) of ``--payload-bytes``;
+each round has its own database, topic and group (``bench.common.RunNames``).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import random
@@ -29,7 +28,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,13 +37,14 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 from consumers.forward import Forwarder  # noqa: E402
 from consumers.forward_config import build_config  # noqa: E402
 from consumers.runtime import ConsumerOptions  # noqa: E402
+from outbox import migrate  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
-from services.demo import fresh_database  # noqa: E402
 from services.launcher import free_port  # noqa: E402
-from tests.harness.kafka import create_topic, produce  # noqa: E402
+from tests.harness.kafka import produce  # noqa: E402
 
 
 def serve(port: int) -> None:
@@ -75,17 +74,17 @@ def serve(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", http="h11")
 
 
-def records(n: int, keys: int, size: int, rnd: random.Random
-            ) -> list[tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]]:
-    out: list[tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]] = []
+Record = tuple[bytes | None, bytes | None, list[tuple[str, str | bytes | None]]]
+
+
+def records(n: int, keys: int, size: int, rnd: random.Random) -> list[Record]:
+    """``n`` records in the toolkit's format, payloads of ``size`` bytes (common.payload)."""
+    out: list[Record] = []
     for i in range(n):
-        eid = str(uuid.uuid4())
         key = f"order-{rnd.randrange(keys)}"
-        blob = base64.b64encode(rnd.randbytes(size * 3 // 4)).decode()
-        value = json.dumps({"eventType": "OrderCreated", "eventId": eid, "orderId": key,
-                            "n": i, "blob": blob}).encode()
-        out.append((key.encode(), value, [("id", eid.encode()), ("eventType",
-                                                                  b"OrderCreated")]))
+        body = common.payload(i, key, size)
+        out.append((key.encode(), json.dumps(body, separators=(",", ":")).encode(),
+                    [("id", body["eventId"].encode()), ("eventType", b"OrderUpdated")]))
     return out
 
 
@@ -102,18 +101,17 @@ def wait_count(url: str, target: int, timeout: float) -> float:
     raise RuntimeError(f"endpoint saw {count(url)} of {target} requests in {timeout:.0f}s")
 
 
-def run_forward(args: argparse.Namespace, admin: str, bootstrap: str, url: str,
+def run_forward(args: argparse.Namespace, names: common.RunNames, round_: int, url: str,
                 rnd: random.Random) -> float:
-    name = f"bench_forward_{uuid.uuid4().hex[:8]}"
-    topic = f"bench-forward-{uuid.uuid4().hex[:8]}"
-    db = fresh_database(admin, name)
+    admin, bootstrap = common.admin_url(), common.bootstrap()
+    db = common.create_database(admin, names.database(f"r{round_}"))
+    topic = names.topic(f"r{round_}")
     try:
-        from outbox import migrate
-
         settings = Settings(database_url=db, kafka_bootstrap_servers=bootstrap)
         migrate.upgrade(settings)
-        create_topic(bootstrap, topic, partitions=3)
-        config = build_config({"group": "bench-forward", "concurrency": args.concurrency,
+        common.create_topic(bootstrap, topic, 3)
+        config = build_config({"group": names.group(f"r{round_}"),
+                               "concurrency": args.concurrency,
                                "routes": {"hook": {"url": url + "/hook", "topics": [topic]}}},
                               "bench", {})
         forwarder = Forwarder(settings, config, options=ConsumerOptions(poll_timeout=0.1))
@@ -130,10 +128,8 @@ def run_forward(args: argparse.Namespace, admin: str, bootstrap: str, url: str,
         thread.join(30)
         return float(args.events) / (ended - started)
     finally:
-        import psycopg
-
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
+        common.drop_database(admin, db)
+        common.delete_topics(bootstrap, [topic, topic + ".dlq"])
 
 
 def run_raw(args: argparse.Namespace, url: str, rnd: random.Random, threads: int) -> float:
@@ -170,9 +166,9 @@ def main() -> int:
     if args.serve is not None:
         serve(args.serve)
         return 0
-    from bench.migration import stack_env
-
-    env = stack_env()
+    common.load_env()
+    names = common.RunNames.new("forward")
+    print(f"load average {common.machine_load()} at the start", flush=True)
     port = free_port()
     server = subprocess.Popen([sys.executable, __file__, "--serve", str(port)],
                               env={**os.environ})
@@ -191,10 +187,9 @@ def main() -> int:
         sides = ["forward", "raw", "raw-concurrent"]
         results: dict[str, list[float]] = {side: [] for side in sides}
         for round_ in range(args.rounds):
-            for side in sides[round_ % 3:] + sides[:round_ % 3]:
+            for side in common.rotated(sides, round_):
                 if side == "forward":
-                    rate = run_forward(args, env["OUTBOX_DATABASE_URL"],
-                                       env["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"], url, rnd)
+                    rate = run_forward(args, names, round_, url, rnd)
                 else:
                     rate = run_raw(args, url, rnd, 1 if side == "raw" else args.concurrency)
                 results[side].append(rate)
@@ -209,7 +204,8 @@ def main() -> int:
         print(f"{side:<15} median {medians[side]:8,.0f} events/s  ("
               + " / ".join(f"{v:,.0f}" for v in values) + ")")
     print(f"forward / raw = {medians['forward'] / medians['raw']:.2f}, forward / "
-          f"raw-concurrent = {medians['forward'] / medians['raw-concurrent']:.2f}")
+          f"raw-concurrent = {medians['forward'] / medians['raw-concurrent']:.2f}; load "
+          f"average {common.machine_load()} at the end")
     return 0
 
 

@@ -32,7 +32,6 @@ import os
 import statistics
 import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -43,33 +42,20 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import common  # noqa: E402
 from services.legacy import scenario, variants  # noqa: E402
 
 COLUMNS = ("accepted", "completed", "cancelled", "lost", "duplicates", "orders_per_s",
            "p50_ms", "p99_ms")
 
 
-def stack_env() -> dict[str, str]:
-    """``$OUTBOX_STACK_DIR/env`` (default ``.stack/env``), under the environment's values."""
-    path = Path(os.environ.get("OUTBOX_STACK_DIR", ROOT / ".stack")) / "env"
-    values: dict[str, str] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            key, sep, value = line.partition("=")
-            if sep:
-                values[key.strip()] = value.strip()
-    return {**values, **{k: v for k, v in os.environ.items() if k.startswith("OUTBOX_")}}
-
-
-def load_stack(env: dict[str, str]) -> ModuleType:
+def load_stack() -> ModuleType:
     """devstack/stack.py bound to ``$OUTBOX_STACK_DIR`` and the ports its services run on
     (the module reads them at import), so a restart brings back the same stack."""
     os.environ["OUTBOX_STACK_PG_FSYNC"] = "on"  # a restart keeps synchronous_commit=on
     os.environ.setdefault("OUTBOX_STACK_KAFKA_HEAP", "512m")
-    os.environ.setdefault("OUTBOX_STACK_PG_PORT", env.get("OUTBOX_STACK_PG_PORT", ""))
-    os.environ.setdefault("OUTBOX_STACK_KAFKA_PORT",
-                          env["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"].rsplit(":", 1)[1])
-    props = Path(env.get("OUTBOX_STACK_DIR", ROOT / ".stack")) / "kafka" / "server.properties"
+    os.environ.setdefault("OUTBOX_STACK_KAFKA_PORT", common.bootstrap().rsplit(":", 1)[1])
+    props = common.stack_dir() / "kafka" / "server.properties"
     for line in props.read_text().splitlines() if props.exists() else []:
         if line.startswith("controller.quorum.voters="):
             os.environ.setdefault("OUTBOX_STACK_CONTROLLER_PORT", line.rsplit(":", 1)[1])
@@ -82,11 +68,10 @@ def load_stack(env: dict[str, str]) -> ModuleType:
     return module
 
 
-def stack_faults(env: dict[str, str]) -> dict[str, Callable[[], None]]:
+def stack_faults() -> dict[str, Callable[[], None]]:
     """What restarts the (private) stack's broker and PostgreSQL."""
-    stack = load_stack(env)
-    admin_url = env["OUTBOX_DATABASE_URL"]
-    with psycopg.connect(admin_url) as conn:
+    stack = load_stack()
+    with psycopg.connect(common.admin_url()) as conn:
         row = conn.execute("show synchronous_commit").fetchone()
     if not row or row[0] != "on":
         sys.exit(f"synchronous_commit is {row[0] if row else '?'} on this stack: restart it "
@@ -166,8 +151,8 @@ def main() -> int:
     args = parser.parse_args()
     chosen = [v for v in args.variants.split(",") if v]
     faults = [f for f in args.faults.split(",") if f]
-    env = stack_env()
-    admin, bootstrap = env["OUTBOX_DATABASE_URL"], env["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
+    common.load_env()
+    admin, bootstrap = common.admin_url(), common.bootstrap()
     restarts = [f for f in faults if f in ("broker", "postgres")]
     if restarts and not args.own_stack:
         sys.exit(f"faults {', '.join(restarts)} restart the stack's services: run on a "
@@ -178,17 +163,17 @@ def main() -> int:
     sync_commit = str(setting[0]) if setting else "?"
     plan = scenario.Plan(rate=args.rate, seconds=args.seconds, warmup=args.warmup,
                          fault_at=args.fault_at, down_for=args.down_for, quiet=args.quiet)
-    restart = stack_faults(env) if restarts else None
-    run_id = uuid.uuid4().hex[:6]
+    restart = stack_faults() if restarts else None
+    names = common.RunNames.new("migration")
+    load_before = common.machine_load()
     rows: list[dict[str, Any]] = []
     log = sys.stderr if args.json else sys.stdout
     started = time.monotonic()
     for fault in faults:
         for round_ in range(args.rounds):
-            order = chosen if round_ % 2 == 0 else list(reversed(chosen))
-            for name in order:
+            for name in common.rotated(chosen, round_):
                 outcome = scenario.run(name, fault, plan, admin, bootstrap, args.log_dir,
-                                       restart, run_id=f"{run_id}r{round_}")
+                                       restart, names.database(f"r{round_}_{name}_{fault}"))
                 rows.append({**outcome.as_dict(), "round": round_})
                 print(f"[{time.monotonic() - started:6.0f}s] {name:<10} {fault:<8} round "
                       f"{round_}: lost {outcome.lost}, {outcome.orders_per_s:.1f} orders/s, "
@@ -196,15 +181,17 @@ def main() -> int:
                       f"restarts {outcome.restarts}",
                       file=log, flush=True)
     ratio = ratios(rows)
+    load = f"{load_before} before, {common.machine_load()} after"
     result = {"plan": vars(plan), "synchronous_commit": sync_commit, "rows": rows,
-              "ratios": ratio}
+              "ratios": ratio, "load_average": load}
     if args.json_out is not None:
         args.json_out.write_text(json.dumps(result, indent=2, default=str))
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0
     print(f"\n{args.rate:g} orders/s offered for {args.seconds:g} s after {args.warmup} "
-          f"warm-up orders; faults at {args.fault_at:g} s; synchronous_commit={sync_commit}")
+          f"warm-up orders; faults at {args.fault_at:g} s; synchronous_commit={sync_commit}; "
+          f"load average {load}")
     for fault in faults:
         print_table(fault, [r for r in rows if r["fault"] == fault])
     if "none" in faults and {"saga", "legacy"} <= set(chosen):

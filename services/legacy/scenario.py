@@ -197,20 +197,21 @@ def _collect(url: str, placed: list[_Placed], outcome: Outcome) -> None:
 
 def run(variant_name: str, fault: str, plan: Plan, admin_url: str, bootstrap: str,
         log_dir: Path, stack_faults: dict[str, Callable[[], None]] | None = None,
-        run_id: str | None = None, keep: bool = False) -> Outcome:
+        name: str | None = None, keep: bool = False) -> Outcome:
     """Run ``variant_name`` under ``fault`` on a database and topics of its own.
 
     ``stack_faults`` maps ``broker`` / ``postgres`` to what restarts that service (never
-    the shared stack's: bench/migration.py passes its private stack's).
+    the shared stack's: bench/migration.py passes its private stack's). ``name`` is the
+    run's database (created, and dropped unless ``keep``); its topics are
+    ``<name with dashes>-{aggregatetype}-events``.
     """
     if fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r}: choose from {', '.join(FAULTS)}")
     if fault in ("broker", "postgres") and fault not in (stack_faults or {}):
         raise ValueError(f"fault {fault!r} restarts a service: pass stack_faults")
-    run_id = run_id or uuid.uuid4().hex[:6]
-    name = f"mig_{run_id}_{variant_name}_{fault}"
+    name = name or f"mig_{uuid.uuid4().hex[:8]}_{variant_name}_{fault}"
     url = fresh_database(admin_url, name)
-    template = f"mig-{run_id}-{variant_name}-{fault}-{{aggregatetype}}-events"
+    template = name.replace("_", "-") + "-{aggregatetype}-events"
     settings = Settings(database_url=url, kafka_bootstrap_servers=bootstrap,
                         topic_template=template)
     fresh_topics(settings)
