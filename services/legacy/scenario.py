@@ -148,6 +148,19 @@ def _wait_settled(url: str, ids: list[str], quiet: float, timeout: float) -> Non
         time.sleep(0.5)
 
 
+def _warmed_up(url: str, ids: list[str], expected: int, timeout: float = 180.0) -> None:
+    """Every warm-up order final before the measured load: the system works end to end
+    (consumers joined their groups, producers know the topics). Waits as long as that
+    takes on a busy machine, and says so if it never happens."""
+    deadline = time.monotonic() + timeout
+    while len(ids) < expected or _final_count(url, ids) < len(ids):
+        if len(ids) < expected or time.monotonic() > deadline:
+            raise RuntimeError(f"{len(ids)} of {expected} warm-up orders accepted, "
+                               f"{_final_count(url, ids)} final after {timeout:.0f}s: the "
+                               "system under test does not work; see its logs")
+        time.sleep(0.2)
+
+
 def _collect(url: str, placed: list[_Placed], outcome: Outcome) -> None:
     accepted = {p.order_id: p for p in placed if p.order_id is not None}
     with psycopg.connect(url) as conn:
@@ -228,7 +241,7 @@ def run(variant_name: str, fault: str, plan: Plan, admin_url: str, bootstrap: st
         with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=200)) as client, \
                 ThreadPoolExecutor(64) as pool:
             warm = _offer(client, pool, variant.entry, plan.rate, plan.warmup, "warmup")
-            _wait_settled(url, [p.order_id for p in warm if p.order_id], 10, 90)
+            _warmed_up(url, [p.order_id for p in warm if p.order_id], plan.warmup)
             timer = _fault_timer(fault, plan, variant, stack_faults or {}, outcome)
             placed = _offer(client, pool, variant.entry, plan.rate, total, "c")
             timer.join()
