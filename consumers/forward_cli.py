@@ -12,6 +12,7 @@ Route flags define one more route (named by ``--route-name``) next to the file's
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -23,19 +24,13 @@ import click
 import psycopg
 
 from consumers.forward_config import ForwardConfig, build_config, read_file
-from outbox.cli_options import settings_options
+from outbox.cli_options import DURATION, cli_error, settings_options
 from outbox.errors import ConfigurationError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
-from outbox.logs import configure_logging
 from outbox.preflight import check_database, check_kafka
-from outbox.settings import Settings, qualified, redact_url
+from outbox.settings import Settings, qualified, redact_url, scrub
 
 log = logging.getLogger("outbox.forward")
-
-
-def _die(message: str, code: int) -> NoReturn:
-    click.echo(f"outbox forward: {message}", err=True)
-    sys.exit(code)
 
 
 def route_options(func: Any) -> Any:
@@ -139,6 +134,13 @@ def _check_inbox(settings: Settings) -> None:
                                  " run `outbox db upgrade` (with the same --schema) first")
 
 
+def _stop(code: int, message: str) -> NoReturn:
+    """One log line saying why the forwarder cannot start, then exit with ``code``."""
+    log.error("%s", message, extra={"action": "config_error" if code == EXIT_CONFIG
+                                    else "service_unavailable", "exit_code": code})
+    sys.exit(code)
+
+
 @click.group()
 def forward() -> None:
     """Deliver events to existing HTTP endpoints (a consumer with inbox and dead letters)."""
@@ -146,20 +148,22 @@ def forward() -> None:
 
 @forward.command()
 @route_options
-@settings_options
-@click.option("--metrics-port", type=int, default=None, help="serve /metrics and /health")
+@settings_options(log_format="json", log_level="info", daemon=True)
+@click.option("--startup-timeout", type=DURATION, default=10.0, show_default=True,
+              help="how long the start-up checks wait for the database and for the broker")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+              help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--instance-id", default=None,
               help="static group membership: a restart takes its partitions back at once")
-@click.option("--log-format", type=click.Choice(["json", "text"]), default="json",
-              show_default=True)
-@click.option("--log-level", default="info", show_default=True)
-def run(settings: Settings, metrics_port: int | None, metrics_host: str,
-        instance_id: str | None, log_format: str, log_level: str, **flags: Any) -> None:
+def run(settings: Settings, startup_timeout: float, metrics_port: int | None,
+        metrics_host: str, instance_id: str | None, **flags: Any) -> None:
     """Forward until SIGTERM/SIGINT (first: finish the batch, exit 0; second: exit now).
 
-    Exit codes: 0 stopped, 1 unexpected error, 3 configuration, 5 fenced (another process
-    with this --instance-id), 6 database or broker unavailable at start, 7 a retry worker
+    Before it calls itself healthy it checks the configuration, that the database lets it
+    in and has the inbox table, and that the broker answers (--startup-timeout). Exit
+    codes: 0 stopped, 1 unexpected error, 3 configuration, 5 fenced (another process with
+    this --instance-id), 6 database or broker unavailable at start, 7 a retry worker
     died, 130 second signal.
     """
     from consumers.forward import Forwarder
@@ -167,37 +171,39 @@ def run(settings: Settings, metrics_port: int | None, metrics_host: str,
     from consumers.runtime import ConsumerOptions
 
     try:
-        configure_logging(log_format, log_level)
-        config = load_config(**flags)
         settings.require_database_url()
-        check_database(settings)
+        config = load_config(**flags)
+        check_database(settings, timeout=startup_timeout)
         _check_inbox(settings)
-        check_kafka(settings)
+        check_kafka(settings, timeout=startup_timeout)
     except ConfigurationError as exc:
-        _die(str(exc), EXIT_CONFIG)
+        _stop(EXIT_CONFIG, scrub(str(exc), settings))
     except ServiceUnavailableError as exc:
-        _die(str(exc), EXIT_UNAVAILABLE)
+        _stop(EXIT_UNAVAILABLE, scrub(str(exc), settings))
+    except psycopg.Error as exc:
+        error = cli_error(exc, settings)
+        _stop(error.exit_code, error.format_message())
     forwarder = Forwarder(settings, config, options=ConsumerOptions(
-        instance_id=instance_id,
+        instance_id=instance_id, startup_timeout=0,  # checked above, with the inbox
         kafka_config={"session.timeout.ms": "10000", "heartbeat.interval.ms": "1000"}))
     if metrics_port is not None:
         try:
             serve(forwarder.consumer.metrics.registry, forwarder.health, metrics_port,
                   metrics_host)
         except OSError as exc:
-            _die(f"--metrics-port {metrics_port}: {exc.strerror}", EXIT_CONFIG)
+            why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            _stop(EXIT_CONFIG, f"cannot serve /metrics on {metrics_host}:{metrics_port}: "
+                               f"{why}; choose another --metrics-port (or --metrics-host)")
     forwarder.consumer.install_signal_handlers()
     sys.exit(forwarder.run())
 
 
 @forward.command()
 @route_options
-def check(**flags: Any) -> None:
+@settings_options
+def check(settings: Settings, **flags: Any) -> None:
     """Validate the configuration and print the routes (secrets masked); exit 0 or 3."""
-    try:
-        config = load_config(**flags)
-    except ConfigurationError as exc:
-        _die(str(exc), EXIT_CONFIG)
+    config = load_config(**flags)  # a ConfigurationError is one line and exit 3
     click.echo(f"group {config.group}, {config.concurrency} request(s) in flight, "
                f"{config.workers} retry worker(s), park table {config.park_table}")
     for route in config.routes:

@@ -78,7 +78,7 @@ class DeadLetters:
                   extra={"action": "forward_dead_lettered", "route": route.name,
                          "reason": reason, "attempts": attempts})
 
-    def _produce(self, original: Message, headers: list[tuple[str, bytes]]) -> None:
+    def _produce(self, original: Message, headers: list[tuple[str, bytes | None]]) -> None:
         errors: list[str] = []
         acknowledged = threading.Event()
 

@@ -34,8 +34,9 @@ pytestmark = [pytest.mark.postgres, pytest.mark.kafka, pytest.mark.connect]
 # written straight to stderr would be seen too.
 REAL_PROCESS = {("replay",), ("dlq", "list"), ("dlq", "redrive")}
 # Daemons: run as processes for a few seconds, then SIGTERM.
-DAEMONS: dict[tuple[str, ...], tuple[str, ...]] = {("relay", "run"): (),
-                                                   ("connect", "exporter"): ("--port", "0")}
+DAEMONS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("relay", "run"): (), ("connect", "exporter"): ("--port", "0"),
+    ("forward", "run"): ("--url", "http://127.0.0.1:9/hook", "--topic", "t-forward")}
 
 
 @dataclass(frozen=True)

@@ -131,8 +131,9 @@ def saga(settings: Settings, service: str, decline_rate: float, latency: float) 
     extra = {"gateway": _gateway(decline_rate, latency)} if service == "payment" else {}
     consumer = CONSUMERS[service](settings, make_engine(settings), **extra)
     aggregate, event_type = TRIGGER[service]
-    registration = consumer.handlers[(topic(settings, aggregate), event_type)]
-    registration.handler = faults.counting(registration.handler)
+    trigger = (topic(settings, aggregate), event_type)
+    registration = consumer.handlers[trigger]
+    consumer.add_handler(*trigger, faults.counting(registration.handler), registration.model)
     consumer.install_signal_handlers()
     sys.exit(consumer.run())
 
