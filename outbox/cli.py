@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "inbox": "consumers.cli:inbox",
     "worker": "consumers.worker_cli:worker",
     "events": "consumers.events_cli:events",
+    "forward": "consumers.forward_cli:forward",
     "connect": "connect.cli:connect",
     "capture": "outbox.capture_cli:capture",
 }

@@ -39,25 +39,61 @@ def _reserve_lines(session: Session, items: list[dict[str, Any]]) -> None:
             raise OutOfStockError(f"not enough stock of {item['sku']} for {item['quantity']}")
 
 
-def on_order_created(order: OrderCreated, session: Session, publisher: Publisher) -> None:
-    """Reserve every line of the order atomically, or none of them."""
-    already = session.execute(select(reservations.c.status)
-                              .where(reservations.c.order_id == order.order_id)).first()
+RESERVED, OUT_OF_STOCK, DECIDED = "reserved", "out-of-stock", "decided"
+
+
+def reserve(session: Session, order_id: str,
+            items: list[dict[str, Any]]) -> tuple[str, str | None]:
+    """The inventory rule, whatever delivered the request (an event or an HTTP call).
+
+    Reserves every line of the order atomically, or none of them. Returns
+    ``(RESERVED, None)``, ``(OUT_OF_STOCK, reason)``, or ``(DECIDED, None)`` when the
+    order was reserved before: a replay (a new delivery of an old order) changes nothing.
+    """
+    already = session.execute(
+        select(reservations.c.status).where(reservations.c.order_id == order_id)).first()
     if already is not None:
-        return  # a replayed OrderCreated (new delivery of an old order): decided already
-    items = [line.model_dump() for line in order.items]
+        return DECIDED, None
     savepoint = session.begin_nested()
     try:
         _reserve_lines(session, items)
     except OutOfStockError as exc:
         savepoint.rollback()
+        return OUT_OF_STOCK, str(exc)
+    savepoint.commit()
+    session.execute(insert(reservations).values(order_id=order_id, items=items,
+                                                status="RESERVED"))
+    return RESERVED, None
+
+
+def release(session: Session, order_id: str) -> list[dict[str, Any]] | None:
+    """Compensate: put an order's reserved stock back; returns the lines released, or
+    None if nothing was reserved or it was released already."""
+    row = session.execute(
+        select(reservations.c["items"], reservations.c.status)
+        .where(reservations.c.order_id == order_id).with_for_update()).first()
+    if row is None or row.status != "RESERVED":
+        return None
+    for item in sorted(row.items, key=lambda i: str(i["sku"])):
+        session.execute(update(stock).where(stock.c.sku == item["sku"])
+                        .values(available=stock.c.available + int(item["quantity"])))
+    session.execute(update(reservations).where(reservations.c.order_id == order_id)
+                    .values(status="RELEASED"))
+    items: list[dict[str, Any]] = row.items
+    return items
+
+
+def on_order_created(order: OrderCreated, session: Session, publisher: Publisher) -> None:
+    """Reserve every line of the order atomically, or none of them."""
+    items = [line.model_dump() for line in order.items]
+    outcome, reason = reserve(session, order.order_id, items)
+    if outcome == DECIDED:
+        return  # a replayed OrderCreated (new delivery of an old order): decided already
+    if outcome == OUT_OF_STOCK:
         publisher.publish(ev.saga_event(
             ev.INVENTORY, ev.INVENTORY_RESERVATION_FAILED, order.order_id,
-            order.correlation_id, {**order.order_data(), "reason": str(exc)}))
+            order.correlation_id, {**order.order_data(), "reason": reason}))
         return
-    savepoint.commit()
-    session.execute(insert(reservations).values(order_id=order.order_id, items=items,
-                                                status="RESERVED"))
     publisher.publish(ev.saga_event(ev.INVENTORY, ev.INVENTORY_RESERVED, order.order_id,
                                     order.correlation_id,
                                     {**order.order_data(), "items": items}))
@@ -65,18 +101,11 @@ def on_order_created(order: OrderCreated, session: Session, publisher: Publisher
 
 def on_payment_failed(failed: PaymentFailed, session: Session, publisher: Publisher) -> None:
     """Compensate: put the reserved stock back and say so."""
-    row = session.execute(
-        select(reservations.c["items"], reservations.c.status)
-        .where(reservations.c.order_id == failed.order_id).with_for_update()).first()
-    if row is None or row.status != "RESERVED":
+    released = release(session, failed.order_id)
+    if released is None:
         return  # nothing reserved, or already released
-    for item in sorted(row.items, key=lambda i: str(i["sku"])):
-        session.execute(update(stock).where(stock.c.sku == item["sku"])
-                        .values(available=stock.c.available + int(item["quantity"])))
-    session.execute(update(reservations).where(reservations.c.order_id == failed.order_id)
-                    .values(status="RELEASED"))
     publisher.publish(ev.saga_event(ev.INVENTORY, ev.INVENTORY_RELEASED, failed.order_id,
-                                    failed.correlation_id, {"items": row.items}))
+                                    failed.correlation_id, {"items": released}))
 
 
 def consumer(base: Settings, engine: Engine | None = None,

@@ -68,10 +68,10 @@ def _request_hash(body: OrderRequest) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def place_order(settings: Settings, session: Session, body: OrderRequest,
-                idempotency_key: str | None, correlation_id: str | None = None
-                ) -> dict[str, Any]:
-    """Insert the order and its ``OrderCreated`` event; returns (order, created)."""
+def insert_order(session: Session, body: OrderRequest, idempotency_key: str | None,
+                 correlation_id: str | None = None) -> tuple[str, str, list[dict[str, Any]]]:
+    """Insert a ``PENDING`` order; returns its id, correlation id and lines. The one way
+    an order row is written, whatever tells the next service (services.legacy too)."""
     order_id = str(uuid7())
     correlation_id = correlation_id or str(uuid7())
     items = [line.model_dump() for line in body.items]
@@ -79,6 +79,15 @@ def place_order(settings: Settings, session: Session, body: OrderRequest,
         id=order_id, customer_id=body.customer_id, items=items, amount=body.amount,
         currency=body.currency, status="PENDING", correlation_id=correlation_id,
         idempotency_key=idempotency_key, request_hash=_request_hash(body)))
+    return order_id, correlation_id, items
+
+
+def place_order(settings: Settings, session: Session, body: OrderRequest,
+                idempotency_key: str | None, correlation_id: str | None = None
+                ) -> dict[str, Any]:
+    """Insert the order and its ``OrderCreated`` event; returns (order, created)."""
+    order_id, correlation_id, items = insert_order(session, body, idempotency_key,
+                                                   correlation_id)
     event = ev.saga_event(ev.ORDER, ev.ORDER_CREATED, order_id, correlation_id, {
         "customerId": body.customer_id, "items": items, "amount": str(body.amount),
         "currency": body.currency})
@@ -181,7 +190,8 @@ def _record(session: Session, msg: SagaMessage, source: str) -> str:
     return order_id
 
 
-def _settle(session: Session, order_id: str, status: str, reason: str | None) -> None:
+def settle(session: Session, order_id: str, status: str, reason: str | None) -> None:
+    """Move a PENDING order to ``status`` (COMPLETED or CANCELLED) with ``reason``."""
     # Only a pending order moves: a late or replayed event never reopens a final state.
     session.execute(update(orders).where(orders.c.id == order_id, orders.c.status == "PENDING")
                     .values(status=status, reason=reason, updated_at=UTC_NOW))
@@ -191,21 +201,21 @@ def on_inventory_event(session: Session, msg: IncomingEvent) -> None:
     """Record inventory progress; cancel the order when stock could not be reserved."""
     order_id = _record(session, msg, "inventory")
     if msg.payload.get("eventType") == ev.INVENTORY_RESERVATION_FAILED:
-        _settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "out of stock")))
+        settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "out of stock")))
 
 
 def on_payment_event(session: Session, msg: IncomingEvent) -> None:
     """Record payment progress; cancel the order when payment failed."""
     order_id = _record(session, msg, "payment")
     if msg.payload.get("eventType") == ev.PAYMENT_FAILED:
-        _settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "payment failed")))
+        settle(session, order_id, "CANCELLED", str(msg.payload.get("reason", "payment failed")))
 
 
 def on_shipping_event(session: Session, msg: IncomingEvent) -> None:
     """Complete the order once its shipment is scheduled."""
     order_id = _record(session, msg, "shipping")
     if msg.payload.get("eventType") == ev.SHIPMENT_SCHEDULED:
-        _settle(session, order_id, "COMPLETED", None)
+        settle(session, order_id, "COMPLETED", None)
 
 
 def consumer(base: Settings, engine: Engine | None = None,

@@ -21,15 +21,24 @@ from services.wiring import ignore, service_consumer, topic
 CARRIER = "simulated-post"
 
 
+def schedule(session: Session, order_id: str) -> str | None:
+    """The shipping rule: one shipment per order. Returns the new shipment's id, or None
+    if the order has one already (a replay)."""
+    if session.execute(select(shipments.c.shipment_id)
+                       .where(shipments.c.order_id == order_id)).first() is not None:
+        return None
+    shipment_id = str(uuid7())
+    session.execute(insert(shipments).values(order_id=order_id, shipment_id=shipment_id,
+                                             carrier=CARRIER, status="SCHEDULED"))
+    return shipment_id
+
+
 def on_payment_authorized(paid: PaymentAuthorized, session: Session,
                           publisher: Publisher) -> None:
     """Schedule one shipment per order."""
-    if session.execute(select(shipments.c.shipment_id)
-                       .where(shipments.c.order_id == paid.order_id)).first() is not None:
+    shipment_id = schedule(session, paid.order_id)
+    if shipment_id is None:
         return
-    shipment_id = str(uuid7())
-    session.execute(insert(shipments).values(order_id=paid.order_id, shipment_id=shipment_id,
-                                             carrier=CARRIER, status="SCHEDULED"))
     publisher.publish(ev.saga_event(ev.SHIPPING, ev.SHIPMENT_SCHEDULED, paid.order_id,
                                     paid.correlation_id,
                                     {"shipmentId": shipment_id, "carrier": CARRIER}))

@@ -36,7 +36,8 @@ REAL_PROCESS = {("replay",), ("dlq", "list"), ("dlq", "redrive")}
 # Daemons: run as processes for a few seconds, then SIGTERM.
 DAEMONS: dict[tuple[str, ...], tuple[str, ...]] = {
     ("relay", "run"): (), ("connect", "exporter"): ("--port", "0"),
-    ("worker",): ("tests.consumers.worker_app:cli_walk",)}
+    ("worker",): ("tests.consumers.worker_app:cli_walk",),
+    ("forward", "run"): ("--url", "http://127.0.0.1:9/hook", "--topic", "t-forward")}
 
 
 @dataclass(frozen=True)
