@@ -110,9 +110,10 @@ def downgrade_schema_v2(op: Operations, schema: str = "public", outbox: str = "o
                     schema=schema)
 
 
-def delivered_on_fast_path(row: str, cursor: str) -> str:
-    """SQL: row ``row`` (an alias) of the outbox is delivered according to the relay's
-    cursor table ``cursor`` (qualified). See relay.window for the reasoning."""
+def _delivered_by_cursor_v3(row: str, cursor: str) -> str:
+    """SQL: row ``row`` (an alias) is delivered according to schema version 3's relay
+    cursor table ``cursor`` (qualified). A migration's own copy, frozen with the schema it
+    undoes: the relay's runtime predicate is ``relay.queries.delivered_on_fast_path``."""
     return (f"({row}.txid is not null and {row}.last_error is null and exists ("
             f"select 1 from {cursor} c where c.shard = {row}.shard and ("
             f"pg_visible_in_snapshot({row}.txid, c.done::pg_snapshot) or (c.win is not null "
@@ -165,7 +166,7 @@ def downgrade_schema_v3(op: Operations, schema: str = "public", outbox: str = "o
         check_identifier(value, what)
     cursor = relay_cursor_name(outbox)
     table = qualified(schema, outbox)
-    delivered = delivered_on_fast_path("o", qualified(schema, cursor))
+    delivered = _delivered_by_cursor_v3("o", qualified(schema, cursor))
     op.execute(sa.text(f"update {table} o set published_at = {UTC_NOW.text} "
                        f"where o.published_at is null and o.failed_at is null and {delivered}"))
     op.create_index(f"ix_{outbox}_pending", outbox, ["shard", "seq"], schema=schema,

@@ -20,8 +20,13 @@ _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 @functools.cache
 def statements(filename: str) -> dict[str, str]:
     """The named blocks of ``outbox/sql/<filename>``."""
-    text = (HERE / filename).read_text()
-    parts = _NAME.split(text)
+    return statements_in(HERE / filename)
+
+
+@functools.cache
+def statements_in(path: Path) -> dict[str, str]:
+    """The named blocks of the ``.sql`` file at ``path`` (another package's SQL)."""
+    parts = _NAME.split(path.read_text())
     return {name: body.strip() + "\n" for name, body in zip(parts[1::2], parts[2::2],
                                                              strict=True)}
 
