@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="py-spy's --rate")
     parser.add_argument("--lines", metavar="FUNCTION",
                         help="also: the own samples of FUNCTION (as printed, e.g. "
-                             "'Relay._produce (loop.py)') by source line")
+                             "'Sender.send (produce.py)') by source line")
     parser.add_argument("--seconds", type=float, default=0.0,
                         help="duration of the recording (for busy shares)")
     args = parser.parse_args()

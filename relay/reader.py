@@ -16,7 +16,8 @@ from typing import Any
 import psycopg
 
 from outbox.settings import Settings
-from relay.queries import Queries, prefer_index_scans
+from relay.connections import connect
+from relay.queries import Queries
 
 CURSOR = "relay_window"
 
@@ -86,10 +87,8 @@ class WindowReader:
     # ------------------------------------------------------------------ on the thread
     def _connection(self) -> psycopg.Connection[tuple[Any, ...]]:
         if self._conn is None:
-            conn = psycopg.connect(self.settings.libpq_url(), autocommit=False,
-                                   application_name=self.application_name, connect_timeout=5)
-            prefer_index_scans(conn)
-            conn.commit()
+            conn = connect(self.settings, self.application_name, reads_outbox=True,
+                           autocommit=False)
             # Repeatable read: the snapshot read by begin() is the cursor's own.
             conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
             self._conn = conn

@@ -1,0 +1,102 @@
+"""The relay's side threads: NOTIFY wake-ups, backlog statistics, retention.
+
+Each runs on a connection of its own, survives database outages with backoff, and stops
+when ``stopping`` is set. None of them writes anything the loop relies on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from outbox.backoff import compute_backoff
+from outbox.settings import Settings
+from relay.connections import connect, first_line
+from relay.metrics import RelayMetrics
+from relay.queries import Queries, read_backlog
+
+log = logging.getLogger("outbox.relay")
+
+
+def start(name: str, target: Callable[[], None]) -> threading.Thread:
+    """A daemon thread running ``target``."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread
+
+
+def listen(settings: Settings, queries: Queries, instance_id: str, wake: threading.Event,
+           stopping: threading.Event) -> None:
+    """Wake the loop on NOTIFY (a hint only: polling still finds every row)."""
+    failures = 0
+    app = f"outbox-relay-listen:{instance_id}"
+    while not stopping.is_set():
+        try:
+            with connect(settings, app) as conn:
+                conn.execute(queries.listen)
+                failures = 0
+                while not stopping.is_set():
+                    for _ in conn.notifies(timeout=1.0, stop_after=1):
+                        wake.set()
+        except psycopg.OperationalError as exc:
+            if stopping.is_set():
+                return  # the database went away during shutdown: nothing to wake
+            failures += 1
+            log.warning("LISTEN connection lost: %s", first_line(exc),
+                        extra={"action": "listen_unavailable"})
+            stopping.wait(compute_backoff(failures))
+
+
+def stats(settings: Settings, queries: Queries, instance_id: str, interval: float,
+          metrics: RelayMetrics, owned: Callable[[], tuple[int, ...]],
+          stopping: threading.Event) -> None:
+    """Backlog and oldest pending age of the owned shards, on a connection of its own:
+    counting a large backlog takes a while, and the loop has better things to do."""
+    conn: psycopg.Connection[tuple[Any, ...]] | None = None
+    app = f"outbox-relay-stats:{instance_id}"
+    failures = 0
+    # First figures half a second after start; then every interval, and after a failure
+    # with backoff (a database outage is logged by the loop already).
+    while not stopping.wait(compute_backoff(failures) if failures
+                            else interval if conn else 0.5):
+        try:
+            if conn is None:
+                conn = connect(settings, app, reads_outbox=True)
+            count, age = read_backlog(conn, queries, list(owned()))
+            metrics.backlog.set(float(count))
+            metrics.oldest_age.set(age if age is not None else 0.0)
+            failures = 0
+        except psycopg.Error as exc:
+            failures += 1
+            log.warning("backlog statistics failed: %s", first_line(exc),
+                        extra={"action": "stats_failed", "attempt": failures})
+            if conn is not None:
+                with contextlib.suppress(psycopg.Error):
+                    conn.close()
+            conn = None
+    if conn is not None:
+        with contextlib.suppress(psycopg.Error):
+            conn.close()
+
+
+def purge(settings: Settings, older_than: float, batch: int, interval: float,
+          stopping: threading.Event) -> None:
+    """Delete delivered rows older than ``older_than`` seconds, every ``interval``."""
+    from relay.retention import purge as purge_once
+
+    failures = 0
+    while not stopping.wait(0 if failures == 0 else compute_backoff(failures)):
+        try:
+            purge_once(settings, older_than, batch_size=batch, stop=stopping)
+            failures = 0
+        except psycopg.OperationalError as exc:
+            failures += 1
+            log.warning("purge failed: %s", first_line(exc), extra={"action": "purge_failed"})
+            continue
+        if stopping.wait(interval):
+            return

@@ -1,0 +1,46 @@
+"""The relay's database connections: one way to open each kind, and how errors read.
+
+Every session is named (``application_name``), so ``outbox status`` and
+``pg_stat_activity`` tell relays, their readers and side threads apart, and fails within
+five seconds when the server cannot be reached. Sessions that read the outbox are told to
+use its indexes (:func:`relay.queries.prefer_index_scans`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from outbox.settings import Settings
+from relay.queries import prefer_index_scans
+
+Connection = psycopg.Connection[tuple[Any, ...]]
+
+CONNECT_TIMEOUT = 5
+# The loop's session holds the shard locks: a dead peer must be noticed within ~11 s
+# (5 s idle, then 3 probes 2 s apart), so another relay can take its shards.
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+              "keepalives_count": 3}
+
+
+def connect(settings: Settings, application_name: str, *, reads_outbox: bool = False,
+            holds_locks: bool = False, autocommit: bool = True) -> Connection:
+    """A session of the relay. ``reads_outbox``: the outbox's index scans are preferred;
+    ``holds_locks``: TCP keepalives detect a dead connection (the shard locks' session);
+    without ``autocommit`` the session settings are committed before it is returned."""
+    extra: dict[str, Any] = KEEPALIVES if holds_locks else {}
+    conn = psycopg.connect(settings.libpq_url(), autocommit=autocommit,
+                           application_name=application_name,
+                           connect_timeout=CONNECT_TIMEOUT, **extra)
+    if reads_outbox:
+        prefer_index_scans(conn)
+        if not autocommit:
+            conn.commit()
+    return conn
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (driver errors span several)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
