@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import click
 from confluent_kafka import Consumer as KafkaConsumer
-from confluent_kafka import KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError, Message, TopicPartition
 from sqlalchemy import create_engine
 
 from consumers.dlq import DLQ_SUFFIX, dlq_topic, strip_diagnostics
@@ -18,7 +18,7 @@ from consumers.message import headers_of
 from outbox import preflight
 from outbox.cli_options import DURATION, CliError, confirm, format_duration, settings_options
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
-from outbox.logs import with_client_logger
+from outbox.kafka import client_config, ordered_producer
 from outbox.settings import Settings
 
 # dead letters listed before "... and N more" when redrive shows what it will send
@@ -52,8 +52,7 @@ def read_dead_letters(settings: Settings, topic: str, timeout: float = 10.0) -> 
     error, never a short list.
     """
     preflight.check_kafka(settings, timeout=timeout)
-    consumer = KafkaConsumer(with_client_logger({
-        **settings.producer_config(),
+    consumer = KafkaConsumer(client_config(settings, {
         "group.id": f"outbox-dlq-reader-{uuid.uuid4().hex[:8]}",
         "enable.auto.commit": False, "auto.offset.reset": "earliest"}))
     out: list[DeadLetter] = []
@@ -181,9 +180,7 @@ def _show(letters: list[DeadLetter], destination: str) -> None:
 def _send(settings: Settings, letters: list[DeadLetter], destination: str) -> int:
     """Produce ``letters`` to ``destination``; all acknowledged, or an error saying how
     many were not."""
-    producer = Producer(with_client_logger({
-        **settings.producer_config(), "enable.idempotence": True, "acks": "all",
-        "partitioner": "murmur2_random"}))
+    producer = ordered_producer(settings)
     errors: list[str] = []
     acked = 0
 

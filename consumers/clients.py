@@ -16,6 +16,7 @@ from consumers.dlq_writer import DELIVERY_TIMEOUT_MS
 from consumers.health import ConsumerHealth
 from consumers.metrics import ConsumerMetrics
 from consumers.options import ConsumerOptions, static_member_id
+from outbox.kafka import ordered_producer
 from outbox.logs import with_client_logger
 from outbox.settings import Settings
 
@@ -53,11 +54,9 @@ def dead_letter_producer(settings: Settings, options: ConsumerOptions) -> Produc
     """The producer of dead letters: it takes whatever the consumer accepts, and answers
     each delivery within DELIVERY_TIMEOUT_MS."""
     room = min(_PRODUCER_MAX_BYTES, max(1_000_000, options.max_message_bytes + (1 << 20)))
-    return Producer(with_client_logger({
-        "client.id": DEAD_LETTER_CLIENT_ID, **settings.producer_config(),
-        "enable.idempotence": True, "acks": "all",
-        "partitioner": "murmur2_random", "linger.ms": 1, "message.max.bytes": room,
-        "message.timeout.ms": DELIVERY_TIMEOUT_MS}))
+    return ordered_producer(settings, {"linger.ms": 1, "message.max.bytes": room,
+                                       "message.timeout.ms": DELIVERY_TIMEOUT_MS},
+                            defaults={"client.id": DEAD_LETTER_CLIENT_ID})
 
 
 def measure_lag(kafka: KafkaConsumer, metrics: ConsumerMetrics) -> None:

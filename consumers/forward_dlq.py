@@ -9,7 +9,7 @@ import logging
 import threading
 import time
 
-from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message, Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, Message
 
 from consumers.dlq import Failure, dead_letter_headers, dlq_topic
 from consumers.forward_config import Route
@@ -18,7 +18,7 @@ from consumers.forward_store import event_value
 from consumers.forward_template import TemplateError
 from consumers.message import IncomingEvent
 from outbox.backoff import compute_backoff
-from outbox.logs import with_client_logger
+from outbox.kafka import ordered_producer
 from outbox.settings import Settings
 
 log = logging.getLogger("outbox.forward")
@@ -50,9 +50,7 @@ class DeadLetters:
         self.group = group
         self.metrics = metrics
         self.stopping = stopping
-        self.producer = Producer(with_client_logger({
-            **settings.producer_config(), "enable.idempotence": True, "acks": "all",
-            "partitioner": "murmur2_random", "linger.ms": 1}))
+        self.producer = ordered_producer(settings, {"linger.ms": 1})
 
     def send(self, route: Route, incoming: IncomingEvent, attempt: Attempt | None,
              attempts: int, error: Exception | None = None) -> None:

@@ -21,13 +21,13 @@ from typing import Any
 
 import click
 import psycopg
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, Message
 from psycopg import sql
 
 from outbox import preflight
 from outbox.cli_options import CliError, confirm, settings_options
 from outbox.exit_codes import EXIT_ERROR
-from outbox.logs import with_client_logger
+from outbox.kafka import ordered_producer
 from outbox.record import StoredRow, invalid_topic_reason, stored_record
 from outbox.settings import Settings
 from relay.queries import RECORD_COLUMNS, Queries
@@ -126,13 +126,7 @@ def replay(settings: Settings, flt: ReplayFilter, on_progress: Any = None,
     ``on_progress(n)`` is called with the number of records acknowledged since the last call.
     """
     result = ReplayResult()
-    producer = Producer(with_client_logger({
-        **settings.producer_config(),
-        "enable.idempotence": True,
-        "acks": "all",
-        "partitioner": "murmur2_random",  # the Java clients' and Debezium's partitioner
-        "linger.ms": 5,
-    }))
+    producer = ordered_producer(settings, {"linger.ms": 5})
 
     def on_delivery(err: KafkaError | None, msg: Message) -> None:
         if err is not None:
