@@ -5,11 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import os
-import signal
 import sys
 from collections import defaultdict
-from types import FrameType
 from typing import Any
 
 import click
@@ -18,8 +15,9 @@ import psycopg
 from outbox import preflight
 from outbox.cli_options import DURATION, format_duration, settings_options
 from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
-from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_INTERRUPTED, EXIT_UNAVAILABLE
+from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
 from outbox.settings import Settings, redact_url
+from outbox.signals import drain_on_signals
 from relay.loop import Relay, RelayOptions
 from relay.queries import Queries, read_backlog
 from relay.retention import check_captured
@@ -101,19 +99,7 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
         _stop(EXIT_CONFIG, str(exc))
     except ServiceUnavailableError as exc:
         _stop(EXIT_UNAVAILABLE, str(exc))
-    signals = {"count": 0}
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        signals["count"] += 1
-        if signals["count"] > 1:
-            log.warning("second signal: exiting now", extra={"action": "relay_abort"})
-            os._exit(EXIT_INTERRUPTED)  # no draining: the operator asked twice
-        log.info("signal %s: draining", signal.Signals(signum).name,
-                 extra={"action": "relay_signal"})
-        daemon.request_stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    drain_on_signals(daemon.request_stop, log, "relay")
     try:
         code = daemon.run()
     except Exception:
