@@ -24,8 +24,9 @@ from alembic.util import CommandError
 from sqlalchemy import MetaData, create_engine, pool
 
 from outbox import publish_sql
+from outbox.names import relay_cursor_name
 from outbox.settings import Settings
-from outbox.tables import relay_cursor_name, tables_for
+from outbox.tables import tables_for
 
 VERSION_TABLE = "outbox_alembic_version"
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"

@@ -139,6 +139,10 @@ def compact_json(text: str) -> str:
     return '"'.join(out)
 
 
+# compact_json_many: above this average length, one text at a time is cheaper.
+LONG_TEXT = 1000
+
+
 def compact_json_many(texts: list[str]) -> list[str]:
     """:func:`compact_json` of each text, in a handful of C-level string operations for
     the whole list instead of a Python loop per text (the relay's batch path).
@@ -148,9 +152,14 @@ def compact_json_many(texts: list[str]) -> list[str]:
     one) are joined with ``\x00``, stripped of spaces and split again. That is only right
     when no quote is escaped and spaces are the only whitespace between tokens, as in
     jsonb's output without backslashes; otherwise each text goes through compact_json.
+    Long texts (over LONG_TEXT characters on average) go through compact_json one by one
+    too: joining and splitting again copies every byte twice more, which costs more than
+    the per-text loop saves (10 KB payloads: 13.9 against 5.8 µs a text).
     """
     if not texts:
         return []
+    if sum(map(len, texts)) > LONG_TEXT * len(texts):
+        return [_compact_long(text) for text in texts]
     joined = "\x01".join(texts)
     if ("\\" in joined or "\n" in joined or "\t" in joined or "\r" in joined
             or "\x00" in joined or joined.count("\x01") != len(texts) - 1):
@@ -158,6 +167,15 @@ def compact_json_many(texts: list[str]) -> list[str]:
     parts = joined.split('"')
     parts[::2] = "\x00".join(parts[::2]).replace(" ", "").split("\x00")
     return '"'.join(parts).split("\x01")
+
+
+def _compact_long(text: str) -> str:
+    """compact_json_many's per-text path: the same conditions as its joined path."""
+    if "\\" in text or "\n" in text or "\t" in text or "\r" in text:
+        return compact_json(text)
+    parts = text.split('"')
+    parts[::2] = [part.replace(" ", "") for part in parts[::2]]
+    return '"'.join(parts)
 
 
 def timestamp_ms(created_at: datetime) -> int:

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from outbox.names import relay_cursor_name
 from outbox.publish_sql import function_name
 from outbox.settings import Settings, check_identifier, qualified, quote_ident
 from outbox.sql import literal, render, statements
-from outbox.tables import relay_cursor_name
 
 KINDS = ("migrator", "writer", "relay", "consumer", "cdc")
 STEPS = ("roles", "grants", "publication")

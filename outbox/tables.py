@@ -30,13 +30,8 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.dialects.postgresql.base import ischema_names
 from sqlalchemy.types import UserDefinedType
 
+from outbox.names import SHARD_COUNT, relay_cursor_name
 from outbox.settings import Settings, check_identifier
-
-# Rows are spread over this many shards by a hash of the aggregate id, computed by
-# PostgreSQL itself (a generated column), so any writer, in any language, agrees. Relay
-# instances divide the shards between them; one shard is never owned by two instances,
-# which keeps per-aggregate order. Changing it requires a migration of the column.
-SHARD_COUNT = 256
 
 UTC_NOW = text("(now() at time zone 'utc')")
 
@@ -52,12 +47,6 @@ class Xid8(UserDefinedType[int]):
 
 # Reflection (Alembic's drift check) knows the type by name.
 ischema_names["xid8"] = Xid8
-
-
-def relay_cursor_name(outbox: str) -> str:
-    """The relay's cursor table of an outbox table: ``<outbox>_relay_cursor``."""
-    return check_identifier(f"{outbox}_relay_cursor", "relay cursor table name (outbox "
-                            "table name + '_relay_cursor')")
 
 
 def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = None) -> Table:

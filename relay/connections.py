@@ -3,7 +3,7 @@
 Every session is named (``application_name``), so ``outbox status`` and
 ``pg_stat_activity`` tell relays, their readers and side threads apart, and fails within
 five seconds when the server cannot be reached. Sessions that read the outbox are told to
-use its indexes (:func:`relay.queries.prefer_index_scans`).
+use its indexes (:func:`relay.queries.prefer_index_scans`) and to sort a window in memory.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from relay.queries import prefer_index_scans
 Connection = psycopg.Connection[tuple[Any, ...]]
 
 CONNECT_TIMEOUT = 5
+SORT_MEMORY = "64MB"
 # The loop's session holds the shard locks: a dead peer must be noticed within ~11 s
 # (5 s idle, then 3 probes 2 s apart), so another relay can take its shards.
 KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
@@ -35,6 +36,9 @@ def connect(settings: Settings, application_name: str, *, reads_outbox: bool = F
                            connect_timeout=CONNECT_TIMEOUT, **extra)
     if reads_outbox:
         prefer_index_scans(conn)
+        # A backlog's window is sorted by seq (relay.sql, declare_window): in memory, not
+        # spilled to disk (100,000 rows of 200 B: ~39 MB).
+        conn.execute(f"set work_mem = '{SORT_MEMORY}'")
         if not autocommit:
             conn.commit()
     return conn

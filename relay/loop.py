@@ -96,12 +96,7 @@ class Relay:
         db_failures = 0
         while not self.stopping.is_set():
             try:
-                if self.conn is None:
-                    problem = self.queries.schema_problem(self._connect())
-                    if problem is not None:
-                        log.error("%s", problem, extra={"action": "config_error"})
-                        self._lose_connection()
-                        return EXIT_CONFIG
+                # The producer first: its idempotent producer id is fetched meanwhile.
                 if self.producer is None:
                     try:
                         self.producer = make_producer(
@@ -112,6 +107,12 @@ class Relay:
                         log.error("the Kafka producer configuration was rejected: %s; check "
                                   "OUTBOX_KAFKA_CONFIG / --kafka-config", exc.args[0].str(),
                                   extra={"action": "config_error"})
+                        self._lose_connection()
+                        return EXIT_CONFIG
+                if self.conn is None:
+                    problem = self.queries.schema_problem(self._connect())
+                    if problem is not None:
+                        log.error("%s", problem, extra={"action": "config_error"})
                         self._lose_connection()
                         return EXIT_CONFIG
                 self._tick()

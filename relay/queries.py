@@ -19,9 +19,9 @@ from typing import Any
 import psycopg
 
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
+from outbox.names import SHARD_COUNT, relay_cursor_name
 from outbox.settings import Settings, check_identifier, qualified, quote_ident
 from outbox.sql import literal, render, statements_in
-from outbox.tables import SHARD_COUNT, relay_cursor_name
 from relay.rows import RECORD_COLUMNS, ROW_COLUMNS
 from relay.window import ShardCursor, read_params
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from outbox.tables import SHARD_COUNT
+from outbox.names import SHARD_COUNT
 from relay.queries import Queries
 
 log = logging.getLogger("outbox.relay")

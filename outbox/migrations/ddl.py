@@ -15,8 +15,9 @@ from alembic.operations import Operations
 from sqlalchemy.dialects import postgresql
 
 from outbox import publish_sql
+from outbox.names import relay_cursor_name
 from outbox.settings import Settings, check_identifier, qualified, quote_ident
-from outbox.tables import Xid8, relay_cursor_name
+from outbox.tables import Xid8
 
 UTC_NOW = sa.text("(now() at time zone 'utc')")
 

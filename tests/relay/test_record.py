@@ -145,3 +145,14 @@ def test_compact_json_of_jsonb_text_matches_the_python_record(pg_url: str) -> No
             stored = StoredRow(str(EVENT_ID), "order", "order-42", "OrderCreated", stored_text,
                                created_ms, "c-1")
             assert stored_record(stored) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_json, min_size=1, max_size=4), st.booleans())
+def test_compact_json_many_of_long_texts_equals_compact_json_of_each(
+        values: list[object], indent: bool) -> None:
+    # Long texts (outbox.record.LONG_TEXT on average) are compacted one by one.
+    values = [{"pad": "a b, c: d " * 150, "v": v} for v in values]
+    texts = [json.dumps(v, ensure_ascii=False, indent=2 if indent else None) for v in values]
+    assert compact_json_many(texts) == [
+        json.dumps(v, ensure_ascii=False, separators=(",", ":")) for v in values]
