@@ -42,6 +42,7 @@ from outbox.record import (
 )
 from outbox.rules import record_too_large, relay_record_size
 from outbox.settings import Settings
+from outbox.tracing import RelaySpans
 from relay.metrics import Health, RelayMetrics
 from relay.producer import is_permanent, make_producer, producer_config
 from relay.queries import Queries, prefer_index_scans, read_backlog
@@ -157,6 +158,8 @@ class Relay:
         self.kafka_failures = 0
         self.kafka_retry_at = 0.0
         self.template = settings.topic_template
+        # OpenTelemetry send spans per batch (outbox.tracing; no-op without a provider)
+        self.spans = RelaySpans(lambda aggregatetype: topic_for(aggregatetype, self.template))
         # outbox.rules: the record-size rule publish() applies, checked again here for rows
         # written another way; values shorter than this (4 bytes a character at most, plus
         # key and headers) cannot exceed the limit, so most rows skip the exact count.
@@ -383,6 +386,7 @@ class Relay:
         if self.first_claim_at is None:
             self.first_claim_at = time.monotonic()
         self.in_flight[batch.group] = batch
+        self.spans.started(batch, batch.rows)
         self._produce(batch)
         self.producer.poll(0)
 
@@ -673,6 +677,7 @@ class Relay:
         assert self.conn is not None
         if batch.failed_reports:
             self._attribute_failures(batch)
+        self.spans.settled(batch, len(batch.errors))
         failed: dict[AggregateKey, bool] = {}  # aggregate -> its failed row was parked
         delivered: list[int] = []
         followers: list[Row] = []
