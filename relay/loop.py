@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from outbox.backoff import compute_backoff
 from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SHUTDOWN_INCOMPLETE
+from outbox.logs import event_fields
 from outbox.record import (
     StoredRow,
     compact_json,
@@ -808,8 +809,8 @@ class Relay:
         key = (row[1], row[2])
         log.warning("event %s (%s %s) failed: %s%s", row[0], key[0], key[1], message,
                     " - parked" if parked else "",
-                    extra={"action": "row_parked" if parked else "row_failed",
-                           "event_id": str(row[0]), "seq": seq})
+                    extra={"action": "row_parked" if parked else "row_failed", "seq": seq,
+                           **event_fields(row[0], row[2], row[8])})
         head = self.blocked.get(key)
         if head is None or seq <= head.seq:
             self.blocked[key] = Blocked(seq, row[10], parked)

@@ -48,7 +48,8 @@ STARTUP_TIMEOUT = 10.0
 
 
 def _logging() -> None:
-    configure_logging("text", "info")  # librdkafka's lines too, through the logger
+    # JSON lines like every daemon of the toolkit; librdkafka's lines too, through the logger
+    configure_logging("json", "info")
 
 
 def _start_up(settings: Settings, relays: RelayGroup | None = None) -> None:

@@ -52,7 +52,7 @@ def _gateway(decline_rate: float, latency: float) -> SimulatedGateway:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The seed's fetch() chain, its dual-write variant, and fault-armed saga services."""
-    configure_logging("text", "info")
+    configure_logging("json", "info")
 
 
 @main.command()
