@@ -11,7 +11,9 @@ consumer's ``process`` span per handler call, the child of the header's context.
 - **relay** / **relay-traced**: ``outbox relay run`` as its own process on the same backlog
   (cursors reset between rounds, bench/relay_contenders.run_relay), the traced one through
   bench/traced_outbox.py: an SDK tracer provider, a BatchSpanProcessor and an exporter that
-  drops the spans. Clock: spawn to the broker's append stamp of the last record.
+  drops the spans. Clock: spawn to the broker's append stamp of the last record; also
+  reported, "steady": first record to last (without start-up, where the SDK's imports
+  count).
 - **consumer** / **consumer-traced**: the deduped consumer with a sync handler writing one
   row (bench/consumer.run), in this process, the traced one with the same SDK set-up.
 
@@ -54,7 +56,8 @@ def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[flo
     url = common.create_database(admin, names.database("relay"))
     offsets = Offsets(common.bootstrap())
     prefixes = {v: names.topic(v) for v in ("relay", "relay-traced")}
-    rates: dict[str, list[float]] = {v: [] for v in prefixes}
+    rates: dict[str, list[float]] = {v: [] for v in (*prefixes, *(p + "-steady"
+                                                              for p in prefixes))}
     try:
         migrate.upgrade(Settings(database_url=url))
         write_backlog(url, args.events, 1000, args.size)
@@ -69,8 +72,10 @@ def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[flo
                                    command=TRACED_RELAY if variant.endswith("traced") else None)
                 if r > 0:  # round 0 warms both
                     rates[variant].append(result["rate"])
-                print(f"round {r} {variant:<15} {result['rate']:>10,.0f} events/s"
-                      f"{'  (warm-up)' if r == 0 else ''}", flush=True)
+                    rates[variant + "-steady"].append(result["steady_rate"])
+                print(f"round {r} {variant:<15} {result['rate']:>10,.0f} events/s, steady "
+                      f"{result['steady_rate']:>10,.0f}{'  (warm-up)' if r == 0 else ''}",
+                      flush=True)
     finally:
         offsets.close()
         common.drop_database(admin, url)
@@ -142,8 +147,9 @@ def bench_consumer(names: RunNames, args: argparse.Namespace) -> dict[str, list[
     return rates
 
 
-def report(rates: dict[str, list[float]], base: str, target: str = "") -> dict[str, Any]:
-    traced = base + "-traced"
+def report(rates: dict[str, list[float]], base: str, target: str = "",
+           traced: str = "") -> dict[str, Any]:
+    traced = traced or base + "-traced"
     for variant in (base, traced):
         print(f"{variant:<15} events/s {Spread.of(rates[variant]).show()}")
     ratio = Spread.of(t / u for t, u in zip(rates[traced], rates[base], strict=True))
@@ -172,7 +178,11 @@ def main(argv: list[str] | None = None) -> int:
           "machine: development figures)", flush=True)
     out: dict[str, Any] = {"run": names.run_id}
     if not args.skip_relay:
-        out["relay"] = report(bench_relay(names, args), "relay", "  (target >= 0.9)")
+        rates = bench_relay(names, args)
+        out["relay"] = report(rates, "relay", "  (target >= 0.9)")
+        # from the first record to the last: without the process's start-up (imports)
+        out["relay_steady"] = report(rates, "relay-steady", "  (target >= 0.9)",
+                                     traced="relay-traced-steady")
     if not args.skip_consumer:
         args.events = args.consumer_events
         out["consumer"] = report(bench_consumer(names, args), "consumer")

@@ -31,6 +31,7 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from outbox.backoff import compute_backoff
+from outbox.cloudevents import record_headers
 from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SHUTDOWN_INCOMPLETE
 from outbox.logs import event_fields
 from outbox.record import (
@@ -38,7 +39,6 @@ from outbox.record import (
     compact_json,
     compact_json_many,
     invalid_topic_reason,
-    stored_headers,
     topic_for,
 )
 from outbox.rules import record_too_large, relay_record_size
@@ -161,6 +161,8 @@ class Relay:
         self.template = settings.topic_template
         # OpenTelemetry send spans per batch (outbox.tracing; no-op without a provider)
         self.spans = RelaySpans(lambda aggregatetype: topic_for(aggregatetype, self.template))
+        # a stored row's record headers (outbox.cloudevents: the ce_* ones added if enabled)
+        self.headers_of = record_headers(settings)
         # outbox.rules: the record-size rule publish() applies, checked again here for rows
         # written another way; values shorter than this (4 bytes a character at most, plus
         # key and headers) cannot exceed the limit, so most rows skip the exact count.
@@ -557,6 +559,7 @@ class Relay:
         # The on_ack hook (benchmarks) needs each record's row: reports carry no headers.
         exact = self.on_ack
         suspects = self.suspects
+        headers_of = self.headers_of
         # Payloads compacted for the whole batch at once (outbox.record.compact_json_many).
         values = iter(compact_json_many([row[4] for row in batch.rows if row[4] is not None]))
         for index, row in enumerate(batch.rows):
@@ -568,7 +571,7 @@ class Relay:
                 batch.errors[index] = (True, reason)
                 stopped.add((row[1], row[2]))
                 continue
-            headers = stored_headers(cast(StoredRow, row))
+            headers = headers_of(cast(StoredRow, row))
             if value is not None and len(value) > self.size_guard:
                 size = relay_record_size(row[2], value, headers)
                 if size > self.max_record_bytes:
