@@ -11,10 +11,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
+from tests.connect.test_cdc import cdc
 from tests.relay.conftest import outbox_url, prefix, start_relay
 from tests.saga.conftest import saga_env
 
-__all__ = ["memory_spans", "outbox_url", "prefix", "saga_env", "start_relay"]
+__all__ = ["cdc", "memory_spans", "outbox_url", "prefix", "saga_env", "start_relay"]
 
 
 def _reset_provider() -> None:
