@@ -239,7 +239,11 @@ def configure_from_env(service: str, environ: Mapping[str, str] | None = None) -
             f"{TRACE_FILE_ENV} is set but opentelemetry-sdk is not installed: "
             "pip install 'outbox-toolkit[otel]' opentelemetry-sdk") from None
     target = path.replace("{service}", service).replace("{pid}", str(os.getpid()))
-    install_file_provider(target, env.get("OTEL_SERVICE_NAME") or service)
+    try:
+        install_file_provider(target, env.get("OTEL_SERVICE_NAME") or service)
+    except OSError as exc:
+        raise ConfigurationError(f"{TRACE_FILE_ENV}: cannot write {target!r}: "
+                                 f"{exc.strerror or exc}") from None
     _configured.append(target)
     return True
 

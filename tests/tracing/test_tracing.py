@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 
 from outbox import tracing
+from outbox.errors import ConfigurationError
 from outbox.publish import Event, publish
 from tests.harness.kafka import consume_all, create_topic
 from tests.relay.conftest import relay_settings
@@ -75,6 +76,14 @@ def test_parse_traceparent(value: Any, valid: bool) -> None:
     if valid:
         assert f"{ctx.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
         assert ctx.is_remote
+
+
+def test_unwritable_trace_file_is_one_line(tmp_path: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="OUTBOX_TRACE_FILE: cannot write"):
+        tracing.configure_from_env("relay", {"OUTBOX_TRACE_FILE": str(blocker / "x.jsonl")})
+    assert not tracing.enabled()
 
 
 def test_no_provider_no_span_no_capture() -> None:
