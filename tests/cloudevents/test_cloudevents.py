@@ -211,3 +211,21 @@ def test_ce_time_column_is_the_relays_time_text(outbox_url: str) -> None:
     assert [r[0] for r in rows] == [cloudevents.format_time(r[1]) for r in rows]
     assert rows[0][0] == "2026-12-01T20:16:10.123Z"
     assert rows[1][0] == "2026-12-31T23:59:59.999Z"
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_replay_sends_the_same_cloud_events(database_url: str, kafka_bootstrap: str,
+                                            topic: str) -> None:
+    from tests.replay.test_replay import _rows
+
+    _rows(database_url)
+    template = topic + "-{aggregatetype}"
+    create_topic(kafka_bootstrap, f"{topic}-order", partitions=1)
+    result = CliRunner().invoke(main, ["replay", "--aggregate-id", "o-1"], env={
+        "OUTBOX_DATABASE_URL": database_url, "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "OUTBOX_TOPIC_TEMPLATE": template, "OUTBOX_CLOUDEVENTS": "binary"})
+    assert result.exit_code == 0, result.output
+    got = consume_all(kafka_bootstrap, f"{topic}-order", expected=2, idle=1)
+    assert len(got) == 2
+    check_cloud_events(got, "/outbox")
