@@ -153,3 +153,28 @@ def test_relay_send_span_per_batch_links_each_publish_context(
     # the child of the first row's context, so a batch of one request's rows is in its trace
     assert send.parent is not None and send.parent.span_id == contexts[0].span_id
     assert send.status.is_ok
+
+
+def test_server_span_continues_the_callers_trace(memory_spans: InMemorySpanExporter) -> None:
+    with tracing.server_span("POST /orders", TRACEPARENT, {"http.route": "/orders"}):
+        inside = tracing.current_traceparent()
+    with trace.get_tracer("framework").start_as_current_span("request"), \
+            tracing.server_span("POST /orders", TRACEPARENT):
+        pass  # a framework's span is current: nothing new
+    (span, framework) = memory_spans.get_finished_spans()
+    assert span.kind is SpanKind.SERVER and framework.name == "request"
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert inside is not None and inside.split("-")[1] == TRACEPARENT.split("-")[1]
+
+
+def test_process_span_marks_a_failed_handler(memory_spans: InMemorySpanExporter) -> None:
+    headers = {"traceparent": TRACEPARENT.encode(), "eventType": b"Created"}
+    with pytest.raises(RuntimeError), tracing.process_span("t", 2, 9, "e-1", headers, "h", "k"):
+        raise RuntimeError("boom")
+    (span,) = memory_spans.get_finished_spans()
+    assert not span.status.is_ok
+    assert span.events and span.events[0].name == "exception"
+    assert span.attributes is not None
+    assert span.attributes["messaging.destination.partition.id"] == "2"
+    assert span.attributes["outbox.event_type"] == "Created"
+    assert span.context is not None and f"{span.context.trace_id:032x}" == TRACEPARENT[3:35]
