@@ -178,15 +178,17 @@ class RelaySpans:
             return
         links: list[Any] = []
         parent = None
-        types: set[str] = set()
+        types = {row[1] for row in rows}
         for row in rows:
-            types.add(row[1])
-            if len(links) < MAX_LINKS and row[8] is not None:
-                remote = parse_traceparent(row[8])
-                if remote is not None:
-                    links.append(Link(remote, {"messaging.message.id": row[0]}))
-                    if parent is None:
-                        parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+            if row[8] is None:
+                continue
+            remote = parse_traceparent(row[8])
+            if remote is not None:
+                links.append(Link(remote, {"messaging.message.id": row[0]}))
+                if parent is None:
+                    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+                if len(links) == MAX_LINKS:
+                    break
         topics = sorted(self.topic_of(t) for t in types)
         destination = topics[0] if len(topics) == 1 else "multiple"
         attributes: dict[str, Any] = {
