@@ -229,3 +229,17 @@ def test_replay_sends_the_same_cloud_events(database_url: str, kafka_bootstrap: 
     got = consume_all(kafka_bootstrap, f"{topic}-order", expected=2, idle=1)
     assert len(got) == 2
     check_cloud_events(got, "/outbox")
+
+
+@pytest.mark.postgres
+def test_cdc_check_wants_schema_5_in_binary_mode(database_url: str) -> None:
+    from connect.checks import run_cdc_checks
+
+    settings = Settings(database_url=database_url, cloudevents="binary")
+    assert not [p for p in run_cdc_checks(settings) if "ce_time" in p]
+    with psycopg.connect(database_url) as conn:
+        conn.execute("alter table outbox drop column ce_specversion")
+    (problem,) = [p for p in run_cdc_checks(settings) if "ce_time" in p]
+    assert "run `outbox db upgrade`" in problem
+    assert not [p for p in run_cdc_checks(Settings(database_url=database_url))
+                if "ce_time" in p]
