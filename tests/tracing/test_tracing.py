@@ -178,3 +178,24 @@ def test_process_span_marks_a_failed_handler(memory_spans: InMemorySpanExporter)
     assert span.attributes["messaging.destination.partition.id"] == "2"
     assert span.attributes["outbox.event_type"] == "Created"
     assert span.context is not None and f"{span.context.trace_id:032x}" == TRACEPARENT[3:35]
+
+
+def test_forwarded_request_is_the_child_of_the_process_span(
+        memory_spans: InMemorySpanExporter) -> None:
+    import uuid as uuid_mod
+    from types import SimpleNamespace
+
+    from consumers.forward_http import RouteClient
+    from consumers.message import IncomingEvent
+
+    event = IncomingEvent(uuid_mod.uuid4(), "Created", {}, "k", "t", 0, 1, 0,
+                          {"traceparent": TRACEPARENT.encode()})
+    client: Any = SimpleNamespace(route=SimpleNamespace(headers={}))
+    assert RouteClient.headers(client, event)["traceparent"] == TRACEPARENT  # outside a span
+    with tracing.process_span("t", 0, 1, str(event.id), event.headers, "forward"):
+        inside = RouteClient.headers(client, event)["traceparent"]
+    (span,) = memory_spans.get_finished_spans()
+    assert span.context is not None
+    assert inside == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-" \
+                     f"{span.context.trace_flags:02x}"
+    assert inside.split("-")[1] == TRACEPARENT.split("-")[1]
