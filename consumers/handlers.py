@@ -138,8 +138,12 @@ def _given(annotation: Any, table: dict[type, Give]) -> Give | None:
     return None
 
 
+class HandlerSignatureError(TypeError):
+    """A handler whose signature the runtime cannot serve (raised at registration)."""
+
+
 def _refuse(fn: object, why: str) -> TypeError:
-    return TypeError(f"handler {name_of(fn)} {why}")
+    return HandlerSignatureError(f"handler {name_of(fn)} {why}")
 
 
 def resolve(fn: object, model: type[BaseModel] | None = None) -> Registration:
@@ -314,4 +318,5 @@ async def call_async(reg: Registration, session: AsyncSession, event: IncomingEv
         await result
 
 
-__all__ = ["Give", "Handler", "Registration", "call_async", "call_sync", "name_of", "resolve"]
+__all__ = ["Give", "Handler", "HandlerSignatureError", "Registration", "call_async",
+           "call_sync", "name_of", "resolve"]
