@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STACK  := $(PY) devstack/stack.py
-PYTEST_ARGS ?=
+PYTEST_ARGS ?= --durations=30
 
 .PHONY: help venv stack-up stack-down stack-status test test-fast lint rules-check demo bench clean-stack
 

@@ -134,9 +134,10 @@ def run_raw(records: list[Record], topic: str, warm: str, config: dict[str, str]
 
 
 def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, str],
-              events: int, args: argparse.Namespace, py_spy: list[str] | None = None
-              ) -> dict[str, float]:
-    """``outbox relay run`` on the backlog, clocked from its spawn to the last append."""
+              events: int, args: argparse.Namespace, py_spy: list[str] | None = None,
+              command: list[str] | None = None) -> dict[str, float]:
+    """``outbox relay run`` (or ``command``) on the backlog, clocked from its spawn to the
+    last append."""
     cursors = Queries.for_settings(Settings(database_url=url)).cursor_table
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"delete from {cursors}")  # every row pending again
@@ -145,7 +146,7 @@ def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, s
     env = {**os.environ, "OUTBOX_DATABASE_URL": url,
            "OUTBOX_TOPIC_TEMPLATE": topic_prefix + "-{aggregatetype}",
            "OUTBOX_KAFKA_CONFIG": json.dumps(config)}
-    cmd = [*outbox_command(), "relay", "run", "--batch-size", str(args.batch_size),
+    cmd = [*(command or outbox_command()), "relay", "run", "--batch-size", str(args.batch_size),
            "--pipeline-depth", str(args.pipeline_depth), "--log-level", "warning",
            "--log-format", "text"]
     spawned = time.time()

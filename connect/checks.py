@@ -55,6 +55,16 @@ def _problems(conn: psycopg.Connection[Any], settings: Settings, slot: str | Non
     if exists is None:
         problems.append(f"table {settings.db_schema}.{settings.outbox_table} does not "
                         "exist: run `outbox db upgrade`")
+    elif settings.cloudevents == "binary":
+        # The rendered connector places these columns as ce_* headers (schema version 5).
+        found = {r[0] for r in conn.execute(
+            "select column_name from information_schema.columns where table_schema = %s "
+            "and table_name = %s and column_name in ('ce_time', 'ce_specversion')",
+            (settings.db_schema, settings.outbox_table))}
+        if found != {"ce_time", "ce_specversion"}:
+            problems.append(f"OUTBOX_CLOUDEVENTS=binary needs the columns ce_time and "
+                            f"ce_specversion of {settings.db_schema}.{settings.outbox_table} "
+                            "(schema version 5): run `outbox db upgrade`")
     if slot is not None:
         row = conn.execute("select active from pg_replication_slots where slot_name = %s",
                            (slot,)).fetchone()

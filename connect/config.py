@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from outbox import cloudevents
 from outbox.errors import ConfigurationError
 from outbox.settings import Settings
 
@@ -54,7 +55,8 @@ def render(settings: Settings, options: CdcOptions | None = None) -> dict[str, s
                                  "{aggregatetype}: every aggregate type would share a topic")
     table = f"{settings.db_schema}.{settings.outbox_table}"
     slot = opts.slot_name or slot_name(opts.name)
-    return {
+    # With OUTBOX_CLOUDEVENTS=binary, the same ce_* headers as the relay's (outbox.cloudevents)
+    return cloudevents.debezium_config(settings, {
         "connector.class": CONNECTOR_CLASS,
         "tasks.max": "1",
         "plugin.name": "pgoutput",
@@ -105,7 +107,7 @@ def render(settings: Settings, options: CdcOptions | None = None) -> dict[str, s
         "transforms.outbox.table.json.payload.null.behavior": "optional_bytes",
         # Debezium 3 adds __debezium.context.* headers by default; the relay does not.
         "extended.headers.enabled": "false",
-    }
+    })
 
 
 def masked(config: dict[str, str]) -> dict[str, str]:

@@ -17,7 +17,7 @@ from consumers.inbox import InboxStore
 from consumers.message import headers_of
 from outbox import preflight
 from outbox.cli_options import DURATION, CliError, confirm, format_duration, settings_options
-from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
+from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
 from outbox.kafka import client_config, ordered_producer
 from outbox.settings import Settings
 
@@ -153,6 +153,17 @@ def redrive(settings: Settings, topic: str, event_ids: tuple[str, ...], redrive_
     if missing:
         raise CliError(f"not in {_dlq_name(topic)}: {', '.join(sorted(missing))}; see "
                        f"`outbox dlq list {topic}`", EXIT_CONFIG)
+    cut = [d for d in chosen if d.header("dlq.truncated")]
+    if cut and not redrive_all:
+        raise CliError(f"{', '.join(d.event_id or '-' for d in cut)}: truncated dead "
+                       "letter(s) (the original was too large or unreadable to keep whole) "
+                       "cannot be redriven; the original is at the dlq.original.* topic, "
+                       "partition and offset, or `outbox replay --event-id` sends it again "
+                       "from the outbox", EXIT_ERROR)
+    if cut:
+        click.echo(f"skipping {len(cut)} truncated dead letter(s): they cannot be redriven "
+                   "(see `outbox dlq list`)")
+        chosen = [d for d in chosen if not d.header("dlq.truncated")]
     _show(chosen, destination)
     if dry_run:
         click.echo(f"dry run: {len(chosen)} dead letter(s) would be redriven to {destination}")

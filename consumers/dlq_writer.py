@@ -23,6 +23,7 @@ from consumers.errors import Rewind
 from consumers.health import ConsumerHealth
 from consumers.message import Received
 from consumers.metrics import ConsumerMetrics
+from outbox.logs import message_fields
 
 log = logging.getLogger("outbox.consumer")
 
@@ -61,14 +62,15 @@ class DeadLetterWriter:
             except Exception as exc:  # e.g. headers that cannot be read: the next rung
                 log.warning("dead letter of %s[%s]@%s cannot be built whole (%s): %s",
                             msg.topic, msg.partition, msg.offset, build.__name__,
-                            describe(exc), extra={"action": "dlq_truncated"})
+                            describe(exc), extra={"action": "dlq_truncated",
+                                                  **message_fields(msg.headers, msg.key)})
                 continue
             refusal = self._deliver(letter, refused_is_outage=False)
             if refusal is None:
                 return self._sent(msg, failure, letter)
             log.warning("%s refused the dead letter of %s[%s]@%s (%s): sending less of it",
                         letter.topic, msg.topic, msg.partition, msg.offset, refusal,
-                        extra={"action": "dlq_truncated"})
+                        extra={"action": "dlq_truncated", **message_fields(msg.headers, msg.key)})
         # Our own diagnostics only: it cannot fail to build; refused, it is an outage.
         letter = bare_letter(msg, self.group, failure)
         self._deliver(letter, refused_is_outage=True)
@@ -79,7 +81,8 @@ class DeadLetterWriter:
         log.error("dead-lettered %s[%d]@%d: %s: %s", msg.topic, msg.partition, msg.offset,
                   failure.reason, describe(failure.exception),
                   extra={"action": "dead_lettered", "reason": failure.reason,
-                         "attempts": failure.attempts, "truncated": ",".join(letter.cut)})
+                         "attempts": failure.attempts, "truncated": ",".join(letter.cut),
+                         **message_fields(msg.headers, msg.key)})
         return letter
 
     def flush(self, timeout: float) -> int:

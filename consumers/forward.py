@@ -43,9 +43,15 @@ from consumers.message import IncomingEvent
 from consumers.runtime import Consumer, ConsumerOptions
 from outbox.backoff import compute_backoff
 from outbox.exit_codes import EXIT_WORKER_DIED
+from outbox.logs import event_fields
 from outbox.settings import Settings
 
 log = logging.getLogger("outbox.forward")
+
+
+def _fields(event: IncomingEvent) -> dict[str, str | None]:
+    """The event's id, aggregate id and trace id, for a log line about it."""
+    return event_fields(event.id, event.key, event.traceparent)
 
 PENDING = "forward_pending"  # session.info key: (route, event) of this batch, in order
 Sent = Attempt | TemplateError | None  # None: parked without sending
@@ -188,7 +194,7 @@ class Forwarder:
             delay = retry_delay(route, 1, sent.retry_after)
             log.warning("%s: %s; parked, next attempt in %.1fs", route.name, sent.summary(),
                         delay, extra={"action": "forward_parked", "route": route.name,
-                                      "event_id": str(incoming.id)})
+                                      **_fields(incoming)})
             self._park(session, route, incoming, sent, delay)
         else:
             self.dead_letters.send(route, incoming, sent, 1)
@@ -263,7 +269,8 @@ class Forwarder:
             elif sent.outcome == DONE:
                 self.metrics.delivered.labels(route.name).inc()
                 log.info("%s: delivered %s after %d attempts", route.name, parked.event.id,
-                         attempts, extra={"action": "forward_retried", "route": route.name})
+                         attempts, extra={"action": "forward_retried", "route": route.name,
+                                          **_fields(parked.event)})
                 self.store.settle(session, parked)
             elif sent.outcome == RETRY and attempts < route.max_attempts:
                 self.metrics.retries.labels(route.name).inc()

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from consumers.forward_config import Route
 from consumers.message import IncomingEvent
+from outbox import tracing
 from outbox.backoff import compute_backoff
 
 DONE, RETRY, REJECT = "done", "retry", "reject"
@@ -133,8 +134,11 @@ class RouteClient:
                    "Idempotency-Key": str(event.id), "Outbox-Event-Type": event.type}
         if event.correlation_id:
             headers["Outbox-Correlation-Id"] = event.correlation_id
-        if event.traceparent:
-            headers["traceparent"] = event.traceparent
+        # The handler's process span when tracing (outbox.tracing), so the endpoint's work
+        # is its child; else (or for a parked retry) the event's own context.
+        traceparent = tracing.current_traceparent() or event.traceparent
+        if traceparent:
+            headers["traceparent"] = traceparent
         return headers
 
     def send(self, event: IncomingEvent, body: bytes) -> Attempt:

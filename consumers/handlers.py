@@ -36,6 +36,7 @@ import inspect
 import types
 import typing
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,7 @@ from sqlalchemy.orm import Session
 
 from consumers.message import IncomingEvent
 from consumers.publisher import AsyncPublisher, Publisher
+from outbox import tracing
 from outbox.settings import Settings
 
 Handler = Callable[..., Any]
@@ -136,8 +138,12 @@ def _given(annotation: Any, table: dict[type, Give]) -> Give | None:
     return None
 
 
+class HandlerSignatureError(TypeError):
+    """A handler whose signature the runtime cannot serve (raised at registration)."""
+
+
 def _refuse(fn: object, why: str) -> TypeError:
-    return TypeError(f"handler {name_of(fn)} {why}")
+    return HandlerSignatureError(f"handler {name_of(fn)} {why}")
 
 
 def resolve(fn: object, model: type[BaseModel] | None = None) -> Registration:
@@ -262,7 +268,23 @@ def _arguments(reg: Registration, session: Any, event: IncomingEvent,
 
 def call_sync(reg: Registration, session: Session, event: IncomingEvent,
               value: BaseModel | None, settings: Settings) -> None:
-    """Run a sync handler; a result that is an awaitable or a generator is a failure."""
+    """Run a sync handler; a result that is an awaitable or a generator is a failure.
+
+    With OpenTelemetry, in a ``process`` span continuing the record's trace
+    (:func:`outbox.tracing.process_span`)."""
+    if not tracing.enabled():
+        return _call_sync(reg, session, event, value, settings)
+    with _span(reg, event):
+        return _call_sync(reg, session, event, value, settings)
+
+
+def _span(reg: Registration, event: IncomingEvent) -> AbstractContextManager[None]:
+    return tracing.process_span(event.topic, event.partition, event.offset, str(event.id),
+                                event.headers, reg.name, event.key)
+
+
+def _call_sync(reg: Registration, session: Session, event: IncomingEvent,
+               value: BaseModel | None, settings: Settings) -> None:
     if reg.plain:
         result = reg.handler(session, event)  # the common form, without building lists
     else:
@@ -288,8 +310,13 @@ async def call_async(reg: Registration, session: AsyncSession, event: IncomingEv
         await session.run_sync(lambda sync: call_sync(reg, sync, event, value, settings))
         return
     args, kwargs = _arguments(reg, session, event, value, settings)
-    result: Awaitable[object] = reg.handler(*args, **kwargs)
-    await result
+    if not tracing.enabled():
+        await reg.handler(*args, **kwargs)
+        return
+    with _span(reg, event):
+        result: Awaitable[object] = reg.handler(*args, **kwargs)
+        await result
 
 
-__all__ = ["Give", "Handler", "Registration", "call_async", "call_sync", "name_of", "resolve"]
+__all__ = ["Give", "Handler", "HandlerSignatureError", "Registration", "call_async",
+           "call_sync", "name_of", "resolve"]

@@ -2,8 +2,9 @@
 
 A message is poison when no retry can ever help: it is larger than the consumer's limit,
 its headers cannot be read, its value is not a JSON object (or is nested too deep to
-decode), its ``id`` header is missing or not a UUID. Such a message goes to the
-dead-letter topic at once, with the reason (``PoisonMessageError.reason``) in its headers.
+decode), its ``id`` header (or CloudEvents' ``ce_id``) is missing or not a UUID. Such a
+message goes to the dead-letter topic at once, with the reason
+(``PoisonMessageError.reason``) in its headers.
 """
 
 from __future__ import annotations
@@ -160,9 +161,11 @@ def decode(msg: Received, max_bytes: int | None = None) -> IncomingEvent:
             "too-large", f"message of {size} bytes (key, value and headers) is over the "
             f"consumer's limit of {max_bytes} (ConsumerOptions.max_message_bytes)")
     headers = _as_dict(pairs)
-    raw_id = headers.get("id")
+    # the toolkit's header, else CloudEvents' (binary mode: outbox.cloudevents)
+    raw_id = headers.get("id") or headers.get("ce_id")
     if raw_id is None:
-        raise PoisonMessageError("missing-id", "message has no `id` header (the event id)")
+        raise PoisonMessageError("missing-id", "message has no `id` header (the event id; "
+                                               "or CloudEvents' `ce_id`)")
     try:
         event_id = uuid.UUID(raw_id.decode())
     except (UnicodeDecodeError, ValueError):
@@ -181,7 +184,8 @@ def decode(msg: Received, max_bytes: int | None = None) -> IncomingEvent:
     if not isinstance(payload, dict):
         raise PoisonMessageError("undecodable-value",
                                  f"value is JSON {type(payload).__name__}, not an object")
-    event_type = _text(headers.get("eventType")) or _opt(payload.get("eventType"))
+    event_type = (_text(headers.get("eventType")) or _text(headers.get("ce_type"))
+                  or _opt(payload.get("eventType")))
     if not event_type:
         raise PoisonMessageError("missing-event-type",
                                  "no `eventType` header and no `eventType` field in the value")

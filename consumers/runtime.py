@@ -66,6 +66,7 @@ from outbox.exit_codes import (
     EXIT_OK,
     EXIT_UNAVAILABLE,
 )
+from outbox.logs import message_fields
 from outbox.preflight import check_database, check_kafka
 from outbox.settings import Settings
 
@@ -348,7 +349,8 @@ class Consumer:
                                 failure.attempts, self.options.max_attempts, delay,
                                 failure.exception, extra={
                                     "action": "handler_retry", "topic": msg.topic,
-                                    "partition": msg.partition, "offset": msg.offset})
+                                    "partition": msg.partition, "offset": msg.offset,
+                                    **message_fields(msg.headers, msg.key)})
                     raise Rewind(delay)  # what came before it is committed; come back to it
                 self.dead_letters.send(msg, failure)
                 self.applier.forget(msg)

@@ -20,6 +20,7 @@ import sys
 
 import click
 
+from consumers.handlers import HandlerSignatureError
 from consumers.runtime import Consumer
 from outbox.cli_options import settings_options
 from outbox.errors import ConfigurationError
@@ -46,6 +47,8 @@ def load_app(path: str, settings: Settings) -> Consumer:
         raise ConfigurationError(f"worker app {path!r}: no module named {exc.name!r} "
                                  f"(run from the project's directory, or install it)"
                                  ) from None
+    except HandlerSignatureError as exc:  # a handler registered at import time
+        raise ConfigurationError(f"worker app {path!r}: {exc}") from None
     target = getattr(module, attribute, None)
     if target is None:
         raise ConfigurationError(f"worker app {path!r}: module {module_name!r} has no "
@@ -55,7 +58,10 @@ def load_app(path: str, settings: Settings) -> Consumer:
     if not callable(target):
         raise ConfigurationError(f"worker app {path!r} is {type(target).__name__}, not a "
                                  "Consumer or a function of Settings returning one")
-    app = target(settings)
+    try:
+        app = target(settings)
+    except HandlerSignatureError as exc:  # a handler registered by the app's factory
+        raise ConfigurationError(f"worker app {path!r}: {exc}") from None
     if not isinstance(app, Consumer):
         raise ConfigurationError(f"worker app {path!r} returned {type(app).__name__}, not "
                                  "a Consumer")

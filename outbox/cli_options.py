@@ -29,6 +29,7 @@ from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableErr
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE
 from outbox.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from outbox.settings import Settings, load_settings, redact_url, scrub, secrets_of
+from outbox.tracing import configure_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -213,6 +214,13 @@ def _parse_kafka_config(pairs: tuple[str, ...]) -> dict[str, str] | None:
     return config
 
 
+def _service_name(command_func: Callable[..., Any]) -> str:
+    """The name spans are recorded under: the command as typed (``relay``, ``worker``)."""
+    ctx = click.get_current_context(silent=True)
+    return (ctx.info_name if ctx is not None and ctx.info_name else
+            command_func.__name__.replace("_command", "").replace("_", "-"))
+
+
 @overload
 def settings_options(func: F) -> F: ...
 
@@ -243,6 +251,7 @@ def settings_options(func: F | None = None, *, log_format: str = "text",
                 overrides["kafka_config"] = kafka_config
             try:
                 settings = load_settings(**overrides)
+                configure_from_env(_service_name(command_func))
             except ConfigurationError as exc:
                 error = cli_error(exc)
                 if not daemon:

@@ -1,9 +1,12 @@
 """Logging for every daemon and command: one format, one level check, librdkafka included.
 
 Every toolkit log line carries a stable ``action`` key (in ``extra``), so lines can be
-filtered and counted. librdkafka's own log (connection refused, broker down ...) goes
-through the logger ``outbox.librdkafka`` instead of raw lines on stderr: pass each client's
-configuration through :func:`with_client_logger`.
+filtered and counted; a line about one event also carries its ``event_id``,
+``aggregate_id`` and ``trace_id`` (:func:`event_fields`, :func:`message_fields`), and a
+line logged inside an OpenTelemetry span the span's ``trace_id`` (:class:`TraceFilter`).
+librdkafka's own log (connection refused, broker down ...) goes through the logger
+``outbox.librdkafka`` instead of raw lines on stderr: pass each client's configuration
+through :func:`with_client_logger`.
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from outbox import tracing
 from outbox.errors import ConfigurationError
 from outbox.settings import redact_url, scrub_secrets
 
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 LOG_FORMATS = ("json", "text")
 KAFKA_LOGGER = "outbox.librdkafka"
+# What every line about one event carries (``extra``; see :func:`event_fields`).
+EVENT_FIELDS = ("event_id", "aggregate_id", "trace_id")
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
 
@@ -40,11 +46,16 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable lines that still carry the ``action`` key."""
+    """Human-readable lines that still carry the ``action`` key, and the event's
+    :data:`EVENT_FIELDS` as ``key=value`` when the line is about one event."""
 
     def format(self, record: logging.LogRecord) -> str:
         action = getattr(record, "action", "-")
         line = f"{self.formatTime(record)} {record.levelname:<7} [{action}] {record.getMessage()}"
+        fields = [f"{name}={value}" for name in EVENT_FIELDS
+                  if (value := getattr(record, name, None)) is not None]
+        if fields:
+            line += " (" + " ".join(fields) + ")"
         if record.exc_info:
             line += "\n" + (record.exc_text or self.formatException(record.exc_info))
         return line
@@ -76,6 +87,50 @@ class SecretFilter(logging.Filter):
         return True
 
 
+class TraceFilter(logging.Filter):
+    """Adds the current OpenTelemetry span's ``trace_id`` and ``span_id`` to a line that
+    has no ``trace_id`` of its own (a line logged inside a handler's ``process`` span)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "trace_id", None) is None and tracing.available():
+            current = tracing.current_traceparent()
+            if current is not None:
+                record.trace_id, record.span_id = current[3:35], current[36:52]
+        return True
+
+
+def trace_id_of(traceparent: str | bytes | None) -> str | None:
+    """The trace id (32 hex digits) of a W3C ``traceparent``, or None."""
+    if isinstance(traceparent, bytes):
+        traceparent = traceparent.decode("ascii", "replace")
+    if not traceparent:
+        return None
+    parts = traceparent.strip().split("-")
+    return parts[1] if len(parts) >= 4 and len(parts[1]) == 32 else None
+
+
+def event_fields(event_id: object, aggregate_id: str | bytes | None,
+                 traceparent: str | bytes | None) -> dict[str, str | None]:
+    """The ``extra`` of a line about one event: :data:`EVENT_FIELDS`."""
+    if isinstance(aggregate_id, bytes):
+        aggregate_id = aggregate_id.decode("utf-8", "replace")
+    return {"event_id": None if event_id is None else str(event_id),
+            "aggregate_id": aggregate_id, "trace_id": trace_id_of(traceparent)}
+
+
+def message_fields(headers: Sequence[tuple[str, bytes | None]] | None,
+                   key: str | bytes | None) -> dict[str, str | None]:
+    """:func:`event_fields` of a Kafka message: the ``id`` (or ``ce_id``) and
+    ``traceparent`` headers, the key as the aggregate id."""
+    found: dict[str, bytes | None] = {}
+    for name, value in headers or ():
+        if name in ("id", "ce_id", "traceparent") and name not in found:
+            found[name] = value
+    event_id = found.get("id") or found.get("ce_id")
+    return event_fields(None if event_id is None else event_id.decode("utf-8", "replace"),
+                        key, found.get("traceparent"))
+
+
 def check_level(level: str) -> str:
     """``level`` lower-cased if it is a log level, else a one-line :class:`ConfigurationError`."""
     value = level.strip().lower()
@@ -94,6 +149,7 @@ def configure_logging(fmt: str = "json", level: str = "info",
     handler = _StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(SecretFilter(secrets))
+    handler.addFilter(TraceFilter())
     root = logging.getLogger()
     # Replaces the toolkit's own handler of an earlier call (a command run in-process
     # by a test, say), leaves others alone.
@@ -129,6 +185,7 @@ def with_client_logger(config: dict[str, Any]) -> dict[str, Any]:
     return {**config, "logger": kafka_logger()}
 
 
-__all__ = ["KAFKA_LOGGER", "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "SecretFilter",
-           "TextFormatter",
-           "check_level", "configure_logging", "kafka_logger", "with_client_logger"]
+__all__ = ["EVENT_FIELDS", "KAFKA_LOGGER", "LOG_FORMATS", "LOG_LEVELS", "JsonFormatter",
+           "SecretFilter", "TextFormatter", "TraceFilter", "check_level", "configure_logging",
+           "event_fields", "kafka_logger", "message_fields", "trace_id_of",
+           "with_client_logger"]

@@ -13,6 +13,7 @@ statement is sent, and the SQL function ``outbox_publish`` applies the same ones
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import json
@@ -28,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection as SAAsyncConnection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from outbox import rules
+from outbox import rules, tracing
 from outbox.errors import EventValidationError, PayloadTooLargeError
 from outbox.locks import AGGREGATE_LOCK_NAMESPACE
 from outbox.rules import MAX_FIELD_LENGTH
@@ -267,6 +268,16 @@ def _one_event_params(ev: Event, s: Settings) -> dict[str, Any]:
     }
 
 
+def _traced(events: list[Event]) -> list[Event]:
+    """``events`` with the current span's ``traceparent`` where the caller set none
+    (:mod:`outbox.tracing`; unchanged without OpenTelemetry or outside a span)."""
+    current = tracing.current_traceparent()
+    if current is None:
+        return events
+    return [dataclasses.replace(e, traceparent=current)
+            if isinstance(e, Event) and e.traceparent is None else e for e in events]
+
+
 def _prepare(events: Sequence[Event], settings: Settings | None) -> tuple[str, dict[str, Any]]:
     s = settings if settings is not None else _default_settings()
     query = _insert_sql(s.db_schema, s.outbox_table, len(events) == 1)
@@ -281,10 +292,11 @@ def publish(target: SyncTarget, event: Event, *more: Event,
             settings: Settings | None = None) -> list[Event]:
     """Add events to ``target``'s open transaction (Session, Connection or psycopg connection).
 
-    Never commits: the events commit or roll back with the caller's transaction. Raises
+    Never commits: the events commit or roll back with the caller's transaction. An event
+    without ``traceparent`` gets the current OpenTelemetry span's, if any. Raises
     :class:`~outbox.errors.EventValidationError` (nothing written) for an invalid event.
     """
-    events = [event, *more]
+    events = _traced([event, *more])
     query, params = _prepare(events, settings)
     if isinstance(target, Session):
         target.connection().exec_driver_sql(query, params)
@@ -301,7 +313,7 @@ def publish(target: SyncTarget, event: Event, *more: Event,
 async def publish_async(target: AsyncTarget, event: Event, *more: Event,
                         settings: Settings | None = None) -> list[Event]:
     """:func:`publish` for an ``AsyncSession``, async ``Connection`` or psycopg async one."""
-    events = [event, *more]
+    events = _traced([event, *more])
     query, params = _prepare(events, settings)
     if isinstance(target, AsyncSession):
         conn = await target.connection()

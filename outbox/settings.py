@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     # Key, value and headers of one Kafka record; the default fits librdkafka's and the
     # broker's default message.max.bytes (outbox.rules).
     max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+    # CloudEvents' Kafka binary mode (outbox.cloudevents): ``binary`` adds the ce_*
+    # headers to every record, from the relay and from the rendered Debezium config.
+    cloudevents: Literal["off", "binary"] = "off"
+    cloudevents_source: str = "/outbox"
+
+    @field_validator("cloudevents_source")
+    @classmethod
+    def _ce_source(cls, value: str) -> str:
+        from outbox.cloudevents import source_problem
+
+        problem = source_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
     @field_validator("db_schema", "outbox_table", "inbox_table")
     @classmethod
@@ -154,7 +168,9 @@ _SOURCES = {"database_url": "OUTBOX_DATABASE_URL / --database-url",
             "inbox_table": "OUTBOX_INBOX_TABLE / --inbox-table",
             "topic_template": "OUTBOX_TOPIC_TEMPLATE / --topic-template",
             "max_payload_bytes": "OUTBOX_MAX_PAYLOAD_BYTES",
-            "max_record_bytes": "OUTBOX_MAX_RECORD_BYTES"}
+            "max_record_bytes": "OUTBOX_MAX_RECORD_BYTES",
+            "cloudevents": "OUTBOX_CLOUDEVENTS",
+            "cloudevents_source": "OUTBOX_CLOUDEVENTS_SOURCE"}
 _HINTS = {"kafka_config": "; write a JSON object such as "
                           '{"security.protocol": "SASL_SSL"}, or pass --kafka-config KEY=VALUE'}
 

@@ -49,6 +49,23 @@ class Xid8(UserDefinedType[int]):
 ischema_names["xid8"] = Xid8
 
 
+def _two(field: str, column: str) -> str:
+    return f"lpad(extract({field} from {column})::int::text, 2, '0')"
+
+
+def ce_time_sql(column: str = "created_at") -> str:
+    """``column`` (a UTC timestamp) as RFC 3339 with milliseconds, ``2026-12-01T20:16:10.123Z``,
+    in immutable functions only (``to_char`` depends on no setting here, but is not
+    declared so). Milliseconds are truncated, as the record timestamp is
+    (outbox.cloudevents)."""
+    return (f"lpad(extract(year from {column})::int::text, 4, '0') || '-' || "
+            f"{_two('month', column)} || '-' || {_two('day', column)} || 'T' || "
+            f"{_two('hour', column)} || ':' || {_two('minute', column)} || ':' || "
+            f"lpad(floor(extract(second from {column}))::int::text, 2, '0') || '.' || "
+            f"lpad((floor(extract(microseconds from {column}) / 1000)::int % 1000)::text, 3, "
+            "'0') || 'Z'")
+
+
 def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = None) -> Table:
     """The outbox table: one row per event, written in the service's own transaction."""
     check_identifier(name, "outbox table name")
@@ -96,6 +113,12 @@ def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = 
         # txid: the writing transaction's id. With PostgreSQL snapshots it tells the relay
         # which rows committed since it last looked (schema version 3).
         Column("txid", Xid8(), server_default=text("pg_current_xact_id()")),
+        # ce_time: created_at as CloudEvents' time (RFC 3339), set by a trigger for Debezium
+        # to place as the ce_time header in CloudEvents binary mode (schema version 5,
+        # outbox.cloudevents). Not a generated column: logical replication leaves those out.
+        Column("ce_time", Text),
+        # ce_specversion: CloudEvents' spec version, the ce_specversion header (version 5).
+        Column("ce_specversion", Text, server_default=text("'1.0'")),
         Index(f"ix_{name}_window", "shard", "txid"),
         Index(f"ix_{name}_retry", "shard", "seq", postgresql_where=text(
             "last_error is not null and published_at is null")),

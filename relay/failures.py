@@ -16,9 +16,19 @@ from typing import Any
 
 import psycopg
 
+from outbox.logs import event_fields
 from relay.metrics import RelayMetrics
 from relay.queries import Queries
-from relay.rows import AGGREGATEID, AGGREGATETYPE, ID, SEQ, SHARD, AggregateKey, Row
+from relay.rows import (
+    AGGREGATEID,
+    AGGREGATETYPE,
+    ID,
+    SEQ,
+    SHARD,
+    TRACEPARENT,
+    AggregateKey,
+    Row,
+)
 
 log = logging.getLogger("outbox.relay")
 
@@ -83,8 +93,8 @@ class FailureLane:
         key = (row[AGGREGATETYPE], row[AGGREGATEID])
         log.warning("event %s (%s %s) failed: %s%s", row[ID], key[0], key[1], message,
                     " - parked" if parked else "",
-                    extra={"action": "row_parked" if parked else "row_failed",
-                           "event_id": str(row[ID]), "seq": seq})
+                    extra={"action": "row_parked" if parked else "row_failed", "seq": seq,
+                           **event_fields(row[ID], row[AGGREGATEID], row[TRACEPARENT])})
         head = self.blocked.get(key)
         if head is None or seq <= head.seq:
             self.blocked[key] = Blocked(seq, row[SHARD], parked)

@@ -27,7 +27,9 @@ from confluent_kafka import KafkaException, Producer
 
 from outbox.backoff import compute_backoff
 from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SHUTDOWN_INCOMPLETE
+from outbox.record import topic_for
 from outbox.settings import Settings
+from outbox.tracing import RelaySpans
 from relay import background
 from relay.connections import Connection, connect, first_line
 from relay.delivery import Batch
@@ -68,8 +70,11 @@ class Relay:
         self.failures = FailureLane(self.queries, self.metrics, self.options.max_attempts)
         self.sender = Sender(settings, self.options.shutdown_timeout, on_ack)
         self.kafka = KafkaBackoff(self.health, self.metrics)
+        # OpenTelemetry send spans per batch (outbox.tracing; no-op without a provider)
+        self.spans = RelaySpans(lambda aggregatetype: topic_for(aggregatetype,
+                                                                settings.topic_template))
         self.settler = Settler(self.queries, self.metrics, self.groups, self.progress,
-                               self.failures, self.kafka)
+                               self.failures, self.kafka, self.spans)
         self.conn: Connection | None = None
         self.producer: Producer | None = None
         self.wake = threading.Event()
@@ -319,6 +324,7 @@ class Relay:
     def _start(self, batch: Batch) -> None:
         assert self.producer is not None
         self.groups[batch.group].in_flight = batch
+        self.spans.started(batch, batch.rows)
         self._produce(batch)
         self.producer.poll(0)
 

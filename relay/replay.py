@@ -26,6 +26,7 @@ from psycopg import sql
 
 from outbox import preflight
 from outbox.cli_options import CliError, confirm, settings_options
+from outbox.cloudevents import record_headers
 from outbox.exit_codes import EXIT_ERROR
 from outbox.kafka import ordered_producer
 from outbox.record import StoredRow, invalid_topic_reason, stored_record
@@ -136,6 +137,7 @@ def replay(settings: Settings, flt: ReplayFilter, on_progress: Any = None,
         if on_progress is not None:
             on_progress(1)
 
+    headers_of = record_headers(settings)  # the relay's headers (ce_* in CloudEvents mode)
     for row in iter_rows(settings, flt):
         record = stored_record(row, settings.topic_template)
         result.selected += 1
@@ -146,7 +148,7 @@ def replay(settings: Settings, flt: ReplayFilter, on_progress: Any = None,
         while True:
             try:
                 producer.produce(record.topic, key=record.key, value=record.value,
-                                 headers=list(record.headers), timestamp=record.timestamp_ms,
+                                 headers=list(headers_of(row)), timestamp=record.timestamp_ms,
                                  on_delivery=on_delivery)
                 break
             except BufferError:

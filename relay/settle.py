@@ -14,6 +14,7 @@ import time
 from confluent_kafka import KafkaError
 
 from outbox.backoff import compute_backoff
+from outbox.tracing import RelaySpans
 from relay.connections import Connection
 from relay.delivery import Batch, Outcome, attribute_failures, classify
 from relay.failures import FailureLane
@@ -66,18 +67,21 @@ class Settler:
     """Records settled batches on the loop's session (the one holding the shard locks)."""
 
     def __init__(self, queries: Queries, metrics: RelayMetrics, groups: list[ShardGroup],
-                 progress: Progress, failures: FailureLane, kafka: KafkaBackoff) -> None:
+                 progress: Progress, failures: FailureLane, kafka: KafkaBackoff,
+                 spans: RelaySpans) -> None:
         self.queries = queries
         self.metrics = metrics
         self.groups = groups
         self.progress = progress
         self.failures = failures
         self.kafka = kafka
+        self.spans = spans
 
     def settle(self, conn: Connection, batch: Batch, group_shards: list[int]) -> int:
         """Record the batch's outcome; returns how many rows were delivered."""
         if batch.failed_reports:
             attribute_failures(batch)
+        self.spans.settled(batch, len(batch.errors))
         outcome = classify(batch)
         suspects = self.failures.suspects
         for row in outcome.suspects:  # maybe a neighbour's fault: retried alone, uncounted

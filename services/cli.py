@@ -48,7 +48,8 @@ STARTUP_TIMEOUT = 10.0
 
 
 def _logging() -> None:
-    configure_logging("text", "info")  # librdkafka's lines too, through the logger
+    # JSON lines like every daemon of the toolkit; librdkafka's lines too, through the logger
+    configure_logging("json", "info")
 
 
 def _start_up(settings: Settings, relays: RelayGroup | None = None) -> None:
@@ -89,7 +90,7 @@ def _alive(thread: threading.Thread | None) -> Callable[[], float]:
     return lambda: float(thread is not None and thread.is_alive())
 
 
-def _serve_health(supervisor: Supervisor, port: int) -> None:
+def _serve_health(supervisor: Supervisor, port: int, host: str) -> None:
     """``/health`` (every worker alive and healthy) and ``/metrics`` (which are up)."""
     registry = CollectorRegistry()
     up = Gauge("outbox_saga_worker_up", "1 while the worker thread runs", ["worker"],
@@ -97,7 +98,7 @@ def _serve_health(supervisor: Supervisor, port: int) -> None:
     for worker in supervisor.workers:
         up.labels(worker.name).set_function(_alive(worker.thread))
     _listen(f"--metrics-port {port}",
-            lambda: http.serve(registry, supervisor.health, "127.0.0.1", port,
+            lambda: http.serve(registry, supervisor.health, host, port,
                                name="saga-http"))
 
 
@@ -116,12 +117,17 @@ def setup(settings: Settings) -> None:
 
 METRICS_PORT = click.option("--metrics-port", type=int, default=None,
                             help="serve Prometheus /metrics and /health on this port")
+METRICS_HOST = click.option("--metrics-host", default="127.0.0.1", show_default=True,
+                            envvar="OUTBOX_METRICS_HOST",
+                            help="address of /metrics and /health (0.0.0.0 in a container) "
+                                 "[env OUTBOX_METRICS_HOST]")
 
 
 @main.command("relay")
 @METRICS_PORT
+@METRICS_HOST
 @settings_options
-def relay_command(settings: Settings, metrics_port: int | None) -> None:
+def relay_command(settings: Settings, metrics_port: int | None, metrics_host: str) -> None:
     """One relay for all four service outboxes (SIGTERM drains and stops).
 
     If one of the relays stops on its own, the process stops with exit code 7.
@@ -133,27 +139,28 @@ def relay_command(settings: Settings, metrics_port: int | None) -> None:
     supervisor.install_signal_handlers()
     relays.start(supervisor)
     if metrics_port is not None:
-        _serve_health(supervisor, metrics_port)
+        _serve_health(supervisor, metrics_port, metrics_host)
     supervisor.wait()
     sys.exit(supervisor.stop())
 
 
 def _run_consumer(name: str, settings: Settings, metrics_port: int | None,
-                  **kw: object) -> None:
+                  metrics_host: str, **kw: object) -> None:
     """The service's consumer through the worker runner (``outbox worker
     services.<name>:consumer`` does the same): logging, signals, /health, exit codes."""
     _logging()
     consumer = CONSUMERS[name](settings, make_engine(settings), **kw)
-    sys.exit(run_worker(consumer, metrics_port))
+    sys.exit(run_worker(consumer, metrics_port, metrics_host))
 
 
 @main.command()
 @METRICS_PORT
+@METRICS_HOST
 @settings_options
-def inventory(settings: Settings, metrics_port: int | None) -> None:
+def inventory(settings: Settings, metrics_port: int | None, metrics_host: str) -> None:
     """The inventory service (inventory-service-group on order-events, payment-events);
     the same as ``outbox worker services.inventory:consumer``."""
-    _run_consumer("inventory", settings, metrics_port)
+    _run_consumer("inventory", settings, metrics_port, metrics_host)
 
 
 @main.command()
@@ -162,21 +169,23 @@ def inventory(settings: Settings, metrics_port: int | None) -> None:
 @click.option("--latency", default=0.0, show_default=True,
               help="seconds the simulated gateway takes per authorisation")
 @METRICS_PORT
+@METRICS_HOST
 @settings_options
 def payment(settings: Settings, decline_rate: float, latency: float,
-            metrics_port: int | None) -> None:
+            metrics_port: int | None, metrics_host: str) -> None:
     """The payment service (payment-service-group on inventory-events)."""
-    _run_consumer("payment", settings, metrics_port, gateway=SimulatedGateway(
+    _run_consumer("payment", settings, metrics_port, metrics_host, gateway=SimulatedGateway(
         decline_rate=decline_rate, latency_seconds=latency, limit=Decimal("10000")))
 
 
 @main.command()
 @METRICS_PORT
+@METRICS_HOST
 @settings_options
-def shipping(settings: Settings, metrics_port: int | None) -> None:
+def shipping(settings: Settings, metrics_port: int | None, metrics_host: str) -> None:
     """The shipping service (shipping-service-group on payment-events); the same as
     ``outbox worker services.shipping:consumer``."""
-    _run_consumer("shipping", settings, metrics_port)
+    _run_consumer("shipping", settings, metrics_port, metrics_host)
 
 
 @main.command("order-api")
@@ -185,9 +194,10 @@ def shipping(settings: Settings, metrics_port: int | None) -> None:
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None,
               help="larger request bodies are refused with 413  [default: 65536]")
 @METRICS_PORT
+@METRICS_HOST
 @settings_options
 def order_api(settings: Settings, host: str, port: int, max_body_bytes: int | None,
-              metrics_port: int | None) -> None:
+              metrics_port: int | None, metrics_host: str) -> None:
     """The order service: HTTP API plus its consumer (order-service-group).
 
     ``/health`` is 200 only while the database answers and the consumer is healthy; if
@@ -204,7 +214,8 @@ def order_api(settings: Settings, host: str, port: int, max_body_bytes: int | No
     engine = make_engine(settings)
     consumer = CONSUMERS["order"](settings, engine)
     if metrics_port is not None:
-        _listen(f"--metrics-port {metrics_port}", lambda: consumer.serve_metrics(metrics_port))
+        _listen(f"--metrics-port {metrics_port}",
+                lambda: consumer.serve_metrics(metrics_port, metrics_host))
     supervisor = Supervisor()
     app = create_app(for_service(settings, "orders"), engine,
                      max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY_BYTES,

@@ -27,6 +27,7 @@ from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from psycopg import sql
 
+from outbox.logs import with_client_logger
 from outbox.settings import Settings
 from services.launcher import SagaProcesses, load_stack_env
 from services.runtime import prepare_database, topic
@@ -47,7 +48,8 @@ def fresh_database(admin_url: str, name: str = DEMO_DB) -> str:
 
 def fresh_topics(settings: Settings) -> list[str]:
     """Delete and re-create the saga's topics, so a second demo starts from nothing."""
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap_servers})
+    admin = AdminClient(with_client_logger(
+        {"bootstrap.servers": settings.kafka_bootstrap_servers}))
     names = [topic(settings, a) for a in AGGREGATES]
     names += [n + ".dlq" for n in names]
     existing = set(admin.list_topics(timeout=10).topics)
@@ -94,8 +96,8 @@ def status_counts(url: str) -> dict[str, int]:
 
 
 def topic_sizes(settings: Settings, names: list[str]) -> dict[str, int]:
-    consumer = KafkaConsumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
-                              "group.id": "saga-demo-counter"})
+    consumer = KafkaConsumer(with_client_logger({
+        "bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "saga-demo-counter"}))
     sizes: dict[str, int] = {}
     try:
         for name in names:

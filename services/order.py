@@ -26,6 +26,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from consumers import Consumer, ConsumerOptions, IncomingEvent
+from outbox import tracing
 from outbox.publish import publish
 from outbox.settings import Settings
 from outbox.uuid7 import uuid7
@@ -115,9 +116,13 @@ def create_app(settings: Settings, engine: Engine, *,
         body: OrderRequest,
         idempotency_key: Annotated[Text | None, Header(max_length=255)] = None,
         x_correlation_id: Annotated[Text | None, Header(max_length=64)] = None,
+        traceparent: Annotated[str | None, Header(max_length=255)] = None,
     ) -> JSONResponse:
         try:
-            with Session(engine) as session, session.begin():
+            # OrderCreated carries this span's context (outbox.tracing): one trace per order
+            with tracing.server_span("POST /orders", traceparent, {
+                    "http.request.method": "POST", "http.route": "/orders"}), \
+                    Session(engine) as session, session.begin():
                 answer = place_order(settings, session, body, idempotency_key,
                                      x_correlation_id)
             return JSONResponse(answer, status_code=202)

@@ -78,3 +78,16 @@ def test_capture_bench_prints_rounds(pg_url: str) -> None:
     out = bench("capture.py", "--rounds", "2", "--per-round", "20")
     assert "per round, median ms (base / captured / publish)" in out
     assert "trigger cost / publish() cost" in out
+
+
+def test_tracing_bench_compares_traced_and_untraced(pg_url: str, kafka_bootstrap: str,
+                                                    tmp_path: Path) -> None:
+    report_file = tmp_path / "tracing.json"
+    out = bench("tracing.py", "--events", "1500", "--consumer-events", "300", "--rounds", "1",
+                "--json", str(report_file))
+    report = json.loads(report_file.read_text())
+    for part in ("relay", "relay_steady", "consumer"):
+        assert len(report[part]["ratio"]["rounds"]) == 1, part
+    recorded = [line for line in out.splitlines() if line.startswith("consumer-traced recorded")]
+    assert recorded and int(recorded[0].split()[2]) >= 300  # a span per message, at least
+    assert "ratio relay-traced / relay per round" in out

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from outbox.cli import main
-from outbox.exit_codes import EXIT_USAGE
+from outbox.exit_codes import EXIT_ERROR, EXIT_USAGE
 from tests.harness.kafka import consume_all, create_topic, produce
 
 pytestmark = [pytest.mark.kafka]
@@ -64,3 +64,31 @@ def test_redrive_goes_to_the_named_topic_only_and_asks_first(
     assert [r.key for r in consume_all(kafka_bootstrap, elsewhere, expected=1, timeout=30,
                                        idle=0.5)] == [b"k-1"]
     assert consume_all(kafka_bootstrap, victim, timeout=3) == []
+
+
+def test_a_truncated_dead_letter_is_never_redriven(kafka_bootstrap: str, topic: str) -> None:
+    """A truncated letter holds only the head of the original: sending it back would
+    deliver a different event under the original's id. Named, it is refused with what to do
+    instead; with --all it is skipped and the whole letters go."""
+    for name in (topic, topic + ".dlq"):
+        create_topic(kafka_bootstrap, name, partitions=1)
+    whole, cut = str(uuid.uuid4()), str(uuid.uuid4())
+    key, value, headers = dead_letter(cut, topic, 1)
+    produce(kafka_bootstrap, topic + ".dlq", [
+        dead_letter(whole, topic, 0),
+        (key, value[:3], [*headers, ("dlq.truncated", "value"),
+                          ("dlq.original.size", "2000000")])])
+    env = {"OUTBOX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap}
+    runner = CliRunner()
+
+    named = runner.invoke(main, ["dlq", "redrive", topic, "--event-id", cut], env=env)
+    assert named.exit_code == EXIT_ERROR, named.output
+    [line] = named.output.strip().splitlines()
+    assert cut in line and "cannot be redriven" in line and "outbox replay" in line
+
+    every = runner.invoke(main, ["dlq", "redrive", topic, "--all", "--yes"], env=env)
+    assert every.exit_code == 0, every.output
+    assert "skipping 1 truncated dead letter(s)" in every.output
+    assert "redriven 1 dead letter(s)" in every.output
+    back = consume_all(kafka_bootstrap, topic, expected=1, timeout=30, idle=0.5)
+    assert [(r.header("id") or b"").decode() for r in back] == [whole]

@@ -17,7 +17,7 @@ from sqlalchemy.dialects import postgresql
 from outbox import publish_sql
 from outbox.names import relay_cursor_name
 from outbox.settings import Settings, check_identifier, qualified, quote_ident
-from outbox.tables import Xid8
+from outbox.tables import Xid8, ce_time_sql
 
 UTC_NOW = sa.text("(now() at time zone 'utc')")
 
@@ -219,6 +219,46 @@ def downgrade_schema_v4(op: Operations, schema: str = "public", outbox: str = "o
     for value, what in ((schema, "schema"), (outbox, "outbox table")):
         check_identifier(value, what)
     _execute(op, publish_sql.drop_sql(Settings(db_schema=schema, outbox_table=outbox)))
+
+
+def upgrade_schema_v5(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Version 5: ``ce_time text``, ``created_at`` as RFC 3339 UTC with milliseconds, which
+    Debezium places as the ``ce_time`` header in CloudEvents binary mode
+    (outbox.cloudevents; the relay formats the same text itself). Set by the trigger
+    ``<outbox>_ce_time`` on insert (and on an update of ``created_at``): a generated column
+    would be simpler, but PostgreSQL's logical replication leaves generated columns out
+    (before version 18). Added without a table rewrite; rows already there keep null.
+    And ``ce_specversion text default '1.0'``, the ``ce_specversion`` header (a column as
+    Kafka's InsertHeader would turn the literal 1.0 into the number 1)."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    op.add_column(outbox, sa.Column("ce_time", sa.Text(), nullable=True), schema=schema)
+    op.add_column(outbox, sa.Column("ce_specversion", sa.Text(), nullable=True,
+                                    server_default=sa.text("'1.0'")), schema=schema)
+    for statement in ce_time_trigger_sql(schema, outbox):
+        _execute(op, statement)
+
+
+def ce_time_trigger_sql(schema: str, outbox: str) -> list[str]:
+    """The trigger function and trigger that keep ``ce_time`` equal to ``created_at``."""
+    function = qualified(schema, f"{outbox}_ce_time")
+    return [
+        f"create or replace function {function}() returns trigger language plpgsql as $$ "
+        f"begin new.ce_time := {ce_time_sql('new.created_at')}; return new; end $$",
+        f"create trigger {quote_ident(outbox + '_ce_time')} before insert or update of "
+        f"created_at on {qualified(schema, outbox)} for each row execute function "
+        f"{function}()"]
+
+
+def downgrade_schema_v5(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Back to version 4: the trigger, its function and the column are dropped."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    _execute(op, f"drop trigger if exists {quote_ident(outbox + '_ce_time')} on "
+                 f"{qualified(schema, outbox)}")
+    _execute(op, f"drop function if exists {qualified(schema, outbox + '_ce_time')}()")
+    op.drop_column(outbox, "ce_specversion", schema=schema)
+    op.drop_column(outbox, "ce_time", schema=schema)
 
 
 def drop_schema_v1(op: Operations, schema: str = "public", outbox: str = "outbox",

@@ -52,7 +52,7 @@ def _gateway(decline_rate: float, latency: float) -> SimulatedGateway:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """The seed's fetch() chain, its dual-write variant, and fault-armed saga services."""
-    configure_logging("text", "info")
+    configure_logging("json", "info")
 
 
 @main.command()
@@ -132,8 +132,7 @@ def saga(settings: Settings, service: str, decline_rate: float, latency: float) 
     consumer = CONSUMERS[service](settings, make_engine(settings), **extra)
     aggregate, event_type = TRIGGER[service]
     trigger = (topic(settings, aggregate), event_type)
-    registration = consumer.handlers[trigger]
-    consumer.add_handler(*trigger, faults.counting(registration.handler), registration.model)
+    consumer.handlers[trigger] = faults.counting(consumer.handlers[trigger])
     consumer.install_signal_handlers()
     sys.exit(consumer.run())
 

@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 from confluent_kafka import KafkaError, Message, Producer
 
+from outbox.logs import with_client_logger
 from outbox.record import topic_for
 from outbox.settings import Settings
 from outbox.uuid7 import uuid7
@@ -69,10 +70,10 @@ class ProduceAfterCommit:
     def __init__(self, settings: Settings, timeout: float = 10.0) -> None:
         self.settings = settings
         self.timeout = timeout
-        self.producer = Producer({**settings.producer_config(), "acks": "all",
+        self.producer = Producer(with_client_logger({**settings.producer_config(), "acks": "all",
                                   "enable.idempotence": True, "linger.ms": 1,
                                   "partitioner": "murmur2_random",
-                                  "message.timeout.ms": str(int(timeout * 1000))})
+                                  "message.timeout.ms": str(int(timeout * 1000))}))
 
     def __call__(self, nxt: Next) -> None:
         aggregate, event_type = EVENT_FOR[nxt.step]

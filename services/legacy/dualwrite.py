@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from outbox.backoff import compute_backoff
+from outbox.logs import with_client_logger
 from outbox.record import topic_for
 from outbox.settings import Settings
 from services.legacy import faults, steps
@@ -45,12 +46,12 @@ class StepConsumer:
         self.engine = engine
         self.deliver = deliver
         self.stopping = threading.Event()
-        self.kafka = KafkaConsumer({
+        self.kafka = KafkaConsumer(with_client_logger({
             "bootstrap.servers": settings.kafka_bootstrap_servers, **settings.kafka_config,
             "group.id": f"legacy-{step}", "auto.offset.reset": "earliest",
             "enable.auto.commit": True, "enable.auto.offset.store": False,
             "auto.commit.interval.ms": 1000, "session.timeout.ms": 10000,
-            "heartbeat.interval.ms": 1000})
+            "heartbeat.interval.ms": 1000}))
 
     def run(self) -> int:
         """Consume until :meth:`request_stop`."""

@@ -13,16 +13,17 @@ Never set it in production.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
 import threading
-from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from consumers import IncomingEvent
+from consumers.handlers import Registration
 
 KILL_AFTER_ENV = "OUTBOX_FAULT_KILL_AFTER"
 _PENDING = "fault_steps"
@@ -59,18 +60,25 @@ def armed() -> bool:
     return _counter().kill_after is not None
 
 
-Handler = Callable[[Session, IncomingEvent], None]
+def counting(registration: Registration) -> Registration:
+    """``registration`` whose handler also counts the events it applied; the count is
+    settled when their transaction commits (and forgotten when it rolls back).
 
+    The call plan is kept as resolved from the service's own handler (payload model,
+    ``Session``, ``Publisher``, partials), so the handler is called exactly as before; it
+    must ask for the ``Session``, which carries the count to the commit.
+    """
+    handler = registration.handler
 
-def counting(handler: Handler) -> Handler:
-    """``handler`` that counts the events it applied; the count is settled when their
-    transaction commits (and forgotten when it rolls back)."""
-
-    def wrapped(session: Session, incoming: IncomingEvent) -> None:
-        handler(session, incoming)
+    def counted(*args: Any, **kwargs: Any) -> None:
+        handler(*args, **kwargs)
+        session = next((a for a in (*args, *kwargs.values()) if isinstance(a, Session)), None)
+        if session is None:
+            raise TypeError(f"{registration.name} takes no Session: its steps cannot be "
+                            "counted")
         session.info[_PENDING] = session.info.get(_PENDING, 0) + 1
 
-    return wrapped
+    return dataclasses.replace(registration, handler=counted)
 
 
 @event.listens_for(Session, "after_commit")

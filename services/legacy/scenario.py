@@ -148,12 +148,18 @@ def _wait_settled(url: str, ids: list[str], quiet: float, timeout: float) -> Non
         time.sleep(0.5)
 
 
-def _warmed_up(url: str, ids: list[str], expected: int, timeout: float = 180.0) -> None:
+def _warmed_up(url: str, ids: list[str], expected: int, processes: variants.Processes,
+               timeout: float = 180.0) -> None:
     """Every warm-up order final before the measured load: the system works end to end
     (consumers joined their groups, producers know the topics). Waits as long as that
-    takes on a busy machine, and says so if it never happens."""
+    takes on a busy machine, and says so if it never happens; a process that keeps dying
+    fails it at once, with the end of that process's log."""
     deadline = time.monotonic() + timeout
     while len(ids) < expected or _final_count(url, ids) < len(ids):
+        looping = sorted(n for n, count in processes.restarts.items() if count >= 3)
+        if looping:
+            raise RuntimeError(f"{', '.join(looping)} died 3 times during the warm-up; "
+                               f"the end of its log:\n{processes.log_tail(looping[0])}")
         if len(ids) < expected or time.monotonic() > deadline:
             raise RuntimeError(f"{len(ids)} of {expected} warm-up orders accepted, "
                                f"{_final_count(url, ids)} final after {timeout:.0f}s: the "
@@ -241,7 +247,8 @@ def run(variant_name: str, fault: str, plan: Plan, admin_url: str, bootstrap: st
         with httpx.Client(timeout=10, limits=httpx.Limits(max_connections=200)) as client, \
                 ThreadPoolExecutor(64) as pool:
             warm = _offer(client, pool, variant.entry, plan.rate, plan.warmup, "warmup")
-            _warmed_up(url, [p.order_id for p in warm if p.order_id], plan.warmup)
+            _warmed_up(url, [p.order_id for p in warm if p.order_id], plan.warmup,
+                       variant.processes)
             timer = _fault_timer(fault, plan, variant, stack_faults or {}, outcome)
             placed = _offer(client, pool, variant.entry, plan.rate, total, "c")
             timer.join()

@@ -66,6 +66,12 @@ class Processes:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             self.held.discard(name)
 
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last ``lines`` lines of ``name``'s log."""
+        path = self.log_dir / f"{name}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
     def supervise(self) -> None:
         """Restart processes that die, in a daemon thread, until :meth:`stop_all`."""
 

@@ -106,6 +106,7 @@ def test_a_second_signal_exits_at_once_with_130(
     ("tests.consumers.no_such_module:app", "no module named 'tests.consumers.no_such_module'"),
     ("tests.consumers.worker_app:missing", "has no attribute 'missing'"),
     ("tests.consumers.worker_app:not_a_consumer", "is int, not a Consumer"),
+    ("tests.consumers.worker_app:bad_handler", "parameter 'mystery' cannot be given"),
 ])
 def test_a_bad_app_is_one_line_and_exit_code_3(app: str, says: str) -> None:
     proc = subprocess.run([*OUTBOX, "worker", app,

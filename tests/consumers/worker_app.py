@@ -36,3 +36,14 @@ def cli_walk(settings: Settings) -> Consumer:
 
 
 not_a_consumer = 42
+
+
+def _unservable(event: IncomingEvent, mystery) -> None:  # type: ignore[no-untyped-def]
+    """A parameter the runtime cannot give: the app's factory fails at registration."""
+
+
+def bad_handler(settings: Settings) -> Consumer:
+    """An app whose handler signature cannot be served (exit 3 at start, one line)."""
+    app = Consumer(settings, "g-bad-handler")
+    app.add_handler("bad-handler-events", None, _unservable)
+    return app

@@ -290,6 +290,16 @@ def test_an_application_alembic_history_can_include_the_toolkit_tables(
         def downgrade():
             downgrade_schema_v3(Operations(op.get_context()), schema="public")
     """))
+    (app / "versions" / "a5_outbox_v5.py").write_text(textwrap.dedent("""
+        from alembic import op
+        from alembic.operations import Operations
+        from outbox.migrations.ddl import downgrade_schema_v5, upgrade_schema_v5
+        revision, down_revision, branch_labels, depends_on = "a5", "a4", None, None
+        def upgrade():
+            upgrade_schema_v5(Operations(op.get_context()), schema="public")
+        def downgrade():
+            downgrade_schema_v5(Operations(op.get_context()), schema="public")
+    """))
     config = Config()
     config.set_main_option("script_location", str(app))
     config.set_main_option("sqlalchemy.url",

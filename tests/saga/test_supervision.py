@@ -69,6 +69,18 @@ def test_relay_stops_with_worker_died_when_one_of_its_relays_dies(
     assert "relay-shipping" in log_of(saga_env, "relay")
 
 
+@pytest.mark.parametrize("service", ["inventory", "relay"])
+def test_metrics_host_chooses_the_address_of_health(saga_env: SagaProcesses,
+                                                    service: str) -> None:
+    """--metrics-host (here through OUTBOX_METRICS_HOST): 0.0.0.0 in a container."""
+    saga_env.env["OUTBOX_METRICS_HOST"] = "127.0.0.2"
+    saga_env.start(service)
+    wait_healthy(f"http://127.0.0.2:{saga_env.metrics_ports[service]}/health",
+                 saga_env.procs[service], timeout=90)
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{saga_env.metrics_ports[service]}/health", timeout=2)
+
+
 def test_relay_refuses_to_start_when_an_outbox_is_missing(
         saga_env: SagaProcesses, database_url: str) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:

@@ -1,0 +1,58 @@
+"""``outbox`` with an OpenTelemetry SDK tracer provider whose exporter drops every span:
+the cost of recording spans (the relay's send span per batch) without an exporter's.
+
+    .venv/bin/python bench/traced_outbox.py relay run ...   # as `outbox relay run ...`
+
+The spans go through a BatchSpanProcessor, as in production, to an exporter that does
+nothing; the count of exported spans is printed at exit (to check spans were made).
+"""
+
+from __future__ import annotations
+
+import atexit
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+class DropExporter(SpanExporter):
+    """Counts spans, keeps none."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.count += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def install() -> tuple[TracerProvider, DropExporter]:
+    """Make an SDK provider with a dropping exporter the global one."""
+    exporter = DropExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider, exporter
+
+
+def main() -> None:
+    provider, exporter = install()
+
+    def report() -> None:
+        provider.shutdown()
+        print(f"traced_outbox: {exporter.count} spans exported", file=sys.stderr)
+
+    atexit.register(report)
+    from outbox.cli import main as outbox_main
+
+    outbox_main(prog_name="outbox")
+
+
+if __name__ == "__main__":
+    main()

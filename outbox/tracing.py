@@ -1,0 +1,277 @@
+"""OpenTelemetry traces across the outbox hop, when ``opentelemetry-api`` is installed.
+
+Everything here is optional: without the package (``pip install 'outbox-toolkit[otel]'``)
+every function is a cheap no-op, and with the API but no SDK tracer provider configured
+no span is built. Spans are only recorded once a tracer provider is set, by the
+application, by ``opentelemetry-instrument``, or by :func:`configure_from_env`
+(``OUTBOX_TRACE_FILE``: JSON lines, :mod:`outbox.trace_file`).
+
+- :func:`current_traceparent`: what :func:`outbox.publish.publish` stores in the row's
+  ``traceparent`` when the caller passes none (captured at insert time);
+- :class:`RelaySpans`: one ``send`` span (PRODUCER) per relay batch, linked to the
+  publish context of each of its rows (and a child of the first one's, so a batch of one
+  order's events sits in that order's trace);
+- :func:`process_span`: a ``process`` span (CONSUMER) around each handler, the child of
+  the context in the record's ``traceparent`` header; events the handler publishes carry
+  that span's context forward;
+- :func:`server_span`: a SERVER span around an HTTP request (the saga's ``POST /orders``).
+
+Semantic conventions: OpenTelemetry's messaging conventions (``messaging.system=kafka``,
+``messaging.operation.type``, ``messaging.destination.name`` ...). docs/tracing.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
+
+from outbox.errors import ConfigurationError
+
+try:
+    from opentelemetry import context as otel_context
+    from opentelemetry import trace
+    from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+    from opentelemetry.trace.span import TraceState
+except ImportError:  # the optional extra is not installed: everything is a no-op
+    trace = None  # type: ignore[assignment]
+
+TRACER_NAME = "outbox"
+TRACE_FILE_ENV = "OUTBOX_TRACE_FILE"
+# Links of one relay span: OpenTelemetry's default span link limit.
+MAX_LINKS = 128
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_INVALID_IDS = ("0" * 32, "0" * 16)
+
+
+def available() -> bool:
+    """True when ``opentelemetry-api`` is importable."""
+    return trace is not None
+
+
+def enabled() -> bool:
+    """True when spans are recorded: the API is installed and a tracer provider is set."""
+    if trace is None:
+        return False
+    provider = trace.get_tracer_provider()
+    return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+_tracers: dict[int, Any] = {}
+
+
+def _tracer() -> Any:
+    provider = trace.get_tracer_provider()
+    found = _tracers.get(id(provider))
+    if found is None:
+        found = _tracers[id(provider)] = provider.get_tracer(TRACER_NAME)
+    return found
+
+
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, or None (no API, no valid span)."""
+    if trace is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+
+
+def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None = None
+                      ) -> Any:
+    """The remote ``SpanContext`` of a W3C ``traceparent`` value, or None if it is not one
+    (or the API is not installed)."""
+    if trace is None or value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    found = _TRACEPARENT.match(value.strip())
+    if found is None:
+        return None
+    version, trace_id, span_id, flags = found.groups()
+    if version == "ff" or trace_id == _INVALID_IDS[0] or span_id == _INVALID_IDS[1]:
+        return None
+    if version == "00" and len(value.strip()) != 55:
+        return None
+    state = None
+    if tracestate:
+        text = tracestate.decode("ascii", "replace") if isinstance(tracestate, bytes) \
+            else tracestate
+        state = TraceState.from_header([text])
+    return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                       trace_flags=TraceFlags(int(flags, 16)), trace_state=state)
+
+
+def _parent(traceparent: str | bytes | None, tracestate: str | bytes | None = None) -> Any:
+    remote = parse_traceparent(traceparent, tracestate)
+    if remote is None:
+        return None
+    return trace.set_span_in_context(trace.NonRecordingSpan(remote))
+
+
+@contextlib.contextmanager
+def server_span(name: str, traceparent: str | None = None,
+                attributes: Mapping[str, Any] | None = None) -> Iterator[None]:
+    """A SERVER span named ``name`` around the block, the child of ``traceparent`` (the
+    request's header) if valid; current inside the block, so what it publishes carries it.
+    Nothing new when a span is current already (the web framework's own instrumentation,
+    which FastAPI has when OpenTelemetry is installed, traced the request)."""
+    if not enabled() or trace.get_current_span().get_span_context().is_valid:
+        yield
+        return
+    with _tracer().start_as_current_span(name, context=_parent(traceparent),
+                                         kind=SpanKind.SERVER,
+                                         attributes=dict(attributes or {})):
+        yield
+
+
+class _CurrentSpan:
+    """``span`` current inside the block, ended after it; an exception is recorded on it
+    and marks it failed, and goes on. (What ``start_as_current_span`` does, at half the
+    cost: a consumer makes one per message.)"""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Any) -> None:
+        self.span = span
+        self.token: Any = None
+
+    def __enter__(self) -> None:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 _tb: object) -> None:
+        otel_context.detach(self.token)
+        if exc is not None:
+            self.span.record_exception(exc)
+            self.span.set_status(Status(StatusCode.ERROR, f"{kind.__name__ if kind else ''}: "
+                                                          f"{exc}"))
+        self.span.end()
+
+
+def process_span(topic: str, partition: int, offset: int, event_id: str,
+                 headers: Mapping[str, bytes], handler: str,
+                 key: str | None = None) -> AbstractContextManager[None]:
+    """A ``process {topic}`` CONSUMER span around one handler call, the child of the
+    record's ``traceparent`` header (the publish context). Current inside the block: what
+    the handler publishes carries its context. An exception marks it failed, and goes on."""
+    if not enabled():
+        return contextlib.nullcontext()
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka", "messaging.operation.type": "process",
+        "messaging.operation.name": "process", "messaging.destination.name": topic,
+        "messaging.destination.partition.id": str(partition),
+        "messaging.kafka.offset": offset, "messaging.message.id": event_id,
+        "outbox.handler": handler}
+    if key is not None:
+        attributes["messaging.kafka.message.key"] = key
+    event_type = headers.get("eventType") or headers.get("ce_type")
+    if event_type is not None:
+        attributes["outbox.event_type"] = event_type.decode("utf-8", "replace")
+    parent = _parent(headers.get("traceparent"), headers.get("tracestate"))
+    return _CurrentSpan(_tracer().start_span(f"process {topic}", context=parent,
+                                             kind=SpanKind.CONSUMER, attributes=attributes))
+
+
+class RelaySpans:
+    """The relay's ``send`` spans: one per batch, from hand-over to librdkafka until every
+    delivery report is in (:meth:`started` / :meth:`settled`).
+
+    Rows are the relay's tuples: ``id, aggregatetype, aggregateid, type, payload,
+    created_ms, correlation_id, causation_id, traceparent, ...``. The span links to each
+    row's publish context (the first :data:`MAX_LINKS`, each link naming its event id) and
+    is the child of the first one, so a batch of one order's events is in its trace.
+    """
+
+    def __init__(self, topic_of: Callable[[str], str]) -> None:
+        self.topic_of = topic_of
+        self.open: dict[int, tuple[Any, int]] = {}  # id(batch) -> (span, row count)
+
+    def started(self, batch: object, rows: Sequence[Sequence[Any]]) -> None:
+        """Open the ``send`` span of ``batch`` (no-op unless spans are recorded)."""
+        if not rows or not enabled():
+            return
+        links: list[Any] = []
+        parent = None
+        types = {row[1] for row in rows}
+        for row in rows:
+            if row[8] is None:
+                continue
+            remote = parse_traceparent(row[8])
+            if remote is not None:
+                links.append(Link(remote, {"messaging.message.id": row[0]}))
+                if parent is None:
+                    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
+                if len(links) == MAX_LINKS:
+                    break
+        topics = sorted(self.topic_of(t) for t in types)
+        destination = topics[0] if len(topics) == 1 else "multiple"
+        attributes: dict[str, Any] = {
+            "messaging.system": "kafka", "messaging.operation.type": "send",
+            "messaging.operation.name": "send",
+            "messaging.batch.message_count": len(rows)}
+        if len(topics) == 1:
+            attributes["messaging.destination.name"] = destination
+        else:
+            attributes["outbox.destinations"] = topics
+        if len(rows) == 1:
+            attributes["messaging.message.id"] = rows[0][0]
+            attributes["messaging.kafka.message.key"] = rows[0][2]
+        span = _tracer().start_span(f"send {destination}", context=parent,
+                                    kind=SpanKind.PRODUCER, attributes=attributes, links=links)
+        if len(self.open) > 10_000:  # batches lost with a connection never settle
+            for stale, _ in self.open.values():
+                stale.end()
+            self.open.clear()
+        self.open[id(batch)] = (span, len(rows))
+
+    def settled(self, batch: object, failed: int, partitions: Sequence[int] = ()) -> None:
+        """Close the span of ``batch``: an error status if ``failed`` rows failed."""
+        found = self.open.pop(id(batch), None)
+        if found is None:
+            return
+        span, count = found
+        if len(set(partitions)) == 1:
+            span.set_attribute("messaging.destination.partition.id", str(partitions[0]))
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, f"{failed} of {count} records failed"))
+        span.end()
+
+
+_configured: list[str] = []
+
+
+def configure_from_env(service: str, environ: Mapping[str, str] | None = None) -> bool:
+    """Set a tracer provider that writes spans as JSON lines to ``OUTBOX_TRACE_FILE``
+    (``{service}`` and ``{pid}`` in it are replaced), if that variable is set. True if it
+    did. A :class:`ConfigurationError` (one line) if it is set without the SDK."""
+    env = os.environ if environ is None else environ
+    path = env.get(TRACE_FILE_ENV, "").strip()
+    if not path or _configured:
+        return False
+    try:
+        from outbox.trace_file import install_file_provider
+    except ImportError:
+        raise ConfigurationError(
+            f"{TRACE_FILE_ENV} is set but opentelemetry-sdk is not installed: "
+            "pip install 'outbox-toolkit[otel]' opentelemetry-sdk") from None
+    target = path.replace("{service}", service).replace("{pid}", str(os.getpid()))
+    try:
+        install_file_provider(target, env.get("OTEL_SERVICE_NAME") or service)
+    except OSError as exc:
+        raise ConfigurationError(f"{TRACE_FILE_ENV}: cannot write {target!r}: "
+                                 f"{exc.strerror or exc}") from None
+    _configured.append(target)
+    return True
+
+
+__all__ = ["MAX_LINKS", "TRACE_FILE_ENV", "RelaySpans", "available", "configure_from_env",
+           "current_traceparent", "enabled", "parse_traceparent", "process_span",
+           "server_span"]

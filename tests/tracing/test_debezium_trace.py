@@ -1,0 +1,71 @@
+"""Debezium's records carry the publish context in ``traceparent`` (the rendered config
+places the column as a header), and a consumer continues the trace from them."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from consumers import Consumer, ConsumerOptions, IncomingEvent
+from outbox.cli import main
+from outbox.publish import Event, publish
+from outbox.settings import Settings
+from tests.connect.test_cdc import read, wait_running
+
+pytestmark = [pytest.mark.connect, pytest.mark.postgres, pytest.mark.kafka]
+
+
+def test_a_consumer_continues_the_trace_from_debezium_records(
+        cdc: dict[str, Any], database_url: str, kafka_bootstrap: str, connect_url: str,
+        memory_spans: InMemorySpanExporter) -> None:
+    result = CliRunner().invoke(main, ["connect", "apply", *cdc["args"]], env=cdc["env"])
+    assert result.exit_code == 0, result.output
+    wait_running(connect_url, cdc["name"])
+    time.sleep(2)  # the slot is created as the task starts streaming
+    with trace.get_tracer("test").start_as_current_span("POST /orders") as request, \
+            psycopg.connect(database_url) as conn:
+        (event,) = publish(conn, Event("order", "o-1", "OrderCreated", {"orderId": "o-1"}))
+    topic = cdc["template"].replace("{aggregatetype}", "order")
+    (record,) = read(kafka_bootstrap, topic, 1)
+    assert record.header("traceparent") == (event.traceparent or "").encode()
+
+    settings = Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap)
+    engine = create_engine(settings.sqlalchemy_url(), pool_size=2)
+    app = Consumer(settings, f"g-{cdc['name']}", engine=engine,
+                   options=ConsumerOptions(poll_timeout=0.1))
+    seen: list[Any] = []
+
+    def handle(session: Session, incoming: IncomingEvent) -> None:
+        seen.append(trace.get_current_span().get_span_context())
+
+    app.add_handler(topic, "OrderCreated", handle)
+    thread = threading.Thread(target=app.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        app.request_stop()
+        thread.join(30)
+        engine.dispose()
+    assert seen
+    (process,) = [s for s in memory_spans.get_finished_spans() if s.kind is SpanKind.CONSUMER]
+    ctx = request.get_span_context()
+    assert process.name == f"process {topic}"
+    assert process.context is not None and process.parent is not None
+    assert process.context.trace_id == ctx.trace_id  # one trace through Debezium
+    assert process.parent.span_id == ctx.span_id  # the child of the publishing span
+    assert seen[0].span_id == process.context.span_id  # current inside the handler
+    assert process.attributes is not None
+    assert process.attributes["messaging.message.id"] == str(event.id)

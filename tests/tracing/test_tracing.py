@@ -1,0 +1,201 @@
+"""outbox.tracing: optional, the publish context captured at insert time, the relay's
+send span per batch with its links, a handler's process span."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from outbox import tracing
+from outbox.errors import ConfigurationError
+from outbox.publish import Event, publish
+from tests.harness.kafka import consume_all, create_topic
+from tests.relay.conftest import relay_settings
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+# Hides opentelemetry the way a missing package does (a None entry makes import fail).
+WITHOUT_OTEL = """
+import sys
+for name in [n for n in sys.modules if n.startswith("opentelemetry")]:
+    del sys.modules[name]
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name == "opentelemetry" or name.startswith("opentelemetry."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+sys.meta_path.insert(0, Hide())
+from outbox import tracing
+import outbox.publish, relay.loop, consumers.handlers, consumers, relay.cli, consumers.cli
+assert not tracing.available() and not tracing.enabled()
+assert tracing.current_traceparent() is None
+assert tracing.parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01") is None
+with tracing.process_span("t", 0, 1, "id", {}, "h"):
+    pass
+spans = tracing.RelaySpans(lambda t: t)
+spans.started(object(), [("id", "order", "k", "T", None, 0, None, None, None)])
+spans.settled(object(), 0)
+from outbox.errors import ConfigurationError
+try:
+    tracing.configure_from_env("relay", {"OUTBOX_TRACE_FILE": "/tmp/x.jsonl"})
+except ConfigurationError as exc:
+    print("config error:", exc)
+"""
+
+
+def test_everything_works_without_opentelemetry() -> None:
+    done = subprocess.run([sys.executable, "-c", WITHOUT_OTEL], capture_output=True,
+                          text=True, timeout=60, env={**os.environ})
+    assert done.returncode == 0, done.stderr
+    assert "config error: OUTBOX_TRACE_FILE is set but opentelemetry-sdk is not installed" \
+        in done.stdout
+
+
+@pytest.mark.parametrize(("value", "valid"), [
+    (TRACEPARENT, True),
+    (TRACEPARENT.encode(), True),
+    ("00-00000000000000000000000000000000-00f067aa0ba902b7-01", False),
+    ("00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", False),
+    ("ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", False),
+    (TRACEPARENT + "-extra", False),  # version 00 has exactly four fields
+    ("cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future", True),
+    ("garbage", False), ("", False), (None, False), (b"\xff\xfe", False),
+])
+def test_parse_traceparent(value: Any, valid: bool) -> None:
+    ctx = tracing.parse_traceparent(value)
+    assert (ctx is not None) == valid
+    if valid:
+        assert f"{ctx.trace_id:032x}" == "4bf92f3577b34da6a3ce929d0e0e4736"
+        assert ctx.is_remote
+
+
+def test_unwritable_trace_file_is_one_line(tmp_path: Any) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigurationError, match="OUTBOX_TRACE_FILE: cannot write"):
+        tracing.configure_from_env("relay", {"OUTBOX_TRACE_FILE": str(blocker / "x.jsonl")})
+    assert not tracing.enabled()
+
+
+def test_no_provider_no_span_no_capture() -> None:
+    assert not tracing.enabled()
+    with trace.get_tracer("t").start_as_current_span("x"):
+        assert tracing.current_traceparent() is None  # a no-op span has no valid context
+
+
+@pytest.mark.postgres
+def test_publish_captures_the_current_span_at_insert(outbox_url: str,
+                                                     memory_spans: InMemorySpanExporter
+                                                     ) -> None:
+    tracer = trace.get_tracer("test")
+    with tracer.start_as_current_span("request") as span, psycopg.connect(outbox_url) as conn:
+        ctx = span.get_span_context()
+        captured, kept = publish(conn, Event("order", "o-1", "Created", {}),
+                                 Event("order", "o-1", "Paid", {}, traceparent=TRACEPARENT))
+    untraced = Event("order", "o-2", "Created", {})
+    with psycopg.connect(outbox_url) as conn:
+        publish(conn, untraced)
+        stored: dict[str, str | None] = dict(conn.execute(
+            "select id::text, traceparent from outbox").fetchall())
+    # as OpenTelemetry's W3C propagator writes it (flags: sampled, and random ids)
+    expected = f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    assert captured.traceparent == expected
+    assert stored[str(captured.id)] == expected
+    assert stored[str(kept.id)] == TRACEPARENT  # the caller's own wins
+    assert stored[str(untraced.id)] is None
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+def test_relay_send_span_per_batch_links_each_publish_context(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any,
+        memory_spans: InMemorySpanExporter) -> None:
+    settings = relay_settings(outbox_url, kafka_bootstrap, prefix)
+    create_topic(kafka_bootstrap, prefix + "-order", 1)
+    tracer = trace.get_tracer("test")
+    contexts = []
+    with psycopg.connect(outbox_url) as conn:
+        for n in range(3):
+            with tracer.start_as_current_span(f"request-{n}") as span:
+                publish(conn, Event("order", f"o-{n}", "Created", {"n": n}))
+                contexts.append(span.get_span_context())
+        publish(conn, Event("order", "o-x", "Created", {}))  # no trace: no link
+    relay = start_relay(settings, pipeline_depth=1)  # every shard in one group: one batch
+    records = consume_all(kafka_bootstrap, prefix + "-order", expected=4, timeout=30)
+    assert len(records) == 4
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not [
+            s for s in memory_spans.get_finished_spans() if s.kind is SpanKind.PRODUCER]:
+        time.sleep(0.1)
+    assert relay.stop() == 0
+    sends = [s for s in memory_spans.get_finished_spans() if s.kind is SpanKind.PRODUCER]
+    assert len(sends) == 1, [s.name for s in sends]  # one transaction's rows: one batch
+    (send,) = sends
+    assert send.name == f"send {prefix}-order"
+    assert send.attributes is not None
+    assert send.attributes["messaging.system"] == "kafka"
+    assert send.attributes["messaging.destination.name"] == prefix + "-order"
+    assert send.attributes["messaging.batch.message_count"] == 4
+    assert [(link.context.trace_id, link.context.span_id) for link in send.links] == [
+        (c.trace_id, c.span_id) for c in contexts]
+    ids = {r.header("id").decode() for r in records if r.header("traceparent")}  # type: ignore[union-attr]
+    assert {link.attributes["messaging.message.id"] for link in send.links  # type: ignore[index]
+            } == ids
+    # the child of the first row's context, so a batch of one request's rows is in its trace
+    assert send.parent is not None and send.parent.span_id == contexts[0].span_id
+    assert send.status.is_ok
+
+
+def test_server_span_continues_the_callers_trace(memory_spans: InMemorySpanExporter) -> None:
+    with tracing.server_span("POST /orders", TRACEPARENT, {"http.route": "/orders"}):
+        inside = tracing.current_traceparent()
+    with trace.get_tracer("framework").start_as_current_span("request"), \
+            tracing.server_span("POST /orders", TRACEPARENT):
+        pass  # a framework's span is current: nothing new
+    (span, framework) = memory_spans.get_finished_spans()
+    assert span.kind is SpanKind.SERVER and framework.name == "request"
+    assert span.parent is not None and f"{span.parent.span_id:016x}" == "00f067aa0ba902b7"
+    assert inside is not None and inside.split("-")[1] == TRACEPARENT.split("-")[1]
+
+
+def test_process_span_marks_a_failed_handler(memory_spans: InMemorySpanExporter) -> None:
+    headers = {"traceparent": TRACEPARENT.encode(), "eventType": b"Created"}
+    with pytest.raises(RuntimeError), tracing.process_span("t", 2, 9, "e-1", headers, "h", "k"):
+        raise RuntimeError("boom")
+    (span,) = memory_spans.get_finished_spans()
+    assert not span.status.is_ok
+    assert span.events and span.events[0].name == "exception"
+    assert span.attributes is not None
+    assert span.attributes["messaging.destination.partition.id"] == "2"
+    assert span.attributes["outbox.event_type"] == "Created"
+    assert span.context is not None and f"{span.context.trace_id:032x}" == TRACEPARENT[3:35]
+
+
+def test_forwarded_request_is_the_child_of_the_process_span(
+        memory_spans: InMemorySpanExporter) -> None:
+    import uuid as uuid_mod
+    from types import SimpleNamespace
+
+    from consumers.forward_http import RouteClient
+    from consumers.message import IncomingEvent
+
+    event = IncomingEvent(uuid_mod.uuid4(), "Created", {}, "k", "t", 0, 1, 0,
+                          {"traceparent": TRACEPARENT.encode()})
+    client: Any = SimpleNamespace(route=SimpleNamespace(headers={}))
+    assert RouteClient.headers(client, event)["traceparent"] == TRACEPARENT  # outside a span
+    with tracing.process_span("t", 0, 1, str(event.id), event.headers, "forward"):
+        inside = RouteClient.headers(client, event)["traceparent"]
+    (span,) = memory_spans.get_finished_spans()
+    assert span.context is not None
+    assert inside == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-" \
+                     f"{span.context.trace_flags:02x}"
+    assert inside.split("-")[1] == TRACEPARENT.split("-")[1]
