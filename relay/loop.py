@@ -63,6 +63,9 @@ class Relay:
         self.queries = Queries.for_settings(settings)
         self.metrics = RelayMetrics()
         self.health = Health()
+        # Unix time of the loop's last turn, read at scrape time (no cost in the loop).
+        self.metrics.last_loop.set_function(
+            lambda: time.time() - (time.monotonic() - self.health.last_loop))
         self.shards = ShardOwnership(self.queries)
         self.depth = max(1, self.options.pipeline_depth)
         self.groups = [ShardGroup(i) for i in range(self.depth)]

@@ -110,6 +110,9 @@ def test_metrics_and_health_endpoint(outbox_url: str, kafka_bootstrap: str, pref
         assert "outbox_relay_backlog 0.0" in text
         assert "outbox_relay_commit_to_ack_seconds_count 30.0" in text
         assert "outbox_relay_oldest_pending_age_seconds" in text
+        [last_loop] = [float(line.split()[1]) for line in text.splitlines()
+                       if line.startswith("outbox_relay_last_loop_timestamp_seconds ")]
+        assert abs(time.time() - last_loop) < 5, last_loop  # the loop turned just now
         handle.stop()
         handle.relay.health.last_loop -= 60  # a stopped loop is reported unhealthy
         with pytest.raises(urllib.error.HTTPError) as err:
