@@ -6,9 +6,7 @@ configured schema and table and converts rows to and from events.
 
 from __future__ import annotations
 
-import functools
 import json
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,23 +18,9 @@ from sqlalchemy.orm import Session
 from consumers.forward_http import Attempt
 from consumers.message import IncomingEvent
 from outbox.settings import Settings, qualified, quote_ident
+from outbox.sql import render, statements_in
 
 SQL_FILE = Path(__file__).with_name("forward.sql")
-
-
-@functools.cache
-def statements() -> dict[str, str]:
-    """``forward.sql`` split at its ``-- name: x`` lines."""
-    named: dict[str, str] = {}
-    current: str | None = None
-    for line in SQL_FILE.read_text().splitlines():
-        match = re.match(r"^-- name: (\w+)\s*$", line)
-        if match:
-            current = match.group(1)
-            named[current] = ""
-        elif current is not None and not line.startswith("--"):
-            named[current] += line + "\n"
-    return {name: body.strip() for name, body in named.items()}
 
 
 def event_key(event: IncomingEvent) -> str:
@@ -66,9 +50,9 @@ class ParkStore:
     def __init__(self, settings: Settings, table: str) -> None:
         self.table = qualified(settings.db_schema, table)
         names = {"table": self.table, "index": quote_ident(f"{table}_route_key_seq")}
-        self.sql: dict[str, TextClause] = {
-            name: text(body.format(**names)) for name, body in statements().items()}
-        self._create = statements()["create"].format(**names)
+        bodies = {name: render(body, **names) for name, body in statements_in(SQL_FILE).items()}
+        self.sql: dict[str, TextClause] = {name: text(body) for name, body in bodies.items()}
+        self._create = bodies["create"]
 
     def create(self, engine: Engine) -> None:
         """Create the table and its index if they do not exist (idempotent)."""
@@ -141,4 +125,4 @@ def _last(attempt: Attempt | None) -> dict[str, Any]:
             "last_latency_ms": attempt.latency * 1000}
 
 
-__all__ = ["ParkStore", "Parked", "event_key", "event_value", "statements"]
+__all__ = ["ParkStore", "Parked", "event_key", "event_value"]

@@ -30,13 +30,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from http.server import ThreadingHTTPServer
-from types import FrameType
 from typing import TypeVar
 
 from confluent_kafka import Consumer as KafkaConsumer
@@ -69,6 +66,7 @@ from outbox.exit_codes import (
 from outbox.logs import message_fields
 from outbox.preflight import check_database, check_kafka
 from outbox.settings import Settings
+from outbox.signals import drain_on_signals
 
 log = logging.getLogger("outbox.consumer")
 H = TypeVar("H", bound=Handler)
@@ -110,7 +108,6 @@ class Consumer:
         self._runner: asyncio.Runner | None = None
         self.kafka: KafkaConsumer | None = None
         self.dead_letters: DeadLetterWriter | None = None
-        self._signals = 0
         self._last_lag = 0.0
 
     # ------------------------------------------------------------------ registration
@@ -163,19 +160,11 @@ class Consumer:
         return self.state.check()
 
     def install_signal_handlers(self) -> None:
-        """First SIGTERM/SIGINT drains; a second one exits at once."""
-
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            self._signals += 1
-            if self._signals > 1:
-                log.warning("second signal: exiting now", extra={"action": "consumer_kill"})
-                os._exit(EXIT_INTERRUPTED)
-            log.info("signal %d: finishing the current batch", signum,
-                     extra={"action": "consumer_stopping"})
-            self.request_stop()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
+        """First SIGTERM/SIGINT finishes the current batch and stops; a second one exits at
+        once (:func:`outbox.signals.drain_on_signals`)."""
+        # The consumer's log actions predate the shared helper; they are documented.
+        drain_on_signals(self.request_stop, log, "consumer", signal_action="consumer_stopping",
+                         abort_action="consumer_kill")
 
     def run(self) -> int:
         """Consume until :meth:`request_stop`; returns a process exit code

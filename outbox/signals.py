@@ -12,21 +12,24 @@ from outbox.exit_codes import EXIT_INTERRUPTED
 
 
 def drain_on_signals(request_stop: Callable[[], None], log: logging.Logger,
-                     component: str) -> None:
-    """Install SIGTERM/SIGINT handlers: the first logs ``<component>_signal`` and calls
-    ``request_stop`` (the daemon finishes what is in flight); a second one logs
-    ``<component>_abort`` and exits with EXIT_INTERRUPTED without draining (the operator
-    asked twice)."""
+                     component: str, *, signal_action: str | None = None,
+                     abort_action: str | None = None) -> None:
+    """Install SIGTERM/SIGINT handlers: the first logs ``signal_action`` (default
+    ``<component>_signal``) and calls ``request_stop`` (the daemon finishes what is in
+    flight); a second one logs ``abort_action`` (default ``<component>_abort``) and exits
+    with EXIT_INTERRUPTED without draining (the operator asked twice)."""
     count = 0
+    signal_action = signal_action or f"{component}_signal"
+    abort_action = abort_action or f"{component}_abort"
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         nonlocal count
         count += 1
         if count > 1:
-            log.warning("second signal: exiting now", extra={"action": f"{component}_abort"})
+            log.warning("second signal: exiting now", extra={"action": abort_action})
             os._exit(EXIT_INTERRUPTED)
         log.info("signal %s: draining", signal.Signals(signum).name,
-                 extra={"action": f"{component}_signal"})
+                 extra={"action": signal_action})
         request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -6,6 +6,7 @@ two commits, rebalance) is the contract suite, test_contract.py.
 
 from __future__ import annotations
 
+import datetime as dt
 import signal
 import subprocess
 import sys
@@ -16,9 +17,12 @@ from pathlib import Path
 import psycopg
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import create_engine
 
+from consumers.inbox import InboxStore
 from consumers.runtime import EXIT_FENCED
 from outbox.cli import main
+from outbox.settings import Settings
 from tests.consumers.support import effects, ensure_effects, thing, wait_for
 from tests.harness.kafka import create_topic, produce
 from tests.harness.stack import ROOT
@@ -36,6 +40,26 @@ def test_inbox_purge(database_url: str) -> None:
     assert "purged 30" in result.output
     with psycopg.connect(database_url) as conn:
         assert conn.execute("select count(*) from inbox").fetchone() == (1,)
+
+
+def test_inbox_purge_of_one_group_in_small_batches(database_url: str) -> None:
+    """``purge(group=...)`` deletes only that group's old rows, over several batches."""
+    with psycopg.connect(database_url) as conn:
+        for group in ("a", "b"):
+            conn.execute("insert into inbox (consumer_group, event_id, processed_at) "
+                         "select %s, gen_random_uuid(), now() - interval '2 days' "
+                         "from generate_series(1, 25)", (group,))
+        conn.execute("insert into inbox (consumer_group, event_id) values ('a', gen_random_uuid())")
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    try:
+        deleted = InboxStore(Settings()).purge(engine, dt.timedelta(days=1), "a", batch=10)
+    finally:
+        engine.dispose()
+    assert deleted == 25
+    with psycopg.connect(database_url) as conn:
+        counts: dict[str, int] = dict(conn.execute("select consumer_group, count(*) from inbox "
+                                   "group by consumer_group").fetchall())
+    assert counts == {"a": 1, "b": 25}
 
 
 @pytest.mark.slow
