@@ -36,7 +36,7 @@ from connect.client import ConnectClient, ConnectError
 from connect.config import CONNECTOR_CLASS, CdcOptions, render
 from outbox import http
 from outbox.cli_options import DURATION, CliError, settings_options
-from outbox.errors import ServiceUnavailableError
+from outbox.errors import ServiceUnavailableError, first_line
 from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_WORKER_DIED
 from outbox.preflight import check_database
 from outbox.settings import Settings, redact_url, scrub
@@ -142,7 +142,7 @@ def read_snapshot(settings: Settings, client: ConnectClient, names: Iterable[str
     try:
         snap.slots = read_slots(settings, timeout)
     except psycopg.Error as exc:
-        snap.postgres_error = scrub(_first_line(exc), settings)
+        snap.postgres_error = scrub(first_line(exc), settings)
     snap.seconds["postgres"] = time.perf_counter() - started
     started = time.perf_counter()
     try:
@@ -234,11 +234,6 @@ class CdcCollector(Collector):
                     "postgres": snap.postgres_error or "ok",
                     "connect": snap.connect_error or "ok",
                     "connectors": {c.name: c.state for c in snap.connectors}}
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _preflight(settings: Settings, names: list[str]) -> None:

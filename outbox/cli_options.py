@@ -25,7 +25,7 @@ from typing import Any, TypeVar, overload
 
 import click
 
-from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
+from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError, first_line
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE, EXIT_USAGE
 from outbox.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from outbox.settings import Settings, load_settings, redact_url, scrub, secrets_of
@@ -104,11 +104,6 @@ class CliError(click.ClickException):
         self.exit_code = exit_code  # type: ignore[misc]  # click's is a class default
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def cli_error(exc: BaseException, settings: Settings | None = None) -> CliError:
     """What ``exc`` means to the person at the terminal: one line and an exit code.
 
@@ -139,17 +134,17 @@ def cli_error(exc: BaseException, settings: Settings | None = None) -> CliError:
         return _database_error(exc, settings, preflight.database_failure)
     if isinstance(exc, KafkaException) and settings is not None:
         error = exc.args[0] if exc.args else None
-        detail = error.str() if isinstance(error, KafkaError) else _first_line(exc)
+        detail = error.str() if isinstance(error, KafkaError) else first_line(exc)
         return cli_error(preflight.kafka_failure(detail, settings,
                                                  settings.kafka_bootstrap_servers), settings)
     # (alembic by module: importing it logs its plugin set-up at info level)
     if isinstance(exc, OutboxError | psycopg.Error | KafkaException) or type(
             exc).__module__.startswith("alembic."):
-        return CliError(clean(_first_line(exc)), EXIT_ERROR)
+        return CliError(clean(first_line(exc)), EXIT_ERROR)
     if isinstance(exc, sqlalchemy.exc.ArgumentError):
-        return CliError(clean(f"database URL: {_first_line(exc)}; check OUTBOX_DATABASE_URL "
+        return CliError(clean(f"database URL: {first_line(exc)}; check OUTBOX_DATABASE_URL "
                               "/ --database-url"), EXIT_CONFIG)
-    return CliError(clean(f"unexpected {type(exc).__name__}: {_first_line(exc)} (a bug: "
+    return CliError(clean(f"unexpected {type(exc).__name__}: {first_line(exc)} (a bug: "
                           "rerun with OUTBOX_TRACEBACK=1 to see where, and report it)"),
                     EXIT_ERROR)
 
@@ -159,7 +154,7 @@ def _database_error(exc: Any, settings: Settings, failure: Callable[..., OutboxE
     """A psycopg error: the connection failed, or a statement did."""
     import psycopg
 
-    line = scrub(_first_line(exc), settings)
+    line = scrub(first_line(exc), settings)
     if isinstance(exc, psycopg.errors.InsufficientPrivilege):
         return CliError(f"{line}: the database role lacks a privilege this command needs; "
                         "`outbox db roles --sql` prints the grants (docs/operations.md)",

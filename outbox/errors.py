@@ -33,3 +33,10 @@ class PayloadTooLargeError(EventValidationError):
 
 class ServiceUnavailableError(OutboxError):
     """The database or the Kafka broker did not answer in time."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (driver errors span several), or its type's
+    name when the message is empty: what one-line errors and log lines show."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

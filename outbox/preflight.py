@@ -23,7 +23,7 @@ import psycopg
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
-from outbox.errors import ConfigurationError, ServiceUnavailableError
+from outbox.errors import ConfigurationError, ServiceUnavailableError, first_line
 from outbox.logs import KAFKA_LOGGER, with_client_logger
 from outbox.settings import Settings, scrub
 
@@ -40,17 +40,12 @@ DATABASE_HINT = "check OUTBOX_DATABASE_URL / --database-url"
 KAFKA_HINT = "check OUTBOX_KAFKA_BOOTSTRAP_SERVERS / --kafka-bootstrap-servers"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def database_failure(exc: psycopg.Error, settings: Settings,
                      timeout: float | None = None) -> ConfigurationError | ServiceUnavailableError:
     """The one-line error for a failed connection (or statement) to the database: a
     configuration problem, or the server not answering."""
     where = scrub(settings.require_database_url(), settings)
-    line = scrub(_first_line(exc), settings)
+    line = scrub(first_line(exc), settings)
     if isinstance(exc, psycopg.ProgrammingError) or any(
             word in line.lower() for word in _CONFIG_PROBLEMS):
         return ConfigurationError(f"database {where}: {line}; {DATABASE_HINT}")
@@ -110,7 +105,7 @@ def check_kafka(settings: Settings, config: dict[str, Any] | None = None,
     except KafkaException as exc:
         error = exc.args[0] if exc.args else None
         detail = heard.last or (error.str() if isinstance(error, KafkaError)
-                                else _first_line(exc))
+                                else first_line(exc))
         for line in heard.lines:
             log.debug("librdkafka: %s", scrub(line, settings),
                       extra={"action": "preflight_kafka_log"})

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from outbox.errors import first_line
 from outbox.settings import Settings
 from relay.queries import prefer_index_scans
 
@@ -44,7 +45,4 @@ def connect(settings: Settings, application_name: str, *, reads_outbox: bool = F
     return conn
 
 
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (driver errors span several)."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+__all__ = ["Connection", "connect", "first_line"]
