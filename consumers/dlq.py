@@ -43,6 +43,11 @@ MAX_MESSAGE = 2000
 KEEP_VALUE_BYTES = 64 * 1024
 KEEP_KEY_BYTES = 1024
 KEEP_HEADER_BYTES = 16 * 1024
+# Every ``dlq.reason`` a consumer writes: the metric's series exist from the start (at 0),
+# so an alert on their increase sees the first dead letter too.
+REASONS = ("handler-failed", "too-large", "unreadable-headers", "missing-id", "malformed-id",
+           "undecodable-value", "empty-value", "missing-event-type", "unknown-event-type",
+           "invalid-payload", "decode-failed")
 
 
 def dlq_topic(topic: str) -> str:

@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from consumers.errors import is_connection_lost
 from consumers.forward_config import ForwardConfig, Route
-from consumers.forward_dlq import DeadLetters, StoppingError
+from consumers.forward_dlq import REASONS, DeadLetters, StoppingError
 from consumers.forward_http import DONE, RETRY, Attempt, ForwardMetrics, RouteClient, retry_delay
 from consumers.forward_store import ParkStore, event_key
 from consumers.forward_template import TemplateError, render_body
@@ -70,6 +70,9 @@ class Forwarder:
         self.metrics = ForwardMetrics(self.consumer.metrics.registry)
         self.routes = {route.name: route for route in config.routes}
         self.clients = {route.name: RouteClient(route, self.metrics) for route in config.routes}
+        for route in config.routes:  # at 0 from the start: increase() sees the first one
+            for reason in REASONS:
+                self.metrics.dead_lettered.labels(route.name, reason)
         self.store = ParkStore(settings, config.park_table)
         self.poll_interval = poll_interval
         self.wake = threading.Event()

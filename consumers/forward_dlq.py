@@ -33,6 +33,9 @@ class StoppingError(Exception):
     transaction rolls back) and is delivered again after the restart."""
 
 
+REASONS = ("template-failed", "retries-exhausted", "http-rejected")
+
+
 def reason_of(attempt: Attempt | None, error: Exception | None) -> str:
     """``template-failed``, ``retries-exhausted`` or ``http-rejected``."""
     if isinstance(error, TemplateError):

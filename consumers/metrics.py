@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from consumers.dlq import REASONS
+
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -23,6 +25,8 @@ class ConsumerMetrics:
         self.dead_lettered = Counter("outbox_consumer_dead_lettered",
                                      "Messages sent to a dead-letter topic, by reason",
                                      ["reason"], registry=r)
+        for reason in REASONS:  # at 0 from the start: increase() sees the first one
+            self.dead_lettered.labels(reason=reason)
         self.handler_seconds = Histogram("outbox_consumer_handler_seconds",
                                          "Time in one handler (inside its savepoint)",
                                          buckets=BUCKETS, registry=r)

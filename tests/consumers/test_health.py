@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from consumers import ConsumerOptions, IncomingEvent
 from consumers.clients import CONSUMER_CLIENT_ID, DEAD_LETTER_CLIENT_ID
+from consumers.dlq import REASONS
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
 from services.launcher import free_port
 from tests.consumers.app import Running, apply_effect, build
@@ -57,6 +58,10 @@ def test_health_is_ok_while_consuming_and_503_after_stop_and_metrics_count_and_l
             break
         time.sleep(0.2)
     assert metric(body, "outbox_consumer_handled_total") == 10
+    # Every dead-letter reason is a series from the start, at 0 (an alert on increase()
+    # would miss the first dead letter of a series that appears at 1).
+    for reason in REASONS:
+        assert f'outbox_consumer_dead_lettered_total{{reason="{reason}"}} 0.0' in body, reason
     time.sleep(0.5)  # one more lag measurement after the last commit
     _, body = get(base + "/metrics")
     assert metric(body, "outbox_consumer_lag") == 0  # everything consumed: no lag left

@@ -129,6 +129,10 @@ def test_400_is_dead_lettered_with_status_and_body_excerpt(
     later, msg2 = event("k1", 2)
     send(kafka_bootstrap, topic_ready, [msg, msg2])
     running = start_forwarder(route(endpoint, topic_ready))
+    registry = running.forwarder.consumer.metrics.registry
+    for reason in ("template-failed", "retries-exhausted"):  # series at 0 from the start
+        assert registry.get_sample_value("outbox_forward_dead_lettered_total",
+                                         {"route": "hook", "reason": reason}) == 0.0, reason
     wait_for(lambda: len(endpoint.received) == 2)
     wait_for(lambda: metric(running, "outbox_forward_dead_lettered_total", route="hook",
                             reason="http-rejected") == 1)
