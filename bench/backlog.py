@@ -45,8 +45,9 @@ from bench.relay_contenders import run_relay, write_backlog  # noqa: E402
 from outbox import migrate  # noqa: E402
 from outbox.names import SHARD_COUNT  # noqa: E402
 from outbox.settings import Settings  # noqa: E402
+from relay.connections import connect  # noqa: E402
 from relay.loop import RelayOptions  # noqa: E402
-from relay.queries import Queries, prefer_index_scans  # noqa: E402
+from relay.queries import Queries  # noqa: E402
 from relay.window import ShardCursor, read_params  # noqa: E402
 
 KINDS = ("with", "without")
@@ -118,13 +119,13 @@ def prepare(admin: str, names: RunNames, kind: str, args: argparse.Namespace
 
 
 def explain(url: str, snapshot: str, batch: int) -> str:
-    """EXPLAIN (ANALYZE, BUFFERS) of the first window read over every shard."""
+    """EXPLAIN (ANALYZE, BUFFERS) of the first window read over every shard, in a session
+    set up as the relay's reading sessions are (index scans, work_mem)."""
     queries = Queries.for_settings(Settings(database_url=url))
     shards = list(range(SHARD_COUNT))
     cursors = {s: ShardCursor(done=snapshot) for s in shards}
     params = {**read_params(shards, cursors, None), "limit": batch}
-    with psycopg.connect(url, autocommit=True) as conn:
-        prefer_index_scans(conn)
+    with connect(Settings(database_url=url), "bench-explain", reads_outbox=True) as conn:
         rows = conn.execute("explain (analyze, buffers) " + queries.first_window_batch,
                             params).fetchall()
     return "\n".join(str(r[0]) for r in rows)
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=RelayOptions.batch_size)
     parser.add_argument("--pipeline-depth", type=int, default=RelayOptions.pipeline_depth)
+    parser.add_argument("--processes", type=int, default=None,
+                        help="the relay's --processes (default: its own default)")
     parser.add_argument("--explain", action="store_true",
                         help="print EXPLAIN (ANALYZE, BUFFERS) of the first window read")
     parser.add_argument("--json", metavar="FILE", help="write the report as JSON")
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             line = []
             for kind in common.rotated(list(KINDS), r):
                 res = run_relay(urls[kind], offsets, topics[kind], {}, args.events, args,
-                                cursor_done=snapshots[kind])
+                                cursor_done=snapshots[kind], processes=args.processes)
                 if r:
                     rates[kind].append(res["rate"])
                 line.append(f"{kind} {res['rate']:,.0f}")

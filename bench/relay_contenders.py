@@ -136,12 +136,13 @@ def run_raw(records: list[Record], topic: str, warm: str, config: dict[str, str]
 
 def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, str],
               events: int, args: argparse.Namespace, py_spy: list[str] | None = None,
-              command: list[str] | None = None, cursor_done: str | None = None
-              ) -> dict[str, float]:
+              command: list[str] | None = None, cursor_done: str | None = None,
+              processes: int | None = None) -> dict[str, float]:
     """``outbox relay run`` (or ``command``) on the backlog, clocked from its spawn to the
     last append. Before it, every shard's cursor is reset: deleted (every row pending
     again), or with ``cursor_done`` (a snapshot) set to it, as the relay leaves a shard
-    after a complete window (rows committed before that snapshot stay delivered)."""
+    after a complete window (rows committed before that snapshot stay delivered).
+    ``processes``: ``--processes`` (None: the relay's default, one per CPU)."""
     cursors = Queries.for_settings(Settings(database_url=url)).cursor_table
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"delete from {cursors}")  # every row pending again
@@ -156,7 +157,7 @@ def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, s
            "OUTBOX_KAFKA_CONFIG": json.dumps(config)}
     cmd = [*(command or outbox_command()), "relay", "run", "--batch-size", str(args.batch_size),
            "--pipeline-depth", str(args.pipeline_depth), "--log-level", "warning",
-           "--log-format", "text"]
+           "--log-format", "text", *(["--processes", str(processes)] if processes else [])]
     spawned = time.time()
     proc = subprocess.Popen(cmd, env=env)
     spy = None
