@@ -4,11 +4,13 @@ parent loses nothing and keeps per-aggregate order once restarted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -35,6 +37,25 @@ OWNERS = ("select pid, count(*) from pg_locks where locktype = 'advisory' and ob
           "where datname = current_database()) group by pid")
 
 
+STARTED: list[int] = []  # every parent and child pid a test started
+
+
+@pytest.fixture(autouse=True)
+def _nothing_left_running() -> Iterator[None]:
+    """A failed test kills what it started rather than leave relays running."""
+    yield
+    while STARTED:
+        pid = STARTED.pop()
+        if not gone(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def started(proc: subprocess.Popen[bytes]) -> subprocess.Popen[bytes]:
+    STARTED.append(proc.pid)
+    return proc
+
+
 def children(log: Path, starts: int, timeout: float = 30) -> list[int]:
     """The child pids of the ``starts``-th supervisor start logged (waits for it)."""
     deadline = time.monotonic() + timeout
@@ -43,7 +64,9 @@ def children(log: Path, starts: int, timeout: float = 30) -> list[int]:
                  (log.read_text().splitlines() if log.exists() else [])
                  if '"relay_supervisor_start"' in line]
         if len(found) >= starts:
-            return [int(p) for p in found[starts - 1]]
+            pids = [int(p) for p in found[starts - 1]]
+            STARTED.extend(pids)
+            return pids
         assert time.monotonic() < deadline, "the supervisor did not start its processes"
         time.sleep(0.05)
 
@@ -83,8 +106,8 @@ def test_processes_share_the_shards_and_kill_9_of_a_child_or_the_parent_loses_no
 
     # 1. Three processes share the shards; kill -9 of one child mid-stream: the parent
     # stops the others and exits non-zero (a dead worker makes the unit fail).
-    parent = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "3",
-                         "--batch-size", "200", log=log)
+    parent = started(spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "3",
+                                 "--batch-size", "200", log=log))
     pids = children(log, 1)
     assert len(pids) == 3
     deadline = time.monotonic() + 30
@@ -98,8 +121,8 @@ def test_processes_share_the_shards_and_kill_9_of_a_child_or_the_parent_loses_no
 
     # 2. Restarted; kill -9 of the parent mid-stream: the children see their pipe end,
     # drain and exit (no orphan keeps relaying).
-    parent = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "2",
-                         "--batch-size", "200", log=log)
+    parent = started(spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "2",
+                                 "--batch-size", "200", log=log))
     pids = children(log, 2)
     time.sleep(1.0)
     kill_hard(parent)
@@ -109,7 +132,8 @@ def test_processes_share_the_shards_and_kill_9_of_a_child_or_the_parent_loses_no
     # 3. Restarted once more: it delivers everything, in per-aggregate order.
     writer.join(120)
     assert writer.error is None
-    parent = spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "2", log=log)
+    parent = started(spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "2",
+                                 log=log))
     pids = children(log, 3)
     try:
         wait_drained(outbox_url)
@@ -139,8 +163,9 @@ def test_default_is_several_processes_each_with_its_own_metrics_port(
     from tests.relay.conftest import OUTBOX_BIN
 
     with open(log, "ab") as out:
-        proc = subprocess.Popen([str(OUTBOX_BIN), "relay", "run", "--metrics-port", str(port),
-                                 "--poll-interval", "0.2"], env=env, stdout=out, stderr=out)
+        proc = started(subprocess.Popen([str(OUTBOX_BIN), "relay", "run", "--metrics-port",
+                                         str(port), "--poll-interval", "0.2"],
+                                        env=env, stdout=out, stderr=out))
     try:
         if count > 1:
             assert len(children(log, 1)) == count
