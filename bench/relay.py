@@ -15,11 +15,13 @@ after a warm-up round that is not counted, each contender delivers the same reco
   timestamps) from memory with the relay's producer configuration: the ceiling. Clock:
   first produce to last delivery report.
 - **raw**: confluent-kafka from Python, the same records and configuration, from memory.
-- **relay**: ``outbox relay run`` started as a user starts it, as its own process, on the
+- **relay**: ``outbox relay run`` started as a user starts it (its default ``--processes``:
+  one relay process per CPU under a supervisor), as its own process, on the
   backlog (its cursors reset between rounds). Clock: from spawning the process to the
   broker's append stamp of the last record (topics use LogAppendTime; with one replica the
   ack leaves at that append), so start-up, shard locks and the first window all count.
   Also printed: the rate from its first record to its last ("steady").
+- **relay1** (not by default): the same with ``--processes 1``, one relay process.
 - **floor**: the database alone: one server-side cursor reading the same rows in ``seq``
   order, nothing else. The relay cannot read faster than this on the same machine.
 
@@ -61,7 +63,8 @@ from outbox.settings import Settings  # noqa: E402
 from relay.loop import RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
 
-CONTENDERS = ("native", "raw", "relay", "floor")
+CONTENDERS = ("native", "raw", "relay", "relay1", "floor")
+DEFAULT_CONTENDERS = ("native", "raw", "relay", "floor")
 
 
 # ----------------------------------------------------------------------------- throughput
@@ -94,7 +97,7 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
                 name = names.topic(size, (codec or "default").replace(":", "-level"),
                                    contender)
                 topic_of[(contender, codec)] = name
-                topics.append(name + ("-bench" if contender == "relay" else ""))
+                topics.append(name + ("-bench" if contender.startswith("relay") else ""))
                 common.create_topic(common.bootstrap(), topics[-1], args.partitions)
         results: dict[tuple[str, str], list[dict[str, Any]]] = {job: [] for job in jobs}
         for r in range(args.rounds + 1):
@@ -107,8 +110,9 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
                     res = run_native(binary, record_file, topic, warm, config, events)
                 elif contender == "raw":
                     res = run_raw(records, topic, warm, config)
-                elif contender == "relay":
-                    res = run_relay(url, offsets, topic, config, events, args)
+                elif contender.startswith("relay"):
+                    res = run_relay(url, offsets, topic, config, events, args,
+                                    processes=1 if contender == "relay1" else None)
                 else:
                     res = run_floor(url, args.batch_size)
                 if r:
@@ -126,7 +130,7 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
                 name = f"{args.py_spy}.{size}{suffix}"
                 res = run_relay(url, offsets, topic_of[("relay", args.codecs[0])],
                                 kafka_config(args.codecs[0] or None, extra), events, args,
-                                py_spy=[*flags, "--output", name])
+                                py_spy=[*flags, "--output", name], processes=1)
                 profile[name] = res
                 print(f"  under py-spy{' --gil' if flags else ''} (not counted): relay "
                       f"{res['rate']:,.0f} events/s, {res['seconds']:.2f} s from spawn to "
@@ -153,7 +157,7 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
         key = f"{contender}/{codec}" if codec else contender
         entry: dict[str, Any] = {"events_per_s": rates.as_dict()}
         print(f"  {key:<18} events/s {rates.show()}")
-        if contender == "relay":
+        if contender.startswith("relay"):
             steady = Spread.of(r["steady_rate"] for r in runs)
             start = Spread.of(r["start_seconds"] for r in runs)
             entry["steady_events_per_s"] = steady.as_dict()
@@ -166,7 +170,7 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
             entry["plan"] = runs[0]["plan"]
         topic = topic_of.get((contender, codec))
         if topic:
-            name = topic + ("-bench" if contender == "relay" else "")
+            name = topic + ("-bench" if contender.startswith("relay") else "")
             on_disk = common.log_bytes(name)
             stored = sum(offsets.ends(name))
             if on_disk is not None and stored:
@@ -176,7 +180,8 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
     codecs = sorted({codec for _, codec in results if _ != "floor"})
     for codec in codecs:
         for a, b in (("relay", "native"), ("relay", "raw"), ("raw", "native"),
-                     ("relay", "floor"), ("floor", "native")):
+                     ("relay", "floor"), ("floor", "native"), ("relay1", "native"),
+                     ("relay", "relay1")):
             ra = results.get((a, codec if a != "floor" else ""))
             rb = results.get((b, codec if b != "floor" else ""))
             if not ra or not rb:
@@ -203,8 +208,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="compression.type values to compare, e.g. none,gzip,lz4,zstd, "
                              "optionally with a compression.level: gzip:1 (default: the "
                              "relay's default)")
-    parser.add_argument("--contenders", default=",".join(CONTENDERS),
-                        help=f"subset of {','.join(CONTENDERS)}")
+    parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
+                        help=f"subset of {','.join(CONTENDERS)} (relay1: the relay with "
+                             "--processes 1)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (+1 warm-up)")
     parser.add_argument("--aggregates", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=6)

@@ -26,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from bench import common, native
 from bench.common import Offsets
+from outbox.names import SHARD_COUNT
 from outbox.record import StoredRow, stored_record_parts
 from outbox.settings import Settings
 from relay.producer import producer_config
@@ -135,12 +136,20 @@ def run_raw(records: list[Record], topic: str, warm: str, config: dict[str, str]
 
 def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, str],
               events: int, args: argparse.Namespace, py_spy: list[str] | None = None,
-              command: list[str] | None = None) -> dict[str, float]:
+              command: list[str] | None = None, cursor_done: str | None = None,
+              processes: int | None = None) -> dict[str, float]:
     """``outbox relay run`` (or ``command``) on the backlog, clocked from its spawn to the
-    last append."""
+    last append. Before it, every shard's cursor is reset: deleted (every row pending
+    again), or with ``cursor_done`` (a snapshot) set to it, as the relay leaves a shard
+    after a complete window (rows committed before that snapshot stay delivered).
+    ``processes``: ``--processes`` (None: the relay's default, one per CPU)."""
     cursors = Queries.for_settings(Settings(database_url=url)).cursor_table
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"delete from {cursors}")  # every row pending again
+        if cursor_done is not None:
+            conn.execute(f"insert into {cursors} (shard, done, win, upto) "
+                         "select s, %s, null, 0 from generate_series(0, %s) as s",
+                         (cursor_done, SHARD_COUNT - 1))
     topic = f"{topic_prefix}-bench"
     before = offsets.ends(topic)
     env = {**os.environ, "OUTBOX_DATABASE_URL": url,
@@ -148,7 +157,7 @@ def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, s
            "OUTBOX_KAFKA_CONFIG": json.dumps(config)}
     cmd = [*(command or outbox_command()), "relay", "run", "--batch-size", str(args.batch_size),
            "--pipeline-depth", str(args.pipeline_depth), "--log-level", "warning",
-           "--log-format", "text"]
+           "--log-format", "text", *(["--processes", str(processes)] if processes else [])]
     spawned = time.time()
     proc = subprocess.Popen(cmd, env=env)
     spy = None

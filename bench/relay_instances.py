@@ -44,7 +44,7 @@ def one_round(url: str, offsets: Offsets, prefix: str, count: int,
            "OUTBOX_KAFKA_CONFIG": json.dumps(extra)}
     cmd = [*outbox_command(), "relay", "run", "--batch-size", str(args.batch_size),
            "--pipeline-depth", str(args.pipeline_depth), "--log-level", "warning",
-           "--log-format", "text"]
+           "--log-format", "text", "--processes", "1"]
     procs = [subprocess.Popen(cmd, env=env) for _ in range(count)]
     try:
         share = -(-256 // count)

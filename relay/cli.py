@@ -5,8 +5,11 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import socket
 import sys
+import uuid
 from collections import defaultdict
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -16,12 +19,14 @@ from outbox import preflight
 from outbox.cli_options import DURATION, format_duration, settings_options
 from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
+from outbox.names import SHARD_COUNT
 from outbox.settings import Settings, redact_url
 from outbox.signals import drain_on_signals
 from relay.loop import Relay, RelayOptions
 from relay.queries import Queries, read_backlog
 from relay.retention import check_captured
 from relay.retention import purge as purge_rows
+from relay.supervisor import Supervisor, default_processes, watch_parent
 
 log = logging.getLogger("outbox.relay")
 
@@ -60,24 +65,38 @@ def relay() -> None:
                    "--purge-interval; 0 purges every delivered row (nothing kept to replay)")
 @click.option("--purge-interval", type=DURATION, default=60.0, show_default=True,
               help="time between purges with --retention")
+@click.option("--processes", type=int, default=None,
+              help="relay processes sharing the shards under this one (default: the "
+                   "number of CPUs, at most 256); 1: this process is the relay")
 def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bool,
         pipeline_depth: int, max_attempts: int, progress_interval: float,
         rebalance_interval: float, shutdown_timeout: float, startup_timeout: float,
         metrics_port: int | None, metrics_host: str, retention: float | None,
-        purge_interval: float) -> None:
+        purge_interval: float, processes: int | None) -> None:
     """Run the relay until SIGTERM/SIGINT (first: drain and exit 0; second: exit now).
 
-    Before it calls itself healthy it checks that the database lets it in and that the
-    broker answers (--startup-timeout). Exit codes: 0 stopped cleanly, 1 unexpected error,
-    2 usage, 3 configuration, 4 stopped with deliveries unconfirmed (they are re-sent
-    later), 6 the database or the broker did not answer at start, 130 second signal.
+    Several relay processes by default (--processes), each owning a share of the shards,
+    under this process, which forwards the signals and stops them all if one dies (each
+    serves --metrics-port plus its index). Before it calls itself healthy it checks that
+    the database lets it in and that the broker answers (--startup-timeout). Exit codes:
+    0 stopped cleanly, 1 unexpected error, 2 usage, 3 configuration, 4 stopped with
+    deliveries unconfirmed (they are re-sent later), 6 the database or the broker did not
+    answer at start, 7 a relay process died, 130 second signal.
     """
+    count = default_processes() if processes is None else processes
     try:
         settings.require_database_url()
         if batch_size < 1 or pipeline_depth < 1 or max_attempts < 1:
             raise ConfigurationError(
                 "--batch-size, --pipeline-depth and --max-attempts must be at least 1 "
                 f"(got {batch_size}, {pipeline_depth}, {max_attempts})")
+        if not 1 <= count <= SHARD_COUNT:
+            raise ConfigurationError(f"--processes must be between 1 and {SHARD_COUNT} "
+                                     f"(got {count})")
+        if metrics_port and metrics_port + count - 1 > 65535:
+            raise ConfigurationError(f"--metrics-port {metrics_port} with {count} processes "
+                                     "needs ports up to "
+                                     f"{metrics_port + count - 1}: choose a lower one")
     except ConfigurationError as exc:
         _stop(EXIT_CONFIG, str(exc))
     options = RelayOptions(
@@ -86,26 +105,84 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
         rebalance_interval=rebalance_interval, shutdown_timeout=shutdown_timeout,
         progress_interval=progress_interval, retention_seconds=retention,
         purge_interval=purge_interval)
+    log.info("database %s, Kafka %s", redact_url(settings.require_database_url()),
+             settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
+    if count == 1:
+        sys.exit(_run_relay(settings, options, metrics_host, metrics_port, startup_timeout))
+    # Several: every check here, once, before any process starts (one line if one fails);
+    # meanwhile /health on the first process's port says so.
+    server = None
+    if metrics_port is not None:
+        from relay.metrics import Health, RelayMetrics, serve
+
+        health = Health()
+        health.detail = "start-up checks"
+        try:
+            server = serve(RelayMetrics(), health, metrics_host, metrics_port)
+        except OSError as exc:
+            _metrics_port_error(metrics_host, metrics_port, exc)
+        for index in range(1, count if metrics_port else 1):
+            _check_port(metrics_host, metrics_port + index)
+    _start_up_checks(settings, startup_timeout, schema=True)
+    if server is not None:
+        server.shutdown()  # before the fork: no thread of it left in the children
+        server.server_close()
+
+    def child(index: int, stop_fd: int) -> int:
+        port = None if metrics_port is None else metrics_port + index if metrics_port else 0
+        own = replace(options, instance_id=uuid.uuid4().hex[:8])
+        return _run_relay(settings, own, metrics_host, port, None, stop_fd)
+
+    sys.exit(Supervisor(count, child).run())
+
+
+def _run_relay(settings: Settings, options: RelayOptions, metrics_host: str,
+               metrics_port: int | None, startup_timeout: float | None,
+               stop_fd: int | None = None) -> int:
+    """One relay in this process until it stops; its exit code. ``startup_timeout`` None:
+    the start-up checks were done (by the supervisor); ``stop_fd``: its pipe."""
     daemon = Relay(settings, options)
     if metrics_port is not None:
         _serve_metrics(daemon, metrics_host, metrics_port)
-    log.info("database %s, Kafka %s", redact_url(settings.require_database_url()),
-             settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
-    daemon.health.detail = "start-up checks"
+    if startup_timeout is not None:
+        daemon.health.detail = "start-up checks"
+        _start_up_checks(settings, startup_timeout)
+    drain_on_signals(daemon.request_stop, log, "relay")
+    if stop_fd is not None:
+        watch_parent(stop_fd, daemon.request_stop)
     try:
-        preflight.check_database(settings, timeout=startup_timeout)
-        preflight.check_kafka(settings, timeout=startup_timeout)
+        return daemon.run()
+    except Exception:
+        log.exception("relay crashed", extra={"action": "relay_crash"})
+        return EXIT_ERROR
+
+
+def _start_up_checks(settings: Settings, timeout: float, schema: bool = False) -> None:
+    """The database lets us in and the broker answers (and, with ``schema``, the relay's
+    tables exist); else one line and the exit code."""
+    try:
+        preflight.check_database(settings, timeout=timeout)
+        preflight.check_kafka(settings, timeout=timeout)
+        if schema:
+            with psycopg.connect(settings.libpq_url(), autocommit=True,
+                                 connect_timeout=max(1, int(timeout))) as conn:
+                problem = Queries.for_settings(settings).schema_problem(conn)
+            if problem is not None:
+                raise ConfigurationError(problem)
     except ConfigurationError as exc:
         _stop(EXIT_CONFIG, str(exc))
     except ServiceUnavailableError as exc:
         _stop(EXIT_UNAVAILABLE, str(exc))
-    drain_on_signals(daemon.request_stop, log, "relay")
-    try:
-        code = daemon.run()
-    except Exception:
-        log.exception("relay crashed", extra={"action": "relay_crash"})
-        code = EXIT_ERROR
-    sys.exit(code)
+
+
+def _check_port(host: str, port: int) -> None:
+    """Whether ``host:port`` can be served (checked before the relay processes start)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            _metrics_port_error(host, port, exc)
 
 
 def _stop(code: int, message: str) -> None:
@@ -115,15 +192,19 @@ def _stop(code: int, message: str) -> None:
     sys.exit(code)
 
 
+def _metrics_port_error(host: str, port: int, exc: OSError) -> None:
+    why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+    _stop(EXIT_CONFIG, f"cannot serve /metrics on {host}:{port}: {why}; choose another "
+                       "--metrics-port (or --metrics-host)")
+
+
 def _serve_metrics(daemon: Relay, host: str, port: int) -> None:
     from relay.metrics import serve
 
     try:
         serve(daemon.metrics, daemon.health, host, port)
     except OSError as exc:
-        why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        _stop(EXIT_CONFIG, f"cannot serve /metrics on {host}:{port}: {why}; choose another "
-                           "--metrics-port (or --metrics-host)")
+        _metrics_port_error(host, port, exc)
     log.info("metrics on http://%s:%d/metrics and /health", host, port,
              extra={"action": "metrics_listening"})
 

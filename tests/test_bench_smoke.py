@@ -48,6 +48,22 @@ def test_relay_bench_runs_every_contender_codec_and_phase(
     assert "round 1:" in out
 
 
+def test_backlog_bench_compares_with_and_without_delivered_rows(
+        pg_url: str, kafka_bootstrap: str, tmp_path: Path) -> None:
+    report_file = tmp_path / "backlog.json"
+    out = bench("backlog.py", "--delivered", "5000", "--events", "300", "--rounds", "1",
+                "--partitions", "1", "--explain", "--json", str(report_file))
+    report = json.loads(report_file.read_text())
+    assert report["databases"]["with"]["delivered"] == 5000
+    assert report["databases"]["without"]["delivered"] == 0
+    for kind in ("with", "without"):
+        assert report[kind]["median"] > 0, kind
+        assert "ix_outbox_window" in report["databases"][kind]["explain"], kind
+    assert len(report["ratio"]["rounds"]) == 1
+    assert "ratio with/without" in out
+    assert "round 1:" in out
+
+
 @pytest.mark.timeout(400)
 def test_cdc_bench_measures_both_paths(pg_url: str, kafka_bootstrap: str,
                                        connect_url: str) -> None:

@@ -298,7 +298,7 @@ def test_each_bad_input_is_one_line_and_its_exit_code_for_every_command(
 @pytest.mark.kafka
 def test_commands_with_their_own_bad_inputs(base_env: dict[str, str]) -> None:
     """`db upgrade 9999`; `db downgrade base --sql` (works: a DBA's script); a metrics port
-    already in use; a duration that is not one."""
+    already in use; `relay run --processes 0`; a duration that is not one."""
     upgrade = run(("db", "upgrade"), ("9999",), base_env)
     assert not problems_of(upgrade, Spec(), EXIT_USAGE, "'9999' is not a revision")
     script = run(("db", "downgrade"), ("base", "--sql"), base_env)
@@ -308,6 +308,10 @@ def test_commands_with_their_own_bad_inputs(base_env: dict[str, str]) -> None:
         relay = run(("relay", "run"), ("--metrics-port", str(port)), base_env)
         assert not problems_of(relay, COMMANDS[("relay", "run")], EXIT_CONFIG,
                                f"cannot serve /metrics on 127.0.0.1:{port}")
+    for processes in ("0", "257"):
+        relay = run(("relay", "run"), ("--processes", processes), base_env)
+        assert not problems_of(relay, COMMANDS[("relay", "run")], EXIT_CONFIG,
+                               f"--processes must be between 1 and 256 (got {processes})")
     purge = run(("purge",), ("--older-than", "soon"), base_env)
     assert not problems_of(purge, Spec(), EXIT_USAGE, "'soon' is not a duration")
 

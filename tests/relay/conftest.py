@@ -179,7 +179,10 @@ def start_relay() -> Iterator[Any]:
 
 def spawn_relay(url: str, bootstrap: str, prefix: str, *args: str,
                 log: Path | None = None) -> subprocess.Popen[bytes]:
-    """``outbox relay run`` as a separate process (for kill -9 and signal tests)."""
+    """``outbox relay run`` as a separate process (for kill -9 and signal tests); one
+    relay process (``--processes 1``) unless ``args`` ask for more."""
+    if "--processes" not in args:
+        args = ("--processes", "1", *args)
     env = {**os.environ, "OUTBOX_DATABASE_URL": url, "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
            "OUTBOX_TOPIC_TEMPLATE": prefix + "-{aggregatetype}"}
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
