@@ -67,7 +67,7 @@ def relay() -> None:
               help="time between purges with --retention")
 @click.option("--processes", type=int, default=None,
               help="relay processes sharing the shards under this one (default: the "
-                   "number of CPUs, at most 256); 1: this process is the relay")
+                   "number of CPUs, at most 4; up to 256); 1: this process is the relay")
 def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bool,
         pipeline_depth: int, max_attempts: int, progress_interval: float,
         rebalance_interval: float, shutdown_timeout: float, startup_timeout: float,

@@ -46,13 +46,19 @@ ABORT = b"a"
 Child = Callable[[int, int], int]
 
 
+# The default's cap: each process holds three database sessions and a producer, and on a
+# two-core machine the second process gained only 2-17 % (docs/benchmarks.md); more is an
+# explicit --processes.
+MAX_DEFAULT_PROCESSES = 4
+
+
 def default_processes() -> int:
-    """The CPUs this process may run on, at most one process per shard."""
+    """The CPUs this process may run on, at most MAX_DEFAULT_PROCESSES."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, SHARD_COUNT))
+    return max(1, min(cpus, MAX_DEFAULT_PROCESSES, SHARD_COUNT))
 
 
 def watch_parent(fd: int, request_stop: Callable[[], None]) -> threading.Thread:

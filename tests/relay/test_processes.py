@@ -178,3 +178,11 @@ def test_default_is_several_processes_each_with_its_own_metrics_port(
         code = stop(proc)
     assert code == EXIT_OK, log.read_text()[-3000:]
     assert log.read_text().count('"relay_stop"') == count
+
+
+def test_the_default_is_one_process_per_cpu_up_to_four(monkeypatch: pytest.MonkeyPatch) -> None:
+    from relay import supervisor
+
+    for cpus, expected in ((1, 1), (2, 2), (3, 3), (64, 4)):
+        monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
+        assert supervisor.default_processes() == expected, cpus
