@@ -3,6 +3,7 @@ same without, same run, same rows and messages.
 
     .venv/bin/python bench/tracing.py                      # the documented run
     .venv/bin/python bench/tracing.py --events 20000 --rounds 2
+    .venv/bin/python bench/tracing.py --skip-consumer --py-spy /tmp/t.prof  # + profiles
 
 Every row and message carries a ``traceparent`` (each its own trace), so tracing does all
 its work: the relay's ``send`` span per batch with a link per row (up to 128), the
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import uuid
 from pathlib import Path
@@ -51,13 +53,30 @@ TRACEPARENTS = ("update outbox set traceparent = '00-' || md5(id::text) || '-' "
 TRACED_RELAY = [sys.executable, str(ROOT / "bench" / "traced_outbox.py")]
 
 
+def run_variant(url: str, offsets: Offsets, prefix: str, config: dict[str, str],
+                args: argparse.Namespace, variant: str,
+                py_spy: list[str] | None = None) -> dict[str, float]:
+    """One relay run of ``variant``: relay (``outbox``), relay-traced (bench/traced_outbox.py)
+    or relay-sdk (the same, the SDK imported but no provider: no span)."""
+    if variant == "relay":
+        return run_relay(url, offsets, prefix, config, args.events, args, py_spy=py_spy)
+    if variant == "relay-sdk":
+        os.environ[traced_outbox.NO_PROVIDER_ENV] = "1"
+    try:
+        return run_relay(url, offsets, prefix, config, args.events, args, py_spy=py_spy,
+                         command=TRACED_RELAY)
+    finally:
+        os.environ.pop(traced_outbox.NO_PROVIDER_ENV, None)
+
+
 def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[float]]:
     admin = common.admin_url()
     url = common.create_database(admin, names.database("relay"))
     offsets = Offsets(common.bootstrap())
-    prefixes = {v: names.topic(v) for v in ("relay", "relay-traced")}
+    prefixes = {v: names.topic(v) for v in args.relay_variants}
     rates: dict[str, list[float]] = {v: [] for v in (*prefixes, *(p + "-steady"
-                                                              for p in prefixes))}
+                                                              for p in prefixes),
+                                                     *(p + "-start" for p in prefixes))}
     try:
         migrate.upgrade(Settings(database_url=url))
         write_backlog(url, args.events, 1000, args.size)
@@ -68,14 +87,22 @@ def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[flo
         config = kafka_config(None, {})
         for r in range(args.rounds + 1):
             for variant in common.rotated(list(prefixes), r):
-                result = run_relay(url, offsets, prefixes[variant], config, args.events, args,
-                                   command=TRACED_RELAY if variant.endswith("traced") else None)
+                result = run_variant(url, offsets, prefixes[variant], config, args, variant)
                 if r > 0:  # round 0 warms both
                     rates[variant].append(result["rate"])
                     rates[variant + "-steady"].append(result["steady_rate"])
+                    rates[variant + "-start"].append(result["start_seconds"])
                 print(f"round {r} {variant:<15} {result['rate']:>10,.0f} events/s, steady "
-                      f"{result['steady_rate']:>10,.0f}{'  (warm-up)' if r == 0 else ''}",
-                      flush=True)
+                      f"{result['steady_rate']:>10,.0f}, first record at "
+                      f"{result['start_seconds']:.2f} s{'  (warm-up)' if r == 0 else ''}"
+                      f"  load {common.machine_load()}", flush=True)
+        if args.py_spy:  # one more run of each under py-spy, not counted
+            for variant, prefix in prefixes.items():
+                name = f"{args.py_spy}.{variant}"
+                result = run_variant(url, offsets, prefix, config, args, variant,
+                                     py_spy=["--output", name])
+                print(f"under py-spy (not counted): {variant} {result['rate']:,.0f} events/s, "
+                      f"{result['seconds']:.2f} s; profile {name}", flush=True)
     finally:
         offsets.close()
         common.drop_database(admin, url)
@@ -166,9 +193,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=RelayOptions.batch_size)
     parser.add_argument("--pipeline-depth", type=int, default=RelayOptions.pipeline_depth)
+    parser.add_argument("--relay-variants", type=lambda v: v.split(","),
+                        default=["relay", "relay-traced"],
+                        help="comma-separated, of relay, relay-traced, relay-sdk (the SDK "
+                             "imported, no provider: start-up and process without spans)")
     parser.add_argument("--skip-consumer", action="store_true")
     parser.add_argument("--skip-relay", action="store_true")
     parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--py-spy", metavar="FILE",
+                        help="after the rounds, one more run of each relay under py-spy (raw "
+                             "format, --threads) into FILE.relay and FILE.relay-traced "
+                             "(bench/pyspy_summary.py reads them)")
     args = parser.parse_args(argv)
     common.load_env()
     names = RunNames.new("tracing")
@@ -179,10 +214,17 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"run": names.run_id}
     if not args.skip_relay:
         rates = bench_relay(names, args)
-        out["relay"] = report(rates, "relay", "  (target >= 0.9)")
-        # from the first record to the last: without the process's start-up (imports)
-        out["relay_steady"] = report(rates, "relay-steady", "  (target >= 0.9)",
-                                     traced="relay-traced-steady")
+        for variant in args.relay_variants:
+            if variant != "relay" and "relay" in args.relay_variants:
+                key = variant.replace("-", "_")
+                out[key] = report(rates, "relay", "  (target >= 0.9)", traced=variant)
+                # from the first record to the last: without the process's start-up (imports)
+                out[key + "_steady"] = report(rates, "relay-steady", "  (target >= 0.9)",
+                                              traced=variant + "-steady")
+        for variant in args.relay_variants:
+            print(f"{variant:<15} spawn to first record, s: "
+                  f"{Spread.of(rates[variant + '-start']).show('.2f')}")
+        print(f"load at the end {common.machine_load()}")
     if not args.skip_consumer:
         args.events = args.consumer_events
         out["consumer"] = report(bench_consumer(names, args), "consumer")
