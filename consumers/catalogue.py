@@ -35,6 +35,7 @@ RECORD_HEADERS: dict[str, Any] = {
         "correlationId": {"type": "string", "description": "The business flow it belongs to."},
         "causationId": {"type": "string", "description": "The id of the event that caused it."},
         "traceparent": {"type": "string", "description": "W3C trace context."},
+        "tracestate": {"type": "string", "description": "W3C trace context: vendor data."},
     },
 }
 
