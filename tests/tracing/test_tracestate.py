@@ -159,3 +159,23 @@ def test_a_relay_on_schema_version_5_says_upgrade(empty_db: str) -> None:
     migrate.upgrade(settings)
     with psycopg.connect(empty_db) as conn:
         assert Queries.for_settings(settings).schema_problem(conn) is None
+
+
+def test_forward_sends_the_tracestate_with_the_traceparent(
+        memory_spans: InMemorySpanExporter) -> None:
+    import uuid
+    from types import SimpleNamespace
+
+    from consumers.forward_http import RouteClient
+
+    parent = f"00-{UPSTREAM.trace_id:032x}-{UPSTREAM.span_id:016x}-01"
+    headers = {"traceparent": parent.encode(), "tracestate": b"shop=t7,vendor=abc"}
+    event = IncomingEvent(uuid.uuid4(), "Created", {}, "k", "t", 0, 1, 0, headers)
+    client: Any = SimpleNamespace(route=SimpleNamespace(headers={}))
+    sent = RouteClient.headers(client, event)  # outside a span: the event's own
+    assert (sent["traceparent"], sent["tracestate"]) == (parent, "shop=t7,vendor=abc")
+    with tracing.process_span("t", 0, 1, str(event.id), headers, "forward"):
+        inside = RouteClient.headers(client, event)
+    assert inside["traceparent"] != parent and inside["tracestate"] == "shop=t7,vendor=abc"
+    plain = IncomingEvent(uuid.uuid4(), "Created", {}, "k", "t", 0, 1, 0, {})
+    assert "tracestate" not in RouteClient.headers(client, plain)
