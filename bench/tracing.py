@@ -14,7 +14,11 @@ consumer's ``process`` span per handler call, the child of the header's context.
   bench/traced_outbox.py: an SDK tracer provider, a BatchSpanProcessor and an exporter that
   drops the spans. Clock: spawn to the broker's append stamp of the last record; also
   reported, "steady": first record to last (without start-up, where the SDK's imports
-  count).
+  count), and events per CPU second of the relay process (user + system, from
+  getrusage: what tracing costs the relay, much less disturbed by other load than the
+  clock). ``--relay-variants relay,relay-traced,relay-sdk`` adds **relay-sdk**: the traced
+  command with the SDK imported but no provider set (no span made): start-up and process
+  without the spans.
 - **consumer** / **consumer-traced**: the deduped consumer with a sync handler writing one
   row (bench/consumer.run), in this process, the traced one with the same SDK set-up.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import uuid
 from pathlib import Path
@@ -58,15 +63,19 @@ def run_variant(url: str, offsets: Offsets, prefix: str, config: dict[str, str],
                 py_spy: list[str] | None = None) -> dict[str, float]:
     """One relay run of ``variant``: relay (``outbox``), relay-traced (bench/traced_outbox.py)
     or relay-sdk (the same, the SDK imported but no provider: no span)."""
-    if variant == "relay":
-        return run_relay(url, offsets, prefix, config, args.events, args, py_spy=py_spy)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     if variant == "relay-sdk":
         os.environ[traced_outbox.NO_PROVIDER_ENV] = "1"
     try:
-        return run_relay(url, offsets, prefix, config, args.events, args, py_spy=py_spy,
-                         command=TRACED_RELAY)
+        result = run_relay(url, offsets, prefix, config, args.events, args, py_spy=py_spy,
+                           command=None if variant == "relay" else TRACED_RELAY)
     finally:
         os.environ.pop(traced_outbox.NO_PROVIDER_ENV, None)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # The relay process's CPU (user + system, start-up and shutdown included): far less
+    # sensitive than the clock to what else runs on a shared machine.
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return {**result, "cpu_rate": args.events / max(cpu, 1e-3), "cpu_seconds": cpu}
 
 
 def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[float]]:
@@ -76,7 +85,8 @@ def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[flo
     prefixes = {v: names.topic(v) for v in args.relay_variants}
     rates: dict[str, list[float]] = {v: [] for v in (*prefixes, *(p + "-steady"
                                                               for p in prefixes),
-                                                     *(p + "-start" for p in prefixes))}
+                                                     *(p + "-start" for p in prefixes),
+                                                     *(p + "-cpu" for p in prefixes))}
     try:
         migrate.upgrade(Settings(database_url=url))
         write_backlog(url, args.events, 1000, args.size)
@@ -92,8 +102,10 @@ def bench_relay(names: RunNames, args: argparse.Namespace) -> dict[str, list[flo
                     rates[variant].append(result["rate"])
                     rates[variant + "-steady"].append(result["steady_rate"])
                     rates[variant + "-start"].append(result["start_seconds"])
+                    rates[variant + "-cpu"].append(result["cpu_rate"])
                 print(f"round {r} {variant:<15} {result['rate']:>10,.0f} events/s, steady "
-                      f"{result['steady_rate']:>10,.0f}, first record at "
+                      f"{result['steady_rate']:>10,.0f}, per CPU second "
+                      f"{result['cpu_rate']:>10,.0f}, first record at "
                       f"{result['start_seconds']:.2f} s{'  (warm-up)' if r == 0 else ''}"
                       f"  load {common.machine_load()}", flush=True)
         if args.py_spy:  # one more run of each under py-spy, not counted
@@ -221,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                 # from the first record to the last: without the process's start-up (imports)
                 out[key + "_steady"] = report(rates, "relay-steady", "  (target >= 0.9)",
                                               traced=variant + "-steady")
+                # events per CPU second of the relay process: the same ratio, less noise
+                out[key + "_cpu"] = report(rates, "relay-cpu", "", traced=variant + "-cpu")
         for variant in args.relay_variants:
             print(f"{variant:<15} spawn to first record, s: "
                   f"{Spread.of(rates[variant + '-start']).show('.2f')}")

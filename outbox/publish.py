@@ -316,7 +316,7 @@ def publish(target: SyncTarget, event: Event, *more: Event,
     """Add events to ``target``'s open transaction (Session, Connection or psycopg connection).
 
     Never commits: the events commit or roll back with the caller's transaction. An event
-    without ``traceparent`` gets the current OpenTelemetry span's, if any. Raises
+    without ``traceparent`` and ``tracestate`` gets the current OpenTelemetry span's, if any. Raises
     :class:`~outbox.errors.EventValidationError` (nothing written) for an invalid event.
     """
     events = _traced([event, *more])
