@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         rates = bench_relay(names, args)
         for variant in args.relay_variants:
             if variant != "relay" and "relay" in args.relay_variants:
-                key = variant.replace("-", "_")
+                # relay-traced's figures are "relay", "relay_steady", "relay_cpu"
+                key = "relay" if variant == "relay-traced" else variant.replace("-", "_")
                 out[key] = report(rates, "relay", "  (target >= 0.9)", traced=variant)
                 # from the first record to the last: without the process's start-up (imports)
                 out[key + "_steady"] = report(rates, "relay-steady", "  (target >= 0.9)",
