@@ -6,7 +6,7 @@ same without, same run, same rows and messages.
     .venv/bin/python bench/tracing.py --skip-consumer --py-spy /tmp/t.prof  # + profiles
 
 Every row and message carries a ``traceparent`` (each its own trace), so tracing does all
-its work: the relay's ``send`` span per batch with a link per row (up to 128), the
+its work: the relay's ``send`` span per batch with a link per row (up to 32), the
 consumer's ``process`` span per handler call, the child of the header's context.
 
 - **relay** / **relay-traced**: ``outbox relay run`` as its own process on the same backlog
