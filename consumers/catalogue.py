@@ -4,9 +4,9 @@ with their JSON Schemas (from the handlers' pydantic models), and the same as an
 
 In the AsyncAPI document a topic is a channel (its ``address``), an event type a message
 (``name``), and every message has the toolkit's record contract as its headers (``id``,
-``eventType``, ``correlationId``, ``causationId``, ``traceparent``, ``tracestate``) and its Kafka key (the
-aggregate id) as a string. Each application is a ``receive`` operation per channel, named
-after its consumer group. A fallback handler (any event type) is a message ``*``
+``eventType``, ``correlationId``, ``causationId``, ``traceparent``, ``tracestate``) and its
+Kafka key (the aggregate id) as a string. Each application is a ``receive`` operation per
+channel, named after its consumer group. A fallback handler (any event type) is a message ``*``
 whose payload is any JSON object. Pure: nothing here touches a service.
 """
 
