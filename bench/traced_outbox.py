@@ -5,11 +5,13 @@ the cost of recording spans (the relay's send span per batch) without an exporte
 
 The spans go through a BatchSpanProcessor, as in production, to an exporter that does
 nothing; the count of exported spans is printed at exit (to check spans were made).
+With ``TRACED_OUTBOX_NO_PROVIDER`` set, the SDK is imported but no provider set.
 """
 
 from __future__ import annotations
 
 import atexit
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +21,10 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# Set (to anything): the same process, SDK imported, but no provider set (bench/tracing.py's
+# "relay-sdk" variant: what importing the SDK costs without a span made).
+NO_PROVIDER_ENV = "TRACED_OUTBOX_NO_PROVIDER"
 
 
 class DropExporter(SpanExporter):
@@ -42,6 +48,11 @@ def install() -> tuple[TracerProvider, DropExporter]:
 
 
 def main() -> None:
+    if os.environ.get(NO_PROVIDER_ENV):  # the SDK imported, no provider: no span made
+        from outbox.cli import main as plain_main
+
+        plain_main(prog_name="outbox")
+        return
     provider, exporter = install()
 
     def report() -> None:

@@ -55,13 +55,18 @@ def _problems(conn: psycopg.Connection[Any], settings: Settings, slot: str | Non
     if exists is None:
         problems.append(f"table {settings.db_schema}.{settings.outbox_table} does not "
                         "exist: run `outbox db upgrade`")
-    elif settings.cloudevents == "binary":
-        # The rendered connector places these columns as ce_* headers (schema version 5).
+    else:
+        # The rendered connector places these columns as headers: tracestate (schema
+        # version 6) always, ce_* (version 5) in CloudEvents binary mode.
         found = {r[0] for r in conn.execute(
             "select column_name from information_schema.columns where table_schema = %s "
-            "and table_name = %s and column_name in ('ce_time', 'ce_specversion')",
-            (settings.db_schema, settings.outbox_table))}
-        if found != {"ce_time", "ce_specversion"}:
+            "and table_name = %s and column_name in ('ce_time', 'ce_specversion', "
+            "'tracestate')", (settings.db_schema, settings.outbox_table))}
+        if "tracestate" not in found:
+            problems.append(f"the connector places the column tracestate of "
+                            f"{settings.db_schema}.{settings.outbox_table} as a header "
+                            "(schema version 6): run `outbox db upgrade`")
+        if settings.cloudevents == "binary" and not {"ce_time", "ce_specversion"} <= found:
             problems.append(f"OUTBOX_CLOUDEVENTS=binary needs the columns ce_time and "
                             f"ce_specversion of {settings.db_schema}.{settings.outbox_table} "
                             "(schema version 5): run `outbox db upgrade`")

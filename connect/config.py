@@ -101,7 +101,8 @@ def render(settings: Settings, options: CdcOptions | None = None) -> dict[str, s
         "transforms.outbox.table.expand.json.payload": "true",
         "transforms.outbox.table.fields.additional.placement":
             "type:header:eventType,correlation_id:header:correlationId,"
-            "causation_id:header:causationId,traceparent:header:traceparent",
+            "causation_id:header:causationId,traceparent:header:traceparent,"
+            "tracestate:header:tracestate",
         "transforms.outbox.route.tombstone.on.empty.payload": "false",
         # Keep JSON nulls as nulls (the default drops the field).
         "transforms.outbox.table.json.payload.null.behavior": "optional_bytes",

@@ -4,9 +4,9 @@ with their JSON Schemas (from the handlers' pydantic models), and the same as an
 
 In the AsyncAPI document a topic is a channel (its ``address``), an event type a message
 (``name``), and every message has the toolkit's record contract as its headers (``id``,
-``eventType``, ``correlationId``, ``causationId``, ``traceparent``) and its Kafka key (the
-aggregate id) as a string. Each application is a ``receive`` operation per channel, named
-after its consumer group. A fallback handler (any event type) is a message ``*``
+``eventType``, ``correlationId``, ``causationId``, ``traceparent``, ``tracestate``) and its
+Kafka key (the aggregate id) as a string. Each application is a ``receive`` operation per
+channel, named after its consumer group. A fallback handler (any event type) is a message ``*``
 whose payload is any JSON object. Pure: nothing here touches a service.
 """
 
@@ -35,6 +35,7 @@ RECORD_HEADERS: dict[str, Any] = {
         "correlationId": {"type": "string", "description": "The business flow it belongs to."},
         "causationId": {"type": "string", "description": "The id of the event that caused it."},
         "traceparent": {"type": "string", "description": "W3C trace context."},
+        "tracestate": {"type": "string", "description": "W3C trace context: vendor data."},
     },
 }
 

@@ -33,7 +33,8 @@ ROUTE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 # Set by the forwarder on every request; a route may not override them.
 RESERVED_HEADERS = frozenset({"idempotency-key", "outbox-event-type", "outbox-correlation-id",
-                              "traceparent", "content-length", "host", "transfer-encoding"})
+                              "traceparent", "tracestate", "content-length", "host",
+                              "transfer-encoding"})
 METHODS = ("POST", "PUT", "PATCH")
 
 

@@ -136,9 +136,12 @@ class RouteClient:
             headers["Outbox-Correlation-Id"] = event.correlation_id
         # The handler's process span when tracing (outbox.tracing), so the endpoint's work
         # is its child; else (or for a parked retry) the event's own context.
-        traceparent = tracing.current_traceparent() or event.traceparent
+        current = tracing.current_context()
+        traceparent, tracestate = current or (event.traceparent, event.tracestate)
         if traceparent:
             headers["traceparent"] = traceparent
+            if tracestate:
+                headers["tracestate"] = tracestate
         return headers
 
     def send(self, event: IncomingEvent, body: bytes) -> Attempt:

@@ -56,6 +56,11 @@ class IncomingEvent:
         """The W3C ``traceparent`` header, if any."""
         return _text(self.headers.get("traceparent"))
 
+    @property
+    def tracestate(self) -> str | None:
+        """The W3C ``tracestate`` header, if any."""
+        return _text(self.headers.get("tracestate"))
+
 
 def _text(value: bytes | None) -> str | None:
     if value is None:

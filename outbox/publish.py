@@ -47,15 +47,15 @@ with locks as (
 )
 insert into {table}
        (id, aggregatetype, aggregateid, type, payload, created_at,
-        correlation_id, causation_id, traceparent)
+        correlation_id, causation_id, traceparent, tracestate)
 select e.id, e.aggregatetype, e.aggregateid, e.type, e.payload::jsonb, e.created_at,
-       e.correlation_id, e.causation_id, e.traceparent
+       e.correlation_id, e.causation_id, e.traceparent, e.tracestate
   from unnest(%(ids)s::uuid[], %(aggregatetypes)s::text[], %(aggregateids)s::text[],
               %(types)s::text[], %(payloads)s::text[], %(created)s::timestamp[],
               %(correlation_ids)s::text[], %(causation_ids)s::text[],
-              %(traceparents)s::text[])
+              %(traceparents)s::text[], %(tracestates)s::text[])
        as e(id, aggregatetype, aggregateid, type, payload, created_at,
-            correlation_id, causation_id, traceparent)
+            correlation_id, causation_id, traceparent, tracestate)
  where (select count(*) from locks) >= 0
 """
 
@@ -66,9 +66,9 @@ select e.id, e.aggregatetype, e.aggregateid, e.type, e.payload::jsonb, e.created
 INSERT_ONE_EVENT = """
 insert into {table}
        (id, aggregatetype, aggregateid, type, payload, created_at,
-        correlation_id, causation_id, traceparent)
+        correlation_id, causation_id, traceparent, tracestate)
 select %(id)s, %(aggregatetype)s, %(aggregateid)s, %(type)s, %(payload)s::jsonb,
-       %(created)s, %(correlation_id)s, %(causation_id)s, %(traceparent)s
+       %(created)s, %(correlation_id)s, %(causation_id)s, %(traceparent)s, %(tracestate)s
   from pg_advisory_xact_lock(%(namespace)s, hashtext(%(lock_key)s))
 """
 
@@ -90,6 +90,9 @@ class Event:
     traceparent: str | None = None
     id: uuid.UUID = field(default_factory=uuid7)
     created_at: dt.datetime = field(default_factory=_utc_now)
+    # W3C tracestate (vendor data of the trace in traceparent), the `tracestate` header;
+    # at most 512 printable ASCII characters.
+    tracestate: str | None = None
 
     @classmethod
     def of(cls, model: BaseModel, *, aggregate_id: str, aggregate_type: str | None = None,
@@ -202,6 +205,8 @@ def _encode_payload(event: Event, text_sizes: list[int], s: Settings) -> str:
     if size > s.max_payload_bytes:
         raise PayloadTooLargeError("payload", rules.payload_too_large(size,
                                                                       s.max_payload_bytes))
+    if event.tracestate is not None:  # checked ASCII (_validate): one byte a character
+        size += len("tracestate") + len(event.tracestate)
     if size + rules.MAX_KEY_AND_HEADER_BYTES <= s.max_record_bytes:
         return text  # fits whatever the key and headers are
     # text_sizes: the UTF-8 sizes of TEXT_FIELDS, in order (aggregate_id is the key).
@@ -222,10 +227,23 @@ def _validate(ev: Event, s: Settings) -> list[int]:
              _check_text("correlation_id", ev.correlation_id, required=False),
              _check_text("causation_id", ev.causation_id, required=False),
              _check_text("traceparent", ev.traceparent, required=False)]
+    if ev.tracestate is not None:
+        _check_tracestate(ev.tracestate)
     problem = rules.topic_problem(ev.aggregate_type, s.topic_template)
     if problem is not None:
         raise EventValidationError("aggregate_type", problem)
     return sizes
+
+
+def _check_tracestate(value: object) -> None:
+    """W3C's tracestate: printable ASCII, at most tracing.MAX_TRACESTATE_LENGTH long."""
+    if not isinstance(value, str):
+        raise EventValidationError("tracestate", f"must be a string, got {type(value).__name__}")
+    if len(value) > tracing.MAX_TRACESTATE_LENGTH:
+        raise EventValidationError("tracestate", f"is {len(value)} characters long, at most "
+                                                 f"{tracing.MAX_TRACESTATE_LENGTH} allowed")
+    if not (value.isascii() and value.isprintable()):
+        raise EventValidationError("tracestate", "must be printable ASCII (W3C trace context)")
 
 
 def _params(events: Sequence[Event], s: Settings) -> dict[str, Any]:
@@ -244,6 +262,7 @@ def _params(events: Sequence[Event], s: Settings) -> dict[str, Any]:
         "correlation_ids": [e.correlation_id for e in events],
         "causation_ids": [e.causation_id for e in events],
         "traceparents": [e.traceparent for e in events],
+        "tracestates": [e.tracestate for e in events],
     }
 
 
@@ -265,17 +284,21 @@ def _one_event_params(ev: Event, s: Settings) -> dict[str, Any]:
         "correlation_id": ev.correlation_id,
         "causation_id": ev.causation_id,
         "traceparent": ev.traceparent,
+        "tracestate": ev.tracestate,
     }
 
 
 def _traced(events: list[Event]) -> list[Event]:
-    """``events`` with the current span's ``traceparent`` where the caller set none
-    (:mod:`outbox.tracing`; unchanged without OpenTelemetry or outside a span)."""
-    current = tracing.current_traceparent()
+    """``events`` with the current span's ``traceparent`` and ``tracestate`` where the
+    caller set neither (:mod:`outbox.tracing`; unchanged without OpenTelemetry or outside
+    a span)."""
+    current = tracing.current_context()
     if current is None:
         return events
-    return [dataclasses.replace(e, traceparent=current)
-            if isinstance(e, Event) and e.traceparent is None else e for e in events]
+    parent, state = current
+    return [dataclasses.replace(e, traceparent=parent, tracestate=state)
+            if isinstance(e, Event) and e.traceparent is None and e.tracestate is None
+            else e for e in events]
 
 
 def _prepare(events: Sequence[Event], settings: Settings | None) -> tuple[str, dict[str, Any]]:
@@ -293,7 +316,7 @@ def publish(target: SyncTarget, event: Event, *more: Event,
     """Add events to ``target``'s open transaction (Session, Connection or psycopg connection).
 
     Never commits: the events commit or roll back with the caller's transaction. An event
-    without ``traceparent`` gets the current OpenTelemetry span's, if any. Raises
+    without ``traceparent`` and ``tracestate`` gets the current OpenTelemetry span's, if any. Raises
     :class:`~outbox.errors.EventValidationError` (nothing written) for an invalid event.
     """
     events = _traced([event, *more])

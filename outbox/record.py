@@ -9,7 +9,7 @@ The format is pinned (docs/contracts.md) so that the relay and Debezium's outbox
   between tokens removed (:func:`compact_json`), so keys keep jsonb's order and numbers
   print as jsonb prints them; ``None`` for a SQL null payload
 - headers: ``id`` (uuid text), ``eventType``, then ``correlationId``, ``causationId``,
-  ``traceparent`` only when set, in that order
+  ``traceparent``, ``tracestate`` only when set, in that order
 - timestamp: ``created_at`` (UTC, timestamp without time zone) as epoch milliseconds
 
 Two entry points build the same record: :func:`stored_record_parts` from a row as the relay
@@ -52,6 +52,7 @@ class OutboxRow(NamedTuple):
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
+    tracestate: str | None = None
 
 
 class StoredRow(NamedTuple):
@@ -66,6 +67,7 @@ class StoredRow(NamedTuple):
     correlation_id: str | None = None
     causation_id: str | None = None
     traceparent: str | None = None
+    tracestate: str | None = None  # schema version 6
 
 
 # (key, value, headers, timestamp_ms) as confluent-kafka's produce() takes them: str is
@@ -194,6 +196,8 @@ def headers_for(row: OutboxRow) -> list[tuple[str, bytes]]:
         headers.append(("causationId", row.causation_id.encode()))
     if row.traceparent is not None:
         headers.append(("traceparent", row.traceparent.encode()))
+    if row.tracestate is not None:
+        headers.append(("tracestate", row.tracestate.encode()))
     return headers
 
 
@@ -206,6 +210,8 @@ def stored_headers(row: StoredRow) -> list[tuple[str, str]]:
         headers.append(("causationId", row[7]))
     if row[8] is not None:
         headers.append(("traceparent", row[8]))
+    if row[9] is not None:
+        headers.append(("tracestate", row[9]))
     return headers
 
 

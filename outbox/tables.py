@@ -91,6 +91,9 @@ def outbox_table(metadata: MetaData, name: str = "outbox", schema: str | None = 
         Column("correlation_id", String(255)),
         Column("causation_id", String(255)),
         Column("traceparent", String(255)),
+        # tracestate: the publishing span's W3C tracestate, the `tracestate` header when set
+        # (schema version 6, outbox.tracing).
+        Column("tracestate", Text),
         # --- the toolkit's bookkeeping ---
         # seq: insert order; per aggregate it is commit order (docs/ordering.md).
         Column("seq", BigInteger, Identity(always=True), nullable=False, unique=True),

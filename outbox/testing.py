@@ -189,7 +189,8 @@ class TestClient:
             payload = payload.model_dump(mode="json", by_alias=True)
         rec = to_record(OutboxRow(event.id, event.aggregate_type, event.aggregate_id,
                                   event.event_type, payload, event.created_at,
-                                  event.correlation_id, event.causation_id, event.traceparent),
+                                  event.correlation_id, event.causation_id, event.traceparent,
+                                  event.tracestate),
                         self.app.settings.topic_template)
         return self._deliver(rec.topic, rec.key, rec.value, list(rec.headers), raise_errors)
 

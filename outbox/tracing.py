@@ -6,8 +6,8 @@ no span is built. Spans are only recorded once a tracer provider is set, by the
 application, by ``opentelemetry-instrument``, or by :func:`configure_from_env`
 (``OUTBOX_TRACE_FILE``: JSON lines, :mod:`outbox.trace_file`).
 
-- :func:`current_traceparent`: what :func:`outbox.publish.publish` stores in the row's
-  ``traceparent`` when the caller passes none (captured at insert time);
+- :func:`current_context`: what :func:`outbox.publish.publish` stores in the row's
+  ``traceparent`` and ``tracestate`` when the caller passes none (captured at insert time);
 - :class:`RelaySpans`: one ``send`` span (PRODUCER) per relay batch, linked to the
   publish context of each of its rows (and a child of the first one's, so a batch of one
   order's events sits in that order's trace);
@@ -41,10 +41,22 @@ except ImportError:  # the optional extra is not installed: everything is a no-o
 
 TRACER_NAME = "outbox"
 TRACE_FILE_ENV = "OUTBOX_TRACE_FILE"
-# Links of one relay span: OpenTelemetry's default span link limit.
-MAX_LINKS = 128
+# Links of one relay span (OpenTelemetry's default limit is 128): the first rows' publish
+# contexts. Each link costs the SDK ~3 µs and several objects the batch span processor
+# keeps until export (garbage-collector work); 32 cost a 2,000-row batch ~0.17 ms, 128
+# ~0.6 ms (docs/benchmarks.md). Every row's trace continues without one: its consumer's
+# process span is the child of the publish context in the record's header.
+MAX_LINKS = 32
+# The longest tracestate stored: what W3C requires every system to propagate (a longer one
+# is left out at capture, and refused in an Event).
+MAX_TRACESTATE_LENGTH = 512
+# Where a relay row (relay.rows) holds its traceparent and tracestate.
+_TRACEPARENT_AT = 8
+_TRACESTATE_AT = 9
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _INVALID_IDS = ("0" * 32, "0" * 16)
+# The trace flags of each two-digit value, made once (TraceFlags(int(...)) per parse costs).
+_FLAGS: dict[str, Any] = {} if trace is None else {f"{n:02x}": TraceFlags(n) for n in range(256)}
 
 
 def available() -> bool:
@@ -81,10 +93,23 @@ def current_traceparent() -> str | None:
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
 
 
+def current_context() -> tuple[str, str | None] | None:
+    """The W3C ``traceparent`` and ``tracestate`` (None when empty, or longer than
+    :data:`MAX_TRACESTATE_LENGTH`) of the current span, or None (no API, no valid span)."""
+    if trace is None:
+        return None
+    ctx = trace.get_current_span().get_span_context()
+    if not ctx.is_valid:
+        return None
+    state = ctx.trace_state.to_header() if ctx.trace_state else None
+    return (f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}",
+            state if state and len(state) <= MAX_TRACESTATE_LENGTH else None)
+
+
 def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None = None
                       ) -> Any:
     """The remote ``SpanContext`` of a W3C ``traceparent`` value, or None if it is not one
-    (or the API is not installed)."""
+    (or the API is not installed); ``tracestate``, if given, is its trace state."""
     if trace is None or value is None:
         return None
     if isinstance(value, bytes):
@@ -92,21 +117,22 @@ def parse_traceparent(value: str | bytes | None, tracestate: str | bytes | None 
             value = value.decode("ascii")
         except UnicodeDecodeError:
             return None
-    found = _TRACEPARENT.match(value.strip())
+    text = value.strip()
+    found = _TRACEPARENT.match(text)
     if found is None:
         return None
     version, trace_id, span_id, flags = found.groups()
     if version == "ff" or trace_id == _INVALID_IDS[0] or span_id == _INVALID_IDS[1]:
         return None
-    if version == "00" and len(value.strip()) != 55:
+    # Version 00 is exactly 55 characters; a later one may append "-" and more fields.
+    if len(text) != 55 and (version == "00" or text[55] != "-"):
         return None
     state = None
     if tracestate:
-        text = tracestate.decode("ascii", "replace") if isinstance(tracestate, bytes) \
+        header = tracestate.decode("ascii", "replace") if isinstance(tracestate, bytes) \
             else tracestate
-        state = TraceState.from_header([text])
-    return SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
-                       trace_flags=TraceFlags(int(flags, 16)), trace_state=state)
+        state = TraceState.from_header([header])
+    return SpanContext(int(trace_id, 16), int(span_id, 16), True, _FLAGS[flags], state)
 
 
 def _parent(traceparent: str | bytes | None, tracestate: str | bytes | None = None) -> Any:
@@ -184,10 +210,12 @@ class RelaySpans:
     """The relay's ``send`` spans: one per batch, from hand-over to librdkafka until every
     delivery report is in (:meth:`started` / :meth:`settled`).
 
-    Rows are the relay's tuples: ``id, aggregatetype, aggregateid, type, payload,
-    created_ms, correlation_id, causation_id, traceparent, ...``. The span links to each
-    row's publish context (the first :data:`MAX_LINKS`, each link naming its event id) and
-    is the child of the first one, so a batch of one order's events is in its trace.
+    Rows are the relay's tuples (relay.rows): ``id, aggregatetype, aggregateid, type,
+    payload, created_ms, correlation_id, causation_id, traceparent, tracestate, ...``. The
+    span links to each row's publish context (the first :data:`MAX_LINKS`, each link naming
+    its event id) and is the child of the first one, so a batch of one order's events is in
+    its trace. A batch whose rows carry no ``traceparent`` gets no span (it would be a
+    trace of its own, of the relay alone).
     """
 
     def __init__(self, topic_of: Callable[[str], str]) -> None:
@@ -195,23 +223,28 @@ class RelaySpans:
         self.open: dict[int, tuple[Any, int]] = {}  # id(batch) -> (span, row count)
 
     def started(self, batch: object, rows: Sequence[Sequence[Any]]) -> None:
-        """Open the ``send`` span of ``batch`` (no-op unless spans are recorded)."""
+        """Open the ``send`` span of ``batch`` (no-op unless spans are recorded and a row
+        carries a ``traceparent``)."""
         if not rows or not enabled():
             return
         links: list[Any] = []
-        parent = None
-        types = {row[1] for row in rows}
+        # One parse per distinct traceparent: a transaction's rows share their span's.
+        contexts: dict[str, Any] = {}
         for row in rows:
-            if row[8] is None:
+            value = row[_TRACEPARENT_AT]
+            if value is None:
                 continue
-            remote = parse_traceparent(row[8])
+            remote = contexts.get(value, False)
+            if remote is False:
+                remote = contexts[value] = parse_traceparent(value, row[_TRACESTATE_AT])
             if remote is not None:
                 links.append(Link(remote, {"messaging.message.id": row[0]}))
-                if parent is None:
-                    parent = trace.set_span_in_context(trace.NonRecordingSpan(remote))
                 if len(links) == MAX_LINKS:
                     break
-        topics = sorted(self.topic_of(t) for t in types)
+        if not links:
+            return
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context))
+        topics = sorted({self.topic_of(t) for t in {row[1] for row in rows}})
         destination = topics[0] if len(topics) == 1 else "multiple"
         attributes: dict[str, Any] = {
             "messaging.system": "kafka", "messaging.operation.type": "send",
@@ -272,6 +305,6 @@ def configure_from_env(service: str, environ: Mapping[str, str] | None = None) -
     return True
 
 
-__all__ = ["MAX_LINKS", "TRACE_FILE_ENV", "RelaySpans", "available", "configure_from_env",
-           "current_traceparent", "enabled", "parse_traceparent", "process_span",
-           "server_span"]
+__all__ = ["MAX_LINKS", "MAX_TRACESTATE_LENGTH", "TRACE_FILE_ENV", "RelaySpans", "available",
+           "configure_from_env", "current_context", "current_traceparent", "enabled",
+           "parse_traceparent", "process_span", "server_span"]

@@ -143,6 +143,9 @@ class Queries:
         if not row[1]:
             return (f"{self.schema}.{relay_cursor_name(self.table)} does not exist: the "
                     "outbox schema is older than this toolkit; run `outbox db upgrade`")
+        if not row[2]:
+            return (f"{self.name} has no tracestate column (schema version 6): the outbox "
+                    "schema is older than this toolkit; run `outbox db upgrade`")
         return None
 
     def declare_window(self, name: str) -> str:

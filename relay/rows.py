@@ -4,7 +4,7 @@ The relay reads rows as plain tuples (psycopg's default: building a named tuple 
 object per row costs CPU on the hot path), so a column is read by index, and the indexes
 are named here and nowhere else. The statements that return rows (``relay/relay.sql``:
 ``first_window_batch``, ``declare_window``, ``claim_retry``) select exactly these columns
-in this order; the first nine are :class:`outbox.record.StoredRow`'s.
+in this order; the first ten are :class:`outbox.record.StoredRow`'s.
 """
 
 from __future__ import annotations
@@ -23,17 +23,19 @@ CREATED_MS: Final = 5
 CORRELATION_ID: Final = 6
 CAUSATION_ID: Final = 7
 TRACEPARENT: Final = 8
+TRACESTATE: Final = 9  # schema version 6
 # The relay's bookkeeping.
-SEQ: Final = 9
-SHARD: Final = 10
-ATTEMPTS: Final = 11
+SEQ: Final = 10
+SHARD: Final = 11
+ATTEMPTS: Final = 12
 
 COLUMNS: Final = ("id", "aggregatetype", "aggregateid", "type", "payload", "created_ms",
-                  "correlation_id", "causation_id", "traceparent", "seq", "shard", "attempts")
+                  "correlation_id", "causation_id", "traceparent", "tracestate", "seq", "shard",
+                  "attempts")
 
 # A row as the relay reads it (see the constants above).
-Row = tuple[str, str, str, str, str | None, int, str | None, str | None, str | None, int, int,
-            int]
+Row = tuple[str, str, str, str, str | None, int, str | None, str | None, str | None, str | None,
+            int, int, int]
 # (aggregatetype, aggregateid): what per-aggregate order is about.
 AggregateKey = tuple[str, str]
 
@@ -41,7 +43,7 @@ AggregateKey = tuple[str, str]
 # (benchmarks read rows the same way).
 RECORD_COLUMNS: Final = ("o.id::text, o.aggregatetype, o.aggregateid, o.type, o.payload::text, "
                          "floor(extract(epoch from o.created_at) * 1000)::int8, "
-                         "o.correlation_id, o.causation_id, o.traceparent")
+                         "o.correlation_id, o.causation_id, o.traceparent, o.tracestate")
 ROW_COLUMNS: Final = RECORD_COLUMNS + ", o.seq, o.shard, o.attempts"
 
 

@@ -261,6 +261,23 @@ def downgrade_schema_v5(op: Operations, schema: str = "public", outbox: str = "o
     op.drop_column(outbox, "ce_time", schema=schema)
 
 
+def upgrade_schema_v6(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Version 6: ``tracestate text``, the W3C ``tracestate`` of the publishing span (vendor
+    trace data next to ``traceparent``), which the relay and Debezium send as the
+    ``tracestate`` header (outbox.tracing). Nullable, added without a table rewrite."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    op.add_column(outbox, sa.Column("tracestate", sa.Text(), nullable=True), schema=schema)
+
+
+def downgrade_schema_v6(op: Operations, schema: str = "public", outbox: str = "outbox") -> None:
+    """Back to version 5: the column is dropped (a relay or connector of version 6 reads it:
+    stop them, or downgrade them, first)."""
+    for value, what in ((schema, "schema"), (outbox, "outbox table")):
+        check_identifier(value, what)
+    op.drop_column(outbox, "tracestate", schema=schema)
+
+
 def drop_schema_v1(op: Operations, schema: str = "public", outbox: str = "outbox",
                    inbox: str = "inbox") -> None:
     """Undo version 1: drop the two tables (the schema itself is left alone)."""

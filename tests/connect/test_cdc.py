@@ -84,7 +84,8 @@ def events() -> list[Event]:
         out.append(Event("order", agg, f"Step{n}", {
             "orderId": agg, "n": n, "total": n * 1.5, "note": "é ✓", "items": [{"sku": "a"}],
             "nothing": None}, correlation_id=f"c-{n % 3}",
-            causation_id="cause" if n % 2 else None, traceparent="00-ab-cd-01"))
+            causation_id="cause" if n % 2 else None, traceparent="00-ab-cd-01",
+            tracestate="shop=t7,other=x" if n % 3 == 0 else None))
     out.append(Event("payment", "o-1", "Paid", {"orderId": "o-1"}, correlation_id="c-1",
                      causation_id="x", traceparent="00-ab-cd-01"))
     return out
@@ -97,7 +98,7 @@ def publish_all(url: str, evs: list[Event]) -> list[OutboxRow]:
             conn.commit()
         return [OutboxRow(*r) for r in conn.execute(
             "select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id, "
-            "causation_id, traceparent from outbox order by seq")]
+            "causation_id, traceparent, tracestate from outbox order by seq")]
 
 
 def comparable(records: list[Record], prefix: str) -> list[tuple[Any, ...]]:

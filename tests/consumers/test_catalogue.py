@@ -44,7 +44,8 @@ def test_the_saga_document_is_valid_asyncapi_3() -> None:
     created = document["components"]["messages"]["OrderCreated"]
     assert created["headers"] == {"$ref": "#/components/schemas/OutboxRecordHeaders"}
     headers = document["components"]["schemas"]["OutboxRecordHeaders"]["properties"]
-    assert set(headers) == {"id", "eventType", "correlationId", "causationId", "traceparent"}
+    assert set(headers) == {"id", "eventType", "correlationId", "causationId", "traceparent",
+                            "tracestate"}
     payload = document["components"]["schemas"]["OrderCreated"]
     assert {"orderId", "correlationId", "items"} <= set(payload["required"])
     assert payload["properties"]["items"]["items"] == {"$ref": "#/components/schemas/Line"}

@@ -106,6 +106,7 @@ def test_version_3_keeps_what_was_published_and_what_was_pending(empty_db: str) 
     picked up, rows in the middle of failing go on through the retry claim; downgrading
     marks what the cursor delivered, so a version-2 relay does not send it again."""
     from relay.queries import Queries
+    from relay.rows import SEQ
 
     settings = Settings(database_url=empty_db)
     migrate.upgrade(settings, "0002")
@@ -124,7 +125,7 @@ def test_version_3_keeps_what_was_published_and_what_was_pending(empty_db: str) 
         assert conn.execute(delivered).fetchall() == [
             (published[0], False, True), (waiting[0], True, False), (retrying[0], False, False)]
         retry = conn.execute(queries.claim_retry, {"shards": list(range(256)), "limit": 10})
-        assert [r[9] for r in retry] == [retrying[0]]
+        assert [r[SEQ] for r in retry] == [retrying[0]]
         # The relay delivers the pending row: its shard's cursor covers it.
         shard = conn.execute("select shard from outbox where seq = %s", waiting).fetchone()
         snapshot = conn.execute(queries.snapshot).fetchone()
@@ -299,6 +300,16 @@ def test_an_application_alembic_history_can_include_the_toolkit_tables(
             upgrade_schema_v5(Operations(op.get_context()), schema="public")
         def downgrade():
             downgrade_schema_v5(Operations(op.get_context()), schema="public")
+    """))
+    (app / "versions" / "a6_outbox_v6.py").write_text(textwrap.dedent("""
+        from alembic import op
+        from alembic.operations import Operations
+        from outbox.migrations.ddl import downgrade_schema_v6, upgrade_schema_v6
+        revision, down_revision, branch_labels, depends_on = "a6", "a5", None, None
+        def upgrade():
+            upgrade_schema_v6(Operations(op.get_context()), schema="public")
+        def downgrade():
+            downgrade_schema_v6(Operations(op.get_context()), schema="public")
     """))
     config = Config()
     config.set_main_option("script_location", str(app))

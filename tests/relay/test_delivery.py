@@ -11,7 +11,7 @@ from relay.rows import AGGREGATEID, AGGREGATETYPE, SEQ, Row
 
 def make_row(seq: int, aggregate: int, payload: str | None = '{"n": 1}') -> Row:
     return (f"id-{seq}", "order", f"agg-{aggregate}", "Created", payload, 1000 + seq, None,
-            None, None, seq, aggregate % 4, 0)
+            None, None, None, seq, aggregate % 4, 0)
 
 
 failures = st.one_of(

@@ -19,6 +19,7 @@ from outbox.record import (
     compact_json_many,
     encode_value,
     invalid_topic_reason,
+    stored_headers,
     stored_record,
     timestamp_ms,
     to_record,
@@ -52,6 +53,15 @@ def test_optional_headers_come_in_pinned_order_only_when_set() -> None:
     record = to_record(row(correlation_id="c-1", causation_id="e-0", traceparent="tp"))
     assert record.headers[2:] == [("correlationId", b"c-1"), ("causationId", b"e-0"),
                                   ("traceparent", b"tp")]
+    record = to_record(row(traceparent="tp", tracestate="a=1,b=2"))
+    assert record.headers[2:] == [("traceparent", b"tp"), ("tracestate", b"a=1,b=2")]
+
+
+def test_stored_rows_give_the_same_headers_tracestate_included() -> None:
+    stored = StoredRow("e-1", "order", "o-1", "Created", "{}", 0, None, None, "tp", "a=1")
+    assert stored_headers(stored) == [("id", "e-1"), ("eventType", "Created"),
+                                      ("traceparent", "tp"), ("tracestate", "a=1")]
+    assert stored_headers(stored._replace(tracestate=None))[2:] == [("traceparent", "tp")]
 
 
 def test_value_is_compact_utf8_and_keeps_key_order() -> None:

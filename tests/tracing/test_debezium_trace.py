@@ -1,5 +1,6 @@
-"""Debezium's records carry the publish context in ``traceparent`` (the rendered config
-places the column as a header), and a consumer continues the trace from them."""
+"""Debezium's records carry the publish context in ``traceparent`` and ``tracestate`` (the
+rendered config places the columns as headers), and a consumer continues the trace from
+them."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from outbox.cli import main
 from outbox.publish import Event, publish
 from outbox.settings import Settings
 from tests.connect.test_cdc import read, wait_running
+from tests.tracing.test_tracestate import STATE, upstream
 
 pytestmark = [pytest.mark.connect, pytest.mark.postgres, pytest.mark.kafka]
 
@@ -32,12 +34,15 @@ def test_a_consumer_continues_the_trace_from_debezium_records(
     assert result.exit_code == 0, result.output
     wait_running(connect_url, cdc["name"])
     time.sleep(2)  # the slot is created as the task starts streaming
-    with trace.get_tracer("test").start_as_current_span("POST /orders") as request, \
+    # An upstream caller's context with vendor data (tracestate): the publishing span has it.
+    with trace.get_tracer("test").start_as_current_span("POST /orders",
+                                                        context=upstream()) as request, \
             psycopg.connect(database_url) as conn:
         (event,) = publish(conn, Event("order", "o-1", "OrderCreated", {"orderId": "o-1"}))
     topic = cdc["template"].replace("{aggregatetype}", "order")
     (record,) = read(kafka_bootstrap, topic, 1)
     assert record.header("traceparent") == (event.traceparent or "").encode()
+    assert record.header("tracestate") == b"shop=t7,vendor=abc"
 
     settings = Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap)
     engine = create_engine(settings.sqlalchemy_url(), pool_size=2)
@@ -66,6 +71,7 @@ def test_a_consumer_continues_the_trace_from_debezium_records(
     assert process.context is not None and process.parent is not None
     assert process.context.trace_id == ctx.trace_id  # one trace through Debezium
     assert process.parent.span_id == ctx.span_id  # the child of the publishing span
+    assert process.context.trace_state == STATE == seen[0].trace_state
     assert seen[0].span_id == process.context.span_id  # current inside the handler
     assert process.attributes is not None
     assert process.attributes["messaging.message.id"] == str(event.id)
