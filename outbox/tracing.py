@@ -72,15 +72,16 @@ def enabled() -> bool:
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
 
 
-_tracers: dict[int, Any] = {}
+# (provider, its tracer): the provider is held, so a new provider is never mistaken for a
+# collected one that had the same id() (tests set and shut down several).
+_cached: list[tuple[Any, Any]] = []
 
 
 def _tracer() -> Any:
     provider = trace.get_tracer_provider()
-    found = _tracers.get(id(provider))
-    if found is None:
-        found = _tracers[id(provider)] = provider.get_tracer(TRACER_NAME)
-    return found
+    if not _cached or _cached[0][0] is not provider:
+        _cached[:] = [(provider, provider.get_tracer(TRACER_NAME))]
+    return _cached[0][1]
 
 
 def current_traceparent() -> str | None:
