@@ -35,6 +35,7 @@ def host_ports(service: dict[str, Any]) -> set[int]:
 RELAYS = ("relay-orders", "relay-inventory", "relay-payment", "relay-shipping")
 APPS = ("saga-setup", *RELAYS, "order-api", "inventory", "payment", "shipping")
 MONITORING = ("cdc-exporter", "prometheus", "grafana")
+SAGA_CONSUMERS = ("order-api", "inventory", "payment", "shipping")
 
 
 def test_compose_has_the_stack_services_and_app_slots() -> None:
@@ -82,12 +83,14 @@ def test_compose_monitoring_scrapes_every_toolkit_process_it_starts() -> None:
     for name, service in services.items():
         command = [str(c) for c in service.get("command", [])]
         for flag in ("--metrics-port", "--port"):
-            if command[:1] == ["outbox"] and flag in command:
+            if command[:1] in (["outbox"], ["outbox-saga"]) and flag in command:
                 served[name] = f"{name}:{command[command.index(flag) + 1]}"
+                break
     assert targets["outbox-relay"] == {served[r] for r in RELAYS}
+    assert targets["outbox-consumer"] == {served[s] for s in SAGA_CONSUMERS}
     assert targets["outbox-cdc"] == {served["cdc-exporter"]}
-    for relay in RELAYS:
-        assert "0.0.0.0" in services[relay]["command"], relay  # reachable from Prometheus
+    for name in (*RELAYS, *SAGA_CONSUMERS):
+        assert "0.0.0.0" in services[name]["command"], name  # reachable from Prometheus
     for name in ("prometheus", "grafana"):
         image = services[name]["image"]
         assert ":" in image and not image.endswith(":latest"), image

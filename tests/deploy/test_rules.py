@@ -39,8 +39,8 @@ def test_compose_prometheus_config_is_valid(tmp_path: Path) -> None:
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     result = run("check", "config", str(tmp_path / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert {job["job_name"] for job in config["scrape_configs"]} == {"outbox-relay",
-                                                                    "outbox-cdc"}
+    assert {job["job_name"] for job in config["scrape_configs"]} == {
+        "outbox-relay", "outbox-consumer", "outbox-cdc"}
 
 
 def test_every_alert_has_a_severity_text_and_a_runbook_section() -> None:
