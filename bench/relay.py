@@ -37,6 +37,7 @@ Latency (bench/relay_latency.py): one event per transaction at ``--rate`` for
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -47,7 +48,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import common, native  # noqa: E402
+from bench import common, cpu, native  # noqa: E402
 from bench.common import Offsets, RunNames, Spread  # noqa: E402
 from bench.relay_contenders import (  # noqa: E402
     kafka_config,
@@ -100,24 +101,34 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
                 topics.append(name + ("-bench" if contender.startswith("relay") else ""))
                 common.create_topic(common.bootstrap(), topics[-1], args.partitions)
         results: dict[tuple[str, str], list[dict[str, Any]]] = {job: [] for job in jobs}
+        servers = cpu.Servers.of_stack()
+
+        def run_one(contender: str, topic: str, config: dict[str, str]) -> dict[str, Any]:
+            if contender == "native":
+                assert binary is not None
+                return run_native(binary, record_file, topic, warm, config, events)
+            if contender == "raw":
+                return run_raw(records, topic, warm, config)
+            if contender.startswith("relay"):
+                return run_relay(url, offsets, topic, config, events, args,
+                                 processes=1 if contender == "relay1" else None)
+            return run_floor(url, args.batch_size)
+
         for r in range(args.rounds + 1):
             line = []
             for contender, codec in common.rotated(jobs, r):
                 config = kafka_config(codec or None, extra)
                 topic = topic_of.get((contender, codec), "")
-                if contender == "native":
-                    assert binary is not None
-                    res = run_native(binary, record_file, topic, warm, config, events)
-                elif contender == "raw":
-                    res = run_raw(records, topic, warm, config)
-                elif contender.startswith("relay"):
-                    res = run_relay(url, offsets, topic, config, events, args,
-                                    processes=1 if contender == "relay1" else None)
-                else:
-                    res = run_floor(url, args.batch_size)
+                spawned = contender == "native" or contender.startswith("relay")
+                res, used = cpu.measure(servers, spawned,
+                                        functools.partial(run_one, contender, topic, config))
+                # The relay measures its own span (spawn to exit), leaving out the broker's
+                # work for the bench's append-time reads.
+                res.setdefault("cpu_us", used.per_event_us(events))
                 if r:
                     results[(contender, codec)].append(res)
-                line.append(f"{contender}{'/' + codec if codec else ''} {res['rate']:,.0f}")
+                line.append(f"{contender}{'/' + codec if codec else ''} {res['rate']:,.0f} "
+                            f"({res['cpu_us']['total']:.1f} µs CPU)")
             label = "warm-up" if r == 0 else f"round {r}"
             print(f"{label:>8}: " + ", ".join(line) + f"  (load {common.machine_load()})",
                   flush=True)
@@ -164,6 +175,13 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
             entry["start_seconds"] = start.as_dict()
             print(f"  {'':<18} first->last record {steady.show()}; spawn->first record "
                   f"{start.show('.2f')} s")
+        if runs and "cpu_us" in runs[0]:
+            parts = {part: Spread.of(r["cpu_us"][part] for r in runs)
+                     for part in ("own", "postgres", "kafka", "total")}
+            entry["cpu_us_per_event"] = {k: v.as_dict() for k, v in parts.items()}
+            print(f"  {'':<18} CPU µs an event {parts['total'].show('.1f')} (own "
+                  f"{parts['own'].median:.1f}, PostgreSQL {parts['postgres'].median:.1f}, "
+                  f"Kafka {parts['kafka'].median:.1f})")
         if contender == "native" and runs:
             entry["librdkafka"] = runs[0]["librdkafka"]
         if contender == "floor" and runs:
@@ -193,6 +211,14 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
             key = f"{a}/{b}" + (f" ({codec})" if codec else "")
             out["ratios"][key] = {**ratio.as_dict(), "best_over_best": best}
             print(f"  ratio {key:<24} {ratio.show('.2f')}; best/best {best:.2f}")
+            if b == "native" and all("cpu_us" in x for x in (*ra, *rb)):
+                # With every core busy, a/native cannot exceed native's CPU per event over
+                # a's: the bound the throughput ratio is to be read against.
+                bound = Spread.of(y["cpu_us"]["total"] / x["cpu_us"]["total"]
+                                  for x, y in zip(ra, rb, strict=True))
+                out["ratios"][key]["cpu_bound"] = bound.as_dict()
+                print(f"  {'':<30} CPU bound (native's CPU per event ÷ {a}'s) "
+                      f"{bound.show('.2f')}")
     return out
 
 

@@ -24,7 +24,7 @@ import psycopg
 from confluent_kafka import Producer
 from psycopg.types.json import Jsonb
 
-from bench import common, native
+from bench import common, cpu, native
 from bench.common import Offsets
 from outbox.names import SHARD_COUNT
 from outbox.record import StoredRow, stored_record_parts
@@ -137,7 +137,7 @@ def run_raw(records: list[Record], topic: str, warm: str, config: dict[str, str]
 def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, str],
               events: int, args: argparse.Namespace, py_spy: list[str] | None = None,
               command: list[str] | None = None, cursor_done: str | None = None,
-              processes: int | None = None) -> dict[str, float]:
+              processes: int | None = None) -> dict[str, Any]:
     """``outbox relay run`` (or ``command``) on the backlog, clocked from its spawn to the
     last append. Before it, every shard's cursor is reset: deleted (every row pending
     again), or with ``cursor_done`` (a snapshot) set to it, as the relay leaves a shard
@@ -158,6 +158,8 @@ def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, s
     cmd = [*(command or outbox_command()), "relay", "run", "--batch-size", str(args.batch_size),
            "--pipeline-depth", str(args.pipeline_depth), "--log-level", "warning",
            "--log-format", "text", *(["--processes", str(processes)] if processes else [])]
+    servers = cpu.Servers.of_stack()
+    cpu_before = cpu.snapshot(servers, spawned=True)
     spawned = time.time()
     proc = subprocess.Popen(cmd, env=env)
     spy = None
@@ -173,11 +175,14 @@ def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, s
         code = proc.wait(60)
         if spy is not None:
             spy.wait(60)
+    # CPU from the spawn to the relay's exit: not the broker's work for append_span below.
+    used = cpu.since(servers, cpu_before, spawned=True)
     if code != 0:
         raise RuntimeError(f"the relay exited with {code}")
     first, last = offsets.append_span(topic, before, after)
     return {"rate": events / (last - spawned), "seconds": last - spawned,
-            "steady_rate": events / max(last - first, 1e-3), "start_seconds": first - spawned}
+            "steady_rate": events / max(last - first, 1e-3), "start_seconds": first - spawned,
+            "cpu_us": used.per_event_us(events)}
 
 
 def run_floor(url: str, batch: int) -> dict[str, Any]:

@@ -42,6 +42,10 @@ def test_relay_bench_runs_every_contender_codec_and_phase(
     for contender in ("native/none", "raw/gzip", "relay/none", "floor"):
         assert size["contenders"][contender]["events_per_s"]["median"] > 0, contender
     assert size["contenders"]["relay/none"]["bytes_per_event_on_disk"] > 200
+    for contender in ("native/none", "relay/none"):  # CPU time per event, by part
+        cpu = size["contenders"][contender]["cpu_us_per_event"]
+        assert cpu["total"]["median"] > 0 and cpu["own"]["median"] > 0, contender
+    assert size["ratios"]["relay/native (none)"]["cpu_bound"]["rounds"]
     assert report["instances"]["ratio"]["rounds"]
     assert 390 <= report["latency"]["events"] <= 402
     assert len(report["latency"]["windows"]) == 2
