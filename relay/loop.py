@@ -95,6 +95,13 @@ class Relay:
 
     def run(self) -> int:
         """The daemon: loop until asked to stop, surviving PostgreSQL and Kafka outages."""
+        try:
+            return self._run()
+        finally:
+            # However it ends (a configuration error, a crash), the side threads end too.
+            self.stopping.set()
+
+    def _run(self) -> int:
         opts = self.options
         log.info("relay starting", extra={
             "action": "relay_start", "instance": opts.instance_id,
@@ -327,7 +334,8 @@ class Relay:
     def _start(self, batch: Batch) -> None:
         assert self.producer is not None
         self.groups[batch.group].in_flight = batch
-        self.spans.started(batch, batch.rows)
+        if self.spans.started(batch, batch.rows):
+            batch.partitions = set()  # collected for the span's partition attribute
         self._produce(batch)
         self.producer.poll(0)
 
