@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -223,11 +223,11 @@ class RelaySpans:
         self.topic_of = topic_of
         self.open: dict[int, tuple[Any, int]] = {}  # id(batch) -> (span, row count)
 
-    def started(self, batch: object, rows: Sequence[Sequence[Any]]) -> None:
-        """Open the ``send`` span of ``batch`` (no-op unless spans are recorded and a row
-        carries a ``traceparent``)."""
+    def started(self, batch: object, rows: Sequence[Sequence[Any]]) -> bool:
+        """Open the ``send`` span of ``batch``; False (nothing opened) unless spans are
+        recorded and a row carries a ``traceparent``."""
         if not rows or not enabled():
-            return
+            return False
         links: list[Any] = []
         # One parse per distinct traceparent: a transaction's rows share their span's.
         contexts: dict[str, Any] = {}
@@ -243,7 +243,7 @@ class RelaySpans:
                 if len(links) == MAX_LINKS:
                     break
         if not links:
-            return
+            return False
         parent = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context))
         topics = sorted({self.topic_of(t) for t in {row[1] for row in rows}})
         destination = topics[0] if len(topics) == 1 else "multiple"
@@ -265,15 +265,18 @@ class RelaySpans:
                 stale.end()
             self.open.clear()
         self.open[id(batch)] = (span, len(rows))
+        return True
 
-    def settled(self, batch: object, failed: int, partitions: Sequence[int] = ()) -> None:
-        """Close the span of ``batch``: an error status if ``failed`` rows failed."""
+    def settled(self, batch: object, failed: int, partitions: Collection[int] = ()) -> None:
+        """Close the span of ``batch``: an error status if ``failed`` rows failed; the
+        partition when every record went to the same one (``partitions``: those its
+        records were appended to)."""
         found = self.open.pop(id(batch), None)
         if found is None:
             return
         span, count = found
-        if len(set(partitions)) == 1:
-            span.set_attribute("messaging.destination.partition.id", str(partitions[0]))
+        if len(distinct := set(partitions)) == 1:
+            span.set_attribute("messaging.destination.partition.id", str(next(iter(distinct))))
         if failed:
             span.set_status(Status(StatusCode.ERROR, f"{failed} of {count} records failed"))
         span.end()

@@ -65,6 +65,9 @@ class Batch:
     failed_reports: list[tuple[bytes | None, bytes | None, bool, str]] = field(
         default_factory=list)
     fatal: bool = False
+    # the partitions its records were appended to, collected only for a traced batch
+    # (None: not collected), so its send span can name the one partition they share
+    partitions: set[int] | None = None
 
 
 @dataclass

@@ -69,7 +69,8 @@ class Sender:
         # cost ~1 µs per row of a ~5 µs loop); a failed report is traced back to its row
         # at settle (relay.delivery.attribute_failures). Rows retried alone keep an exact
         # callback.
-        on_batch = functools.partial(self._batch_delivered, batch)
+        on_batch = functools.partial(self._batch_delivered if batch.partitions is None
+                                     else self._traced_batch_delivered, batch)
         # The on_ack hook (benchmarks) needs each record's row: reports carry no headers.
         exact = self.on_ack
         careful = bool(suspects) or exact is not None
@@ -137,10 +138,19 @@ class Sender:
                                          f"delivery: {err.str()}"))
             batch.fatal = batch.fatal or err.fatal()
 
+    @staticmethod
+    def _traced_batch_delivered(batch: Batch, err: KafkaError | None, msg: Message) -> None:
+        # A traced batch's callback: also the partition, for its send span.
+        Sender._batch_delivered(batch, err, msg)
+        if err is None and batch.partitions is not None:
+            batch.partitions.add(msg.partition() or 0)
+
     def _delivered(self, batch: Batch, index: int, err: KafkaError | None,
                    msg: Message) -> None:
         """The exact callback of a row produced alone (or of every row with ``on_ack``)."""
         batch.outstanding -= 1
+        if err is None and batch.partitions is not None:
+            batch.partitions.add(msg.partition() or 0)
         if err is not None:
             batch.errors[index] = Failure(Stage.DELIVERY, is_permanent(err),
                                           f"delivery: {err.str()}")

@@ -81,7 +81,7 @@ class Settler:
         """Record the batch's outcome; returns how many rows were delivered."""
         if batch.failed_reports:
             attribute_failures(batch)
-        self.spans.settled(batch, len(batch.errors))
+        self.spans.settled(batch, len(batch.errors), batch.partitions or ())
         outcome = classify(batch)
         suspects = self.failures.suspects
         for row in outcome.suspects:  # maybe a neighbour's fault: retried alone, uncounted

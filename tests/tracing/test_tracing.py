@@ -145,6 +145,8 @@ def test_relay_send_span_per_batch_links_each_publish_context(
     assert send.attributes["messaging.system"] == "kafka"
     assert send.attributes["messaging.destination.name"] == prefix + "-order"
     assert send.attributes["messaging.batch.message_count"] == 4
+    # one partition for the whole batch: the span names it
+    assert send.attributes["messaging.destination.partition.id"] == "0"
     assert [(link.context.trace_id, link.context.span_id) for link in send.links] == [
         (c.trace_id, c.span_id) for c in contexts]
     ids = {r.header("id").decode() for r in records if r.header("traceparent")}  # type: ignore[union-attr]
