@@ -28,7 +28,8 @@ NO_PROVIDER_ENV = "TRACED_OUTBOX_NO_PROVIDER"
 
 
 class DropExporter(SpanExporter):
-    """Counts spans, keeps none."""
+    """Counts spans, keeps none; says how many at shutdown, in every process (a relay
+    process forked by ``--processes`` shuts its provider down before it exits)."""
 
     def __init__(self) -> None:
         self.count = 0
@@ -36,6 +37,10 @@ class DropExporter(SpanExporter):
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         self.count += len(spans)
         return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        print(f"traced_outbox: {self.count} spans exported (pid {os.getpid()})",
+              file=sys.stderr)
 
 
 def install() -> tuple[TracerProvider, DropExporter]:
@@ -53,13 +58,8 @@ def main() -> None:
 
         plain_main(prog_name="outbox")
         return
-    provider, exporter = install()
-
-    def report() -> None:
-        provider.shutdown()
-        print(f"traced_outbox: {exporter.count} spans exported", file=sys.stderr)
-
-    atexit.register(report)
+    provider, _exporter = install()
+    atexit.register(provider.shutdown)
     from outbox.cli import main as outbox_main
 
     outbox_main(prog_name="outbox")

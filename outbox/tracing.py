@@ -23,6 +23,7 @@ Semantic conventions: OpenTelemetry's messaging conventions (``messaging.system=
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
@@ -70,6 +71,21 @@ def enabled() -> bool:
         return False
     provider = trace.get_tracer_provider()
     return not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+
+
+def shutdown() -> None:
+    """Flush and shut down the tracer provider, if it is the SDK's (or any with a
+    ``shutdown``): for a process that ends with ``os._exit`` (a forked relay process),
+    where the SDK's own exit hook does not run and spans still queued would be lost."""
+    if not enabled():
+        return
+    stop = getattr(trace.get_tracer_provider(), "shutdown", None)
+    if callable(stop):
+        try:
+            stop()
+        except Exception:
+            logging.getLogger("outbox.tracing").warning("tracer provider shutdown failed",
+                                                        exc_info=True)
 
 
 # (provider, its tracer): the provider is held, so a new provider is never mistaken for a
@@ -311,4 +327,4 @@ def configure_from_env(service: str, environ: Mapping[str, str] | None = None) -
 
 __all__ = ["MAX_LINKS", "MAX_TRACESTATE_LENGTH", "TRACE_FILE_ENV", "RelaySpans", "available",
            "configure_from_env", "current_context", "current_traceparent", "enabled",
-           "parse_traceparent", "process_span", "server_span"]
+           "parse_traceparent", "process_span", "server_span", "shutdown"]

@@ -34,6 +34,7 @@ import threading
 from collections.abc import Callable
 from types import FrameType
 
+from outbox import tracing
 from outbox.exit_codes import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_WORKER_DIED
 from outbox.names import SHARD_COUNT
 
@@ -157,6 +158,7 @@ class Supervisor:
                 log.exception("relay process %d crashed", index,
                               extra={"action": "relay_crash"})
             finally:
+                tracing.shutdown()  # os._exit skips the SDK's exit hook: spans still queued
                 logging.shutdown()
                 sys.stdout.flush()
                 sys.stderr.flush()

@@ -201,3 +201,32 @@ def test_forwarded_request_is_the_child_of_the_process_span(
     assert inside == f"00-{span.context.trace_id:032x}-{span.context.span_id:016x}-" \
                      f"{span.context.trace_flags:02x}"
     assert inside.split("-")[1] == TRACEPARENT.split("-")[1]
+
+
+def test_every_relay_process_exports_its_queued_spans_before_it_exits(
+        outbox_url: str, kafka_bootstrap: str, prefix: str) -> None:
+    """A relay process forked by --processes ends with os._exit, past the SDK's exit hook:
+    it shuts the provider down first, so a BatchSpanProcessor's queued spans are exported
+    (bench/traced_outbox.py: an SDK provider whose exporter counts, per process)."""
+    create_topic(kafka_bootstrap, prefix + "-order", 1)
+    with psycopg.connect(outbox_url) as conn:
+        for n in range(6):
+            publish(conn, Event("order", f"o-{n}", "Created", {"n": n}, traceparent=TRACEPARENT))
+    env = {**os.environ, "OUTBOX_DATABASE_URL": outbox_url,
+           "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+           "OUTBOX_TOPIC_TEMPLATE": prefix + "-{aggregatetype}"}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(root, "bench", "traced_outbox.py"), "relay", "run",
+         "--processes", "2", "--log-level", "warning"],
+        env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        assert len(consume_all(kafka_bootstrap, prefix + "-order", expected=6, timeout=30)) == 6
+    finally:
+        proc.send_signal(2)  # SIGINT: drain and stop
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    counts = [int(line.split()[1]) for line in err.splitlines()
+              if line.startswith("traced_outbox:")]
+    assert len(counts) == 3, err  # the parent and its two relay processes
+    assert sum(counts) >= 1, err  # the batches' send spans, from the processes that sent them
