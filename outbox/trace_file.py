@@ -8,10 +8,11 @@ span processor), so what a process killed with ``kill -9`` had finished is on di
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -40,12 +41,29 @@ def span_record(span: ReadableSpan) -> dict[str, Any]:
 
 
 class JsonLinesSpanExporter(SpanExporter):
-    """Appends each exported span to ``path`` as one JSON object per line."""
+    """Appends each exported span to ``path`` as one JSON object per line.
 
-    def __init__(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._file = Path(path).open("a", encoding="utf-8")  # noqa: SIM115 - closed at shutdown
+    ``per_process``: a path with ``{pid}`` in it; a process forked from this one (a relay
+    process of ``--processes``) then writes to a file of its own pid, not the parent's.
+    """
+
+    def __init__(self, path: str | Path, per_process: str | None = None) -> None:
+        self._file = self._open(path)
         self._lock = threading.Lock()
+        if per_process is not None and "{pid}" in per_process:
+            os.register_at_fork(after_in_child=lambda: self._reopen(per_process))
+
+    @staticmethod
+    def _open(path: str | Path) -> TextIO:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return Path(path).open("a", encoding="utf-8")  # closed at shutdown
+
+    def _reopen(self, template: str) -> None:
+        # In the forked child: the parent's file object is flushed after every export, so
+        # nothing of the parent's is lost by closing the child's copy of it.
+        self._lock = threading.Lock()
+        self._file.close()
+        self._file = self._open(template.replace("{pid}", str(os.getpid())))
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(span_record(s), default=str) + "\n" for s in spans)
@@ -61,10 +79,12 @@ class JsonLinesSpanExporter(SpanExporter):
             self._file.close()
 
 
-def install_file_provider(path: str | Path, service: str) -> TracerProvider:
-    """Make a tracer provider writing to ``path`` the global one (service ``service``)."""
+def install_file_provider(path: str | Path, service: str,
+                          per_process: str | None = None) -> TracerProvider:
+    """Make a tracer provider writing to ``path`` the global one (service ``service``);
+    ``per_process``: see :class:`JsonLinesSpanExporter`."""
     provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path, per_process)))
     trace.set_tracer_provider(provider)
     return provider
 

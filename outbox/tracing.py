@@ -303,7 +303,8 @@ _configured: list[str] = []
 
 def configure_from_env(service: str, environ: Mapping[str, str] | None = None) -> bool:
     """Set a tracer provider that writes spans as JSON lines to ``OUTBOX_TRACE_FILE``
-    (``{service}`` and ``{pid}`` in it are replaced), if that variable is set. True if it
+    (``{service}`` and ``{pid}`` in it are replaced; a forked process writes to its own
+    pid's file), if that variable is set. True if it
     did. A :class:`ConfigurationError` (one line) if it is set without the SDK."""
     env = os.environ if environ is None else environ
     path = env.get(TRACE_FILE_ENV, "").strip()
@@ -315,9 +316,10 @@ def configure_from_env(service: str, environ: Mapping[str, str] | None = None) -
         raise ConfigurationError(
             f"{TRACE_FILE_ENV} is set but opentelemetry-sdk is not installed: "
             "pip install 'outbox-toolkit[otel]' opentelemetry-sdk") from None
-    target = path.replace("{service}", service).replace("{pid}", str(os.getpid()))
+    per_process = path.replace("{service}", service)
+    target = per_process.replace("{pid}", str(os.getpid()))
     try:
-        install_file_provider(target, env.get("OTEL_SERVICE_NAME") or service)
+        install_file_provider(target, env.get("OTEL_SERVICE_NAME") or service, per_process)
     except OSError as exc:
         raise ConfigurationError(f"{TRACE_FILE_ENV}: cannot write {target!r}: "
                                  f"{exc.strerror or exc}") from None

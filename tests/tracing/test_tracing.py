@@ -18,6 +18,7 @@ from opentelemetry.trace import SpanKind
 from outbox import tracing
 from outbox.errors import ConfigurationError
 from outbox.publish import Event, publish
+from outbox.trace_file import read_spans
 from tests.harness.kafka import consume_all, create_topic
 from tests.relay.conftest import relay_settings
 
@@ -84,6 +85,37 @@ def test_unwritable_trace_file_is_one_line(tmp_path: Any) -> None:
     with pytest.raises(ConfigurationError, match="OUTBOX_TRACE_FILE: cannot write"):
         tracing.configure_from_env("relay", {"OUTBOX_TRACE_FILE": str(blocker / "x.jsonl")})
     assert not tracing.enabled()
+
+
+FORKED = """
+import os, sys
+from opentelemetry import trace
+from outbox import tracing
+assert tracing.configure_from_env("relay", {"OUTBOX_TRACE_FILE": sys.argv[1]})
+with trace.get_tracer("t").start_as_current_span("parent-span"):
+    pass
+pid = os.fork()
+if pid == 0:
+    with trace.get_tracer("t").start_as_current_span("child-span"):
+        pass
+    tracing.shutdown()
+    os._exit(0)
+os.waitpid(pid, 0)
+print(pid)
+"""
+
+
+def test_trace_file_with_pid_is_one_file_per_forked_process(tmp_path: Any) -> None:
+    """``{pid}``: a process forked after the configuration (a relay process of
+    --processes) writes its spans to its own file, not its parent's."""
+    template = str(tmp_path / "spans-{service}-{pid}.jsonl")
+    result = subprocess.run([sys.executable, "-c", FORKED, template], capture_output=True,
+                            text=True, timeout=60, check=True)
+    child = int(result.stdout.strip())
+    files = {path.name: [span["name"] for span in read_spans([path])]
+             for path in tmp_path.iterdir()}
+    assert files.pop(f"spans-relay-{child}.jsonl") == ["child-span"], files
+    assert list(files.values()) == [["parent-span"]], files
 
 
 def test_no_provider_no_span_no_capture() -> None:
