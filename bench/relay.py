@@ -119,12 +119,15 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
             for contender, codec in common.rotated(jobs, r):
                 config = kafka_config(codec or None, extra)
                 topic = topic_of.get((contender, codec), "")
-                spawned = contender == "native" or contender.startswith("relay")
-                res, used = cpu.measure(servers, spawned,
-                                        functools.partial(run_one, contender, topic, config))
-                # The relay measures its own span (spawn to exit), leaving out the broker's
-                # work for the bench's append-time reads.
-                res.setdefault("cpu_us", used.per_event_us(events))
+                if contender.startswith("relay"):
+                    # Measured by run_relay itself, from spawn to exit: not the broker's
+                    # work for the bench's append-time reads after it.
+                    res = run_one(contender, topic, config)
+                else:
+                    res, used = cpu.measure(servers, contender == "native",
+                                            functools.partial(run_one, contender, topic,
+                                                              config))
+                    res["cpu_us"] = used.per_event_us(events)
                 if r:
                     results[(contender, codec)].append(res)
                 line.append(f"{contender}{'/' + codec if codec else ''} {res['rate']:,.0f} "

@@ -139,18 +139,24 @@ class Sender:
             batch.fatal = batch.fatal or err.fatal()
 
     @staticmethod
+    def _note_partition(partitions: set[int], msg: Message) -> None:
+        partition = msg.partition()
+        if partition is not None:  # always set on a delivered record
+            partitions.add(partition)
+
+    @staticmethod
     def _traced_batch_delivered(batch: Batch, err: KafkaError | None, msg: Message) -> None:
         # A traced batch's callback: also the partition, for its send span.
         Sender._batch_delivered(batch, err, msg)
         if err is None and batch.partitions is not None:
-            batch.partitions.add(msg.partition() or 0)
+            Sender._note_partition(batch.partitions, msg)
 
     def _delivered(self, batch: Batch, index: int, err: KafkaError | None,
                    msg: Message) -> None:
         """The exact callback of a row produced alone (or of every row with ``on_ack``)."""
         batch.outstanding -= 1
         if err is None and batch.partitions is not None:
-            batch.partitions.add(msg.partition() or 0)
+            Sender._note_partition(batch.partitions, msg)
         if err is not None:
             batch.errors[index] = Failure(Stage.DELIVERY, is_permanent(err),
                                           f"delivery: {err.str()}")
