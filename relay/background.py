@@ -17,6 +17,7 @@ import psycopg
 from outbox.backoff import compute_backoff
 from outbox.settings import Settings
 from relay.connections import connect, first_line
+from relay.hints import Hints
 from relay.metrics import RelayMetrics
 from relay.queries import Queries, read_backlog
 
@@ -30,9 +31,10 @@ def start(name: str, target: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def listen(settings: Settings, queries: Queries, instance_id: str, wake: threading.Event,
-           stopping: threading.Event) -> None:
-    """Wake the loop on NOTIFY (a hint only: polling still finds every row)."""
+def listen(settings: Settings, queries: Queries, instance_id: str, hints: Hints,
+           wake: threading.Event, stopping: threading.Event) -> None:
+    """Note the shards each NOTIFY names (relay.hints) and wake the loop (a hint only:
+    polling still finds every row)."""
     failures = 0
     app = f"outbox-relay-listen:{instance_id}"
     while not stopping.is_set():
@@ -40,8 +42,13 @@ def listen(settings: Settings, queries: Queries, instance_id: str, wake: threadi
             with connect(settings, app) as conn:
                 conn.execute(queries.listen)
                 failures = 0
+                # Notifications sent while the connection was down are lost: look at every
+                # shard once instead of waiting for the next poll.
+                hints.add("")
+                wake.set()
                 while not stopping.is_set():
-                    for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    for note in conn.notifies(timeout=1.0, stop_after=1):
+                        hints.add(note.payload)
                         wake.set()
         except psycopg.OperationalError as exc:
             if stopping.is_set():

@@ -56,6 +56,8 @@ class Batch:
     read: list[Row] = field(default_factory=list)
     # the read reached the end of the window
     ends_window: bool = False
+    # settled: every row of its window is delivered (relay.settle)
+    completes_window: bool = False
     outstanding: int = 0
     # row index -> why it failed: a refused row, a failed produce() or a failed delivery
     errors: dict[int, Failure] = field(default_factory=dict)

@@ -83,8 +83,10 @@ class ShardGroup:
 
     index: int
     in_flight: Batch | None = None
-    # there may be rows to read (NOTIFY, a poll, a settled batch)
+    # there may be rows to read in any of its shards (a poll, a settled batch ...)
     dirty: bool = True
+    # shards NOTIFY named since its last read (relay.hints)
+    hinted: set[int] = field(default_factory=set)
     # the retry claim may find rows
     retry_due: bool = True
     # its last window was larger than a batch (read it by cursor)
@@ -92,6 +94,11 @@ class ShardGroup:
     # the window being read, and the connection holding its server cursor
     window: Window | None = None
     reader: WindowReader | None = field(default=None, repr=False)
+
+    @property
+    def has_work(self) -> bool:
+        """It may have rows to read."""
+        return self.dirty or bool(self.hinted)
 
     def reset(self) -> None:
         """After the session was lost: nothing in flight, everything to be read again."""

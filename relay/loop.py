@@ -35,6 +35,7 @@ from relay.connections import Connection, connect, first_line
 from relay.delivery import Batch
 from relay.failures import FailureLane
 from relay.groups import Progress, ShardGroup, prefetch, read_window
+from relay.hints import Hints
 from relay.metrics import Health, RelayMetrics
 from relay.options import RelayOptions
 from relay.produce import AckHook, Sender
@@ -81,6 +82,9 @@ class Relay:
         self.conn: Connection | None = None
         self.producer: Producer | None = None
         self.wake = threading.Event()
+        # shards named by NOTIFY (relay.hints), and whether commits send them at all
+        self.hints = Hints()
+        self.notified = False
         self.stopping = threading.Event()
         self.next_rebalance = self.next_poll = self.next_stats = 0.0
         self.published_total = 0
@@ -148,7 +152,8 @@ class Relay:
         opts, stopping = self.options, self.stopping
         if opts.listen:
             background.start("relay-listen", lambda: background.listen(
-                self.settings, self.queries, opts.instance_id, self.wake, stopping))
+                self.settings, self.queries, opts.instance_id, self.hints, self.wake,
+                stopping))
         background.start("relay-stats", lambda: background.stats(
             self.settings, self.queries, opts.instance_id, opts.stats_interval, self.metrics,
             lambda: self.owned_now, stopping))
@@ -236,14 +241,14 @@ class Relay:
             self.next_poll = now + self.options.poll_interval
         if self.wake.is_set():
             self.wake.clear()
-            self._mark_all(retry=False)
+            self._mark_hinted(self.hints.take())
         self.producer.poll(0)
         self._settle_completed()
         if now >= self.kafka.retry_at:
             for group in self.groups:
                 self._prefetch(group)
             for group in self.groups:
-                if group.in_flight is None and group.dirty:
+                if group.in_flight is None and group.has_work:
                     self._claim_and_produce(group.index)
         if now >= self.next_stats:
             self.metrics.in_flight.set(sum(len(b.rows) for b in self._batches()))
@@ -252,7 +257,8 @@ class Relay:
         if any(g.in_flight is not None for g in self.groups):
             # Serves delivery reports; returns as soon as one arrives.
             self.producer.poll(0.002)
-        elif not any(g.dirty for g in self.groups) or time.monotonic() < self.kafka.retry_at:
+        elif (not any(g.has_work for g in self.groups)
+              or time.monotonic() < self.kafka.retry_at):
             wake_at = min(self.next_poll, self.next_rebalance, self.next_stats)
             if time.monotonic() < self.kafka.retry_at:
                 wake_at = min(wake_at, self.kafka.retry_at)
@@ -263,6 +269,16 @@ class Relay:
         for group in self.groups:
             group.dirty = True
             group.retry_due = group.retry_due or retry
+
+    def _mark_hinted(self, shards: frozenset[int] | None) -> None:
+        """NOTIFY named these shards (None: any shard): their groups read them next."""
+        if shards is None:
+            self._mark_all(retry=False)
+            return
+        owned = self.shards.owned
+        for shard in shards:
+            if shard in owned:
+                self.groups[shard % self.depth].hinted.add(shard)
 
     def _group_shards(self, index: int) -> list[int]:
         return [s for s in sorted(self.shards.owned) if s % self.depth == index]
@@ -285,6 +301,9 @@ class Relay:
                      extra={"action": "shards_acquired", "shards": len(acquired)})
         self.metrics.owned_shards.set(len(self.shards.owned))
         self.owned_now = tuple(sorted(self.shards.owned))
+        # Commits wake the loop (LISTEN, and the trigger installed): a group whose window
+        # was delivered whole waits for them instead of reading again at once.
+        self.notified = self.options.listen and self.queries.notify_installed(self.conn)
 
     # ------------------------------------------------------------------ claim + produce
     def _reader(self, group: ShardGroup) -> WindowReader:
@@ -313,6 +332,12 @@ class Relay:
             rows = self._divert_blocked(rows, fast_path=False)
             if rows:
                 self._start(Batch(group=index, rows=rows, fast_path=False))
+                return
+        hinted, group.hinted = group.hinted, set()
+        if not group.dirty and group.window is None and not group.backlogged:
+            # Only NOTIFY woke it: read the shards it named (relay.hints).
+            shards = [s for s in shards if s in hinted]
+            if not shards:
                 return
         rows = read_window(group, self._reader(group), self.conn, self.queries, self.progress,
                            shards, limit)
@@ -356,8 +381,9 @@ class Relay:
             if batch is None or batch.outstanding > 0:
                 continue
             group.in_flight = None
-            group.dirty = True
             self._settle(batch)
+            # More to read, rows to read again, or (without NOTIFY) rows committed meanwhile.
+            group.dirty = not (self.notified and batch.completes_window)
         if self.conn is not None:
             self.progress.save(self.conn)
 

@@ -324,13 +324,22 @@ select (select count(*) from deleted), (select max(seq) from walked),
                and pg_visible_in_snapshot({{row}}.txid, c.win::pg_snapshot))))))
 
 -- name: notify_trigger
--- A statement-level trigger that NOTIFYs the relays' channel after inserts: one
--- notification per inserting statement, not per row, and PostgreSQL folds identical
--- notifications of one transaction into one.
+-- A row trigger that NOTIFYs the relays' channel after inserts, with the row's shard as
+-- the payload (relay.hints: the relay reads the shards named, not every shard it owns).
+-- PostgreSQL sends notifications at commit and folds identical ones of a transaction, so
+-- a transaction sends each of its shards once. (An earlier version's statement trigger
+-- sent '' once per statement; relays take that as "any shard".)
 create or replace function {{trigger_function}}() returns trigger language plpgsql as $$
-begin perform pg_notify({{channel_literal}}, ''); return null; end $$;
+begin perform pg_notify({{channel_literal}}, coalesce(new.shard::text, '')); return null; end $$;
 create or replace trigger {{trigger}} after insert on {{outbox}}
-for each statement execute function {{trigger_function}}();
+for each row execute function {{trigger_function}}();
+
+-- name: notify_installed
+-- Whether the NOTIFY trigger is installed and enabled on the outbox table.
+select exists (
+    select from pg_trigger
+    where tgrelid = to_regclass({{outbox_literal}}) and tgname = {{trigger_literal}}
+      and tgenabled <> 'D')
 
 -- name: drop_notify_trigger
 drop trigger if exists {{trigger}} on {{outbox}};

@@ -131,7 +131,7 @@ class Settler:
         window = group.window
         assert window is not None
         settled = batch.read if reread is None else [r for r in batch.read if r[SEQ] < reread]
-        complete = reread is None and batch.ends_window
+        complete = batch.completes_window = reread is None and batch.ends_window
         self.progress.moved(progress(self.progress.cursors, window,
                                      {row[SHARD] for row in settled},
                                      settled[-1][SEQ] if settled else None, complete))
