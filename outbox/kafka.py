@@ -40,9 +40,11 @@ READABLE_COMPRESSION = "none"
 # The relay's throughput/latency trade-off; any of these can be overridden with
 # --kafka-config.
 TUNING: dict[str, str] = {
-    # 1 ms: a batch forms anyway while earlier requests are in flight; low rates do not
-    # wait (p50 commit->ack 17 ms with 5 ms, 10 ms with 1 ms in bench/relay.py).
-    "linger.ms": "1",
+    # 0: a record goes out at once; under a backlog batches form anyway while earlier
+    # requests are in flight. bench/relay.py at 1,000 events/s, commit -> ack p50/p99:
+    # 4.7 / 12.7 ms with 1 ms, 1.0 / 7.5 ms with 0; throughput the same within the noise
+    # (200 B: 52-61k events/s with 0, 59-61k with 1; docs/benchmarks.md).
+    "linger.ms": "0",
     "batch.size": "1000000",
     "batch.num.messages": "10000",
     "queue.buffering.max.messages": "500000",
