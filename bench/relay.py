@@ -254,6 +254,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="also: this many relay processes against one (0: skip)")
     parser.add_argument("--rate", type=float, default=1000.0, help="latency: events/s")
     parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-warmup", type=float, default=3.0,
+                        help="latency: seconds written first and not counted")
     parser.add_argument("--latency-windows", type=int, default=4,
                         help="latency: figures per window of the run (its rounds)")
     parser.add_argument("--latency-size", type=int, default=1000,
