@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from outbox.record import StoredRow, stored_headers
+from outbox.rows import CREATED_MS, ID, TYPE
 from outbox.settings import Settings
 
 SPECVERSION = "1.0"
@@ -73,8 +74,8 @@ def record_headers(settings: Settings) -> HeadersOf:
 
     def with_cloudevents(row: StoredRow) -> list[tuple[str, str]]:
         headers = stored_headers(row)
-        headers += [("ce_id", row[0]), ("ce_type", row[3]), ("ce_time", format_time(row[5])),
-                    *constants]
+        headers += [("ce_id", row[ID]), ("ce_type", row[TYPE]),
+                    ("ce_time", format_time(row[CREATED_MS])), *constants]
         return headers
 
     return with_cloudevents

@@ -30,6 +30,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
+from outbox.rows import (
+    AGGREGATEID,
+    CAUSATION_ID,
+    CORRELATION_ID,
+    CREATED_MS,
+    ID,
+    PAYLOAD,
+    TRACEPARENT,
+    TRACESTATE,
+    TYPE,
+)
+
 DEFAULT_TOPIC_TEMPLATE = "{aggregatetype}-events"
 _EPOCH = datetime(1970, 1, 1)  # naive: created_at is a UTC timestamp without time zone
 _MS = timedelta(milliseconds=1)
@@ -56,7 +68,8 @@ class OutboxRow(NamedTuple):
 
 
 class StoredRow(NamedTuple):
-    """An outbox row as the relay and replay read it (see ``relay.queries.RECORD_COLUMNS``)."""
+    """An outbox row as the relay and replay read it: the columns of :mod:`outbox.rows`
+    (selected by ``outbox.rows.RECORD_COLUMNS``), in its order."""
 
     id: str
     aggregatetype: str
@@ -203,23 +216,23 @@ def headers_for(row: OutboxRow) -> list[tuple[str, bytes]]:
 
 def stored_headers(row: StoredRow) -> list[tuple[str, str]]:
     """The record headers of a stored row, in the pinned order, as text."""
-    headers = [("id", row[0]), ("eventType", row[3])]
-    if row[6] is not None:
-        headers.append(("correlationId", row[6]))
-    if row[7] is not None:
-        headers.append(("causationId", row[7]))
-    if row[8] is not None:
-        headers.append(("traceparent", row[8]))
-    if row[9] is not None:
-        headers.append(("tracestate", row[9]))
+    headers = [("id", row[ID]), ("eventType", row[TYPE])]
+    if row[CORRELATION_ID] is not None:
+        headers.append(("correlationId", row[CORRELATION_ID]))
+    if row[CAUSATION_ID] is not None:
+        headers.append(("causationId", row[CAUSATION_ID]))
+    if row[TRACEPARENT] is not None:
+        headers.append(("traceparent", row[TRACEPARENT]))
+    if row[TRACESTATE] is not None:
+        headers.append(("tracestate", row[TRACESTATE]))
     return headers
 
 
 def stored_record_parts(row: StoredRow) -> RecordParts:
     """Key, value, headers and timestamp of a stored row."""
-    payload = row[4]
-    return (row[2], None if payload is None else compact_json(payload), stored_headers(row),
-            row[5])
+    payload = row[PAYLOAD]
+    return (row[AGGREGATEID], None if payload is None else compact_json(payload),
+            stored_headers(row), row[CREATED_MS])
 
 
 def stored_record(row: StoredRow, topic_template: str = DEFAULT_TOPIC_TEMPLATE) -> KafkaRecord:

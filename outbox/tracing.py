@@ -31,6 +31,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 from outbox.errors import ConfigurationError
+from outbox.rows import AGGREGATEID, AGGREGATETYPE, ID, TRACEPARENT, TRACESTATE
 
 try:
     from opentelemetry import context as otel_context
@@ -51,9 +52,6 @@ MAX_LINKS = 32
 # The longest tracestate stored: what W3C requires every system to propagate (a longer one
 # is left out at capture, and refused in an Event).
 MAX_TRACESTATE_LENGTH = 512
-# Where a relay row (relay.rows) holds its traceparent and tracestate.
-_TRACEPARENT_AT = 8
-_TRACESTATE_AT = 9
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _INVALID_IDS = ("0" * 32, "0" * 16)
 # The trace flags of each two-digit value, made once (TraceFlags(int(...)) per parse costs).
@@ -227,8 +225,9 @@ class RelaySpans:
     """The relay's ``send`` spans: one per batch, from hand-over to librdkafka until every
     delivery report is in (:meth:`started` / :meth:`settled`).
 
-    Rows are the relay's tuples (relay.rows): ``id, aggregatetype, aggregateid, type,
-    payload, created_ms, correlation_id, causation_id, traceparent, tracestate, ...``. The
+    Rows are the relay's tuples (relay.rows), whose first columns are a stored row's
+    (:mod:`outbox.rows`): ``id, aggregatetype, aggregateid, type, payload, created_ms,
+    correlation_id, causation_id, traceparent, tracestate, ...``. The
     span links to each row's publish context (the first :data:`MAX_LINKS`, each link naming
     its event id) and is the child of the first one, so a batch of one order's events is in
     its trace. A batch whose rows carry no ``traceparent`` gets no span (it would be a
@@ -248,20 +247,20 @@ class RelaySpans:
         # One parse per distinct traceparent: a transaction's rows share their span's.
         contexts: dict[str, Any] = {}
         for row in rows:
-            value = row[_TRACEPARENT_AT]
+            value = row[TRACEPARENT]
             if value is None:
                 continue
             remote = contexts.get(value, False)
             if remote is False:
-                remote = contexts[value] = parse_traceparent(value, row[_TRACESTATE_AT])
+                remote = contexts[value] = parse_traceparent(value, row[TRACESTATE])
             if remote is not None:
-                links.append(Link(remote, {"messaging.message.id": row[0]}))
+                links.append(Link(remote, {"messaging.message.id": row[ID]}))
                 if len(links) == MAX_LINKS:
                     break
         if not links:
             return False
         parent = trace.set_span_in_context(trace.NonRecordingSpan(links[0].context))
-        topics = sorted({self.topic_of(t) for t in {row[1] for row in rows}})
+        topics = sorted({self.topic_of(t) for t in {row[AGGREGATETYPE] for row in rows}})
         destination = topics[0] if len(topics) == 1 else "multiple"
         attributes: dict[str, Any] = {
             "messaging.system": "kafka", "messaging.operation.type": "send",
@@ -272,8 +271,8 @@ class RelaySpans:
         else:
             attributes["outbox.destinations"] = topics
         if len(rows) == 1:
-            attributes["messaging.message.id"] = rows[0][0]
-            attributes["messaging.kafka.message.key"] = rows[0][2]
+            attributes["messaging.message.id"] = rows[0][ID]
+            attributes["messaging.kafka.message.key"] = rows[0][AGGREGATEID]
         span = _tracer().start_span(f"send {destination}", context=parent,
                                     kind=SpanKind.PRODUCER, attributes=attributes, links=links)
         if len(self.open) > 10_000:  # batches lost with a connection never settle

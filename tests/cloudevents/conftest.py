@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.connect.test_cdc import cdc
+from tests.harness.connect import cdc
 from tests.relay.conftest import outbox_url, prefix, start_relay
 
 __all__ = ["cdc", "outbox_url", "prefix", "start_relay"]

@@ -5,8 +5,6 @@ takes events in either form."""
 from __future__ import annotations
 
 import datetime as dt
-import threading
-import time
 import uuid
 from typing import Any
 
@@ -15,12 +13,11 @@ import pytest
 from click.testing import CliRunner
 from cloudevents.core.bindings.kafka import KafkaMessage, from_kafka_event, to_binary_event
 from cloudevents.core.v1.event import CloudEvent
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from connect.client import ConnectClient
 from connect.config import render
-from consumers import Consumer, ConsumerOptions, IncomingEvent
+from consumers import IncomingEvent
 from consumers.message import Received, decode
 from outbox import cloudevents
 from outbox.cli import main
@@ -28,8 +25,9 @@ from outbox.errors import ConfigurationError
 from outbox.publish import Event, publish
 from outbox.record import StoredRow, stored_headers
 from outbox.settings import Settings, load_settings
-from tests.connect.test_cdc import by_key, comparable, read, wait_running
+from tests.harness.connect import apply_connector, by_key, comparable, publish_each, read
 from tests.harness.kafka import Record, consume_all, create_topic, produce
+from tests.harness.running import consume_until
 from tests.relay.conftest import relay_settings
 
 CE_HEADERS = ["ce_id", "ce_type", "ce_time", "ce_specversion", "ce_source", "content-type"]
@@ -120,15 +118,8 @@ def test_relay_records_read_by_the_cloudevents_sdk(outbox_url: str, kafka_bootst
 def test_debezium_and_relay_records_are_the_same_cloud_events(
         cdc: dict[str, Any], database_url: str, kafka_bootstrap: str, connect_url: str,
         start_relay: Any) -> None:
-    env = {**cdc["env"], "OUTBOX_CLOUDEVENTS": "binary"}
-    result = CliRunner().invoke(main, ["connect", "apply", *cdc["args"]], env=env)
-    assert result.exit_code == 0, result.output
-    wait_running(connect_url, cdc["name"])
-    time.sleep(2)  # the slot is created as the task starts streaming
-    with psycopg.connect(database_url) as conn:
-        for event in events():
-            publish(conn, event)
-            conn.commit()
+    apply_connector(cdc, {**cdc["env"], "OUTBOX_CLOUDEVENTS": "binary"})
+    publish_each(database_url, events())
     template: str = cdc["template"]
     got = read(kafka_bootstrap, template.replace("{aggregatetype}", "order"), 6)
     assert len(got) == 6, str(ConnectClient(connect_url).status(cdc["name"]))[-3000:]
@@ -174,24 +165,12 @@ def test_consumer_handles_cloud_events_from_another_producer(
     produce(kafka_bootstrap, topic, messages)
     seen: list[uuid.UUID] = []
     settings = Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap)
-    engine = create_engine(settings.sqlalchemy_url(), pool_size=2)
-    app = Consumer(settings, f"g-{topic}", engine=engine,
-                   options=ConsumerOptions(poll_timeout=0.1))
 
     def handle(session: Session, event: IncomingEvent) -> None:
         seen.append(event.id)
 
-    app.add_handler(topic, "Thing", handle)
-    thread = threading.Thread(target=app.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while app.metrics.duplicates._value.get() < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        app.request_stop()
-        thread.join(30)
-        engine.dispose()
+    consume_until(settings, f"g-{topic}", topic, "Thing", handle,
+                  lambda app: app.metrics.duplicates._value.get() >= 1)
     assert seen == ids
 
 

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
-import pytest
 from click.testing import CliRunner
 
-from connect.client import ConnectClient
 from connect.config import CdcOptions, render
 from outbox.cli import main
-from outbox.publish import Event, publish
+from outbox.publish import Event
 from outbox.record import OutboxRow, to_record
 from outbox.settings import Settings
-from relay.loop import Relay, RelayOptions
-from tests.connect.slots import drop_slot_when_released
-from tests.harness.kafka import Record, consume_all, wait_for_topic
+from tests.harness.connect import by_key, cdc, comparable, publish_each, read, wait_streaming
+from tests.harness.running import relay_thread
 
-# The running dev worker has this variable in its environment (devstack/stack.py).
-PASSWORD_REF = "${env:OUTBOX_STACK_PG_PASSWORD}"
+__all__ = ["cdc"]  # the connector fixture (tests/harness/connect.py)
 
 
 def test_render_masks_a_literal_password_and_routes_by_template() -> None:
@@ -48,35 +41,6 @@ def test_render_masks_a_literal_password_and_routes_by_template() -> None:
     assert "has no {aggregatetype}" in bad.output
 
 
-@pytest.fixture
-def cdc(database_url: str, kafka_bootstrap: str, connect_url: str,
-        topic: str) -> Iterator[dict[str, Any]]:
-    """A connector on this test's database, removed (with its slot) afterwards."""
-    name = "t-" + uuid.uuid4().hex[:10]
-    template = topic + "-cdc-{aggregatetype}"
-    env = {"OUTBOX_DATABASE_URL": database_url, "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-           "OUTBOX_CONNECT_URL": connect_url, "OUTBOX_TOPIC_TEMPLATE": template}
-    args = ["--name", name, "--password-ref", PASSWORD_REF]
-    yield {"name": name, "template": template, "env": env, "args": args,
-           "settings": Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
-                                connect_url=connect_url, topic_template=template)}
-    ConnectClient(connect_url).delete(name)
-    slot = render(Settings(database_url=database_url), CdcOptions(name=name))["slot.name"]
-    drop_slot_when_released(database_url, slot)
-
-
-def wait_running(connect_url: str, name: str, timeout: float = 60) -> None:
-    client = ConnectClient(connect_url)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.status(name)
-        if status and status["connector"]["state"] == "RUNNING" and status["tasks"] and all(
-                t["state"] == "RUNNING" for t in status["tasks"]):
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"connector {name} not running: {client.status(name)}")
-
-
 def events() -> list[Event]:
     out = []
     for n in range(12):
@@ -92,31 +56,11 @@ def events() -> list[Event]:
 
 
 def publish_all(url: str, evs: list[Event]) -> list[OutboxRow]:
+    publish_each(url, evs)
     with psycopg.connect(url) as conn:
-        for ev in evs:
-            publish(conn, ev)
-            conn.commit()
         return [OutboxRow(*r) for r in conn.execute(
             "select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id, "
             "causation_id, traceparent, tracestate from outbox order by seq")]
-
-
-def comparable(records: list[Record], prefix: str) -> list[tuple[Any, ...]]:
-    """(topic suffix, partition, key, value, headers with a value) in arrival order."""
-    return [(r.topic[len(prefix):], r.partition, r.key, r.value,
-             [(k, v) for k, v in r.headers if v is not None]) for r in records]
-
-
-def read(bootstrap: str, topic: str, n: int) -> list[Record]:
-    wait_for_topic(bootstrap, topic, 60)
-    return consume_all(bootstrap, topic, expected=n, timeout=60, idle=1)
-
-
-def by_key(records: list[tuple[Any, ...]]) -> dict[bytes, list[tuple[Any, ...]]]:
-    out: dict[bytes, list[tuple[Any, ...]]] = {}
-    for rec in records:
-        out.setdefault(rec[2], []).append(rec)
-    return out
 
 
 def test_apply_then_events_arrive_as_pinned_and_match_the_relay(
@@ -130,8 +74,7 @@ def test_apply_then_events_arrive_as_pinned_and_match_the_relay(
     assert "created" in result.output
     result = runner.invoke(main, ["connect", "apply", *cdc["args"]], env=cdc["env"])
     assert "unchanged" in result.output
-    wait_running(connect_url, cdc["name"])
-    time.sleep(2)  # the slot is created as the task starts streaming
+    wait_streaming(connect_url, cdc["name"])
     rows = publish_all(database_url, events())
     template: str = cdc["template"]
     cdc_prefix = template.split("{aggregatetype}", maxsplit=1)[0]
@@ -149,16 +92,10 @@ def test_apply_then_events_arrive_as_pinned_and_match_the_relay(
 
     # Parity: the relay publishes the same rows into another topic namespace.
     relay_template = template.replace("-cdc-", "-relay-")
-    relay = Relay(Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
-                           topic_template=relay_template), RelayOptions(poll_interval=0.2))
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    try:
+    with relay_thread(Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
+                               topic_template=relay_template)):
         relayed = read(kafka_bootstrap, relay_template.replace("{aggregatetype}", "order"), 12)
         relayed += read(kafka_bootstrap, relay_template.replace("{aggregatetype}", "payment"), 1)
-    finally:
-        relay.request_stop()
-        thread.join(30)
     relay_prefix = relay_template.split("{aggregatetype}")[0]
     assert by_key(comparable(got, cdc_prefix)) == by_key(comparable(relayed, relay_prefix))
 

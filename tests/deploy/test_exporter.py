@@ -24,7 +24,7 @@ from outbox.cli import main
 from outbox.settings import Settings
 from services.launcher import free_port
 from tests.connect.slots import drop_slot_when_released
-from tests.connect.test_cdc import PASSWORD_REF, wait_running
+from tests.harness.connect import PASSWORD_REF, wait_running
 from tests.relay.conftest import OUTBOX_BIN, ensure_outbox
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

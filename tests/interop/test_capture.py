@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-import time
 from typing import Any
 
 import psycopg
@@ -15,10 +13,10 @@ from outbox import capture as captures
 from outbox.cli import main
 from outbox.errors import ConfigurationError
 from outbox.settings import Settings
-from relay.loop import Relay, RelayOptions
-from tests.connect.test_cdc import by_key, cdc, comparable, read, wait_running
+from tests.harness.connect import apply_connector, by_key, cdc, comparable, read
+from tests.harness.running import relay_thread
 
-__all__ = ["cdc"]  # the connector fixture, shared with the CDC tests
+__all__ = ["cdc"]  # the connector fixture (tests/harness/connect.py)
 
 LEGACY_TABLE = """
 create schema legacy;
@@ -190,29 +188,19 @@ def test_a_capture_that_could_not_publish_is_refused_at_add(
 
 
 def test_captured_events_through_the_relay_and_debezium_are_equal(
-        cdc: dict[str, Any], database_url: str, kafka_bootstrap: str,
-        connect_url: str) -> None:
+        cdc: dict[str, Any], database_url: str, kafka_bootstrap: str) -> None:
     run(database_url, LEGACY_TABLE)
     with psycopg.connect(database_url, autocommit=True) as conn:
         captures.add(conn, RESERVED, Settings(database_url=database_url))
-    result = CliRunner().invoke(main, ["connect", "apply", *cdc["args"]], env=cdc["env"])
-    assert result.exit_code == 0, result.output
-    wait_running(connect_url, cdc["name"])
-    time.sleep(2)  # the slot is created as the task starts streaming
+    apply_connector(cdc)
     run(database_url, *LEGACY_WRITES)
     template: str = cdc["template"]
     got = read(kafka_bootstrap, template.replace("{aggregatetype}", "order"), 2)
     assert len(got) == 2
     relay_template = template.replace("-cdc-", "-relay-")
-    relay = Relay(Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
-                           topic_template=relay_template), RelayOptions(poll_interval=0.2))
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    try:
+    with relay_thread(Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap,
+                               topic_template=relay_template)):
         relayed = read(kafka_bootstrap, relay_template.replace("{aggregatetype}", "order"), 2)
-    finally:
-        relay.request_stop()
-        thread.join(30)
     cdc_prefix = template.split("{aggregatetype}", maxsplit=1)[0]
     relay_prefix = relay_template.split("{aggregatetype}", maxsplit=1)[0]
     # Equal records, except that Debezium prints a numeric column's value as a double

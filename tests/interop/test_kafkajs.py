@@ -9,8 +9,6 @@ others would catch a codec that slipped back in.
 from __future__ import annotations
 
 import subprocess
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,13 @@ from outbox.cli import main
 from outbox.publish import Event, publish
 from outbox.record import OutboxRow, to_record
 from outbox.settings import Settings
-from relay.loop import Relay, RelayOptions
-from tests.connect.test_cdc import cdc, wait_running
 from tests.consumers.app import Running, build
+from tests.harness.connect import apply_connector, cdc, publish_each
 from tests.harness.kafka import create_topic, wait_for_topic
+from tests.harness.running import relay_thread
 from tests.interop.conftest import JS, JsRecord, read_with_kafkajs
 
-__all__ = ["cdc"]  # the connector fixture, shared with the CDC tests
+__all__ = ["cdc"]  # the connector fixture (tests/harness/connect.py)
 
 
 def outbox_rows(url: str) -> list[OutboxRow]:
@@ -63,17 +61,6 @@ def sample_events() -> list[Event]:
     ]
 
 
-def run_relay(settings: Settings, until: Any) -> None:
-    relay = Relay(settings, RelayOptions(poll_interval=0.2))
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    try:
-        until()
-    finally:
-        relay.request_stop()
-        thread.join(30)
-
-
 def test_the_reader_fails_on_lz4_so_the_others_prove_something(
         kafkajs: Path, kafka_bootstrap: str, topic: str) -> None:
     create_topic(kafka_bootstrap, topic, partitions=1)
@@ -100,7 +87,8 @@ def test_relay_replay_dead_letters_and_redrive_read_with_kafkajs_defaults(
     rows = outbox_rows(database_url)
 
     # 1. The relay, with its default producer settings.
-    run_relay(settings, lambda: read_with_kafkajs(kafka_bootstrap, target, 3))
+    with relay_thread(settings):
+        read_with_kafkajs(kafka_bootstrap, target, 3)
     assert_pinned(read_with_kafkajs(kafka_bootstrap, target, 3), rows, template)
 
     # 2. outbox replay: the same records again, original ids.
@@ -136,16 +124,9 @@ def test_relay_replay_dead_letters_and_redrive_read_with_kafkajs_defaults(
 
 
 def test_debezium_records_read_with_kafkajs_defaults(
-        kafkajs: Path, cdc: dict[str, Any], database_url: str, kafka_bootstrap: str,
-        connect_url: str) -> None:
-    result = CliRunner().invoke(main, ["connect", "apply", *cdc["args"]], env=cdc["env"])
-    assert result.exit_code == 0, result.output
-    wait_running(connect_url, cdc["name"])
-    time.sleep(2)  # the slot is created as the task starts streaming
-    with psycopg.connect(database_url) as conn:
-        for ev in sample_events():
-            publish(conn, ev)
-            conn.commit()
+        kafkajs: Path, cdc: dict[str, Any], database_url: str, kafka_bootstrap: str) -> None:
+    apply_connector(cdc)
+    publish_each(database_url, sample_events())
     template: str = cdc["template"]
     target = template.replace("{aggregatetype}", "thing")
     wait_for_topic(kafka_bootstrap, target, 60)

@@ -28,9 +28,9 @@ from consumers import IncomingEvent
 from outbox.cli import main
 from outbox.publish import Event, publish
 from outbox.settings import Settings
-from relay.loop import Relay, RelayOptions
 from tests.consumers.app import Running, build
 from tests.harness.kafka import create_topic
+from tests.harness.running import relay_thread
 
 Poll = Callable[[], bool]
 
@@ -63,12 +63,8 @@ def relay_running(example_db: str, kafka_bootstrap: str, topic: str) -> Iterator
                         topic_template=topic + "-{aggregatetype}")
     for aggregate in ("order", "inventory"):
         create_topic(kafka_bootstrap, f"{topic}-{aggregate}", partitions=3)
-    relay = Relay(settings, RelayOptions(poll_interval=0.1))
-    thread = threading.Thread(target=relay.run, daemon=True)
-    thread.start()
-    yield settings
-    relay.request_stop()
-    thread.join(30)
+    with relay_thread(settings, poll_interval=0.1):
+        yield settings
 
 
 def node(ts_examples: Path, script: str, *args: str, **env: str) -> subprocess.Popen[str]:

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg.types.json import Jsonb
 
+from outbox import rows
 from outbox.record import (
     OutboxRow,
     StoredRow,
@@ -62,6 +63,11 @@ def test_stored_rows_give_the_same_headers_tracestate_included() -> None:
     assert stored_headers(stored) == [("id", "e-1"), ("eventType", "Created"),
                                       ("traceparent", "tp"), ("tracestate", "a=1")]
     assert stored_headers(stored._replace(tracestate=None))[2:] == [("traceparent", "tp")]
+
+
+def test_stored_row_fields_are_the_named_columns_in_order() -> None:
+    assert StoredRow._fields == rows.RECORD_FIELDS
+    assert [getattr(rows, f.upper()) for f in StoredRow._fields] == list(range(10))
 
 
 def test_value_is_compact_utf8_and_keeps_key_order() -> None:

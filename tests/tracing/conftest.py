@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.util._once import Once
 
-from tests.connect.test_cdc import cdc
+from tests.harness.connect import cdc
 from tests.relay.conftest import outbox_url, prefix, start_relay
 from tests.saga.conftest import saga_env
 

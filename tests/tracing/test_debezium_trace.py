@@ -4,36 +4,29 @@ them."""
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import psycopg
 import pytest
-from click.testing import CliRunner
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from consumers import Consumer, ConsumerOptions, IncomingEvent
-from outbox.cli import main
+from consumers import IncomingEvent
 from outbox.publish import Event, publish
 from outbox.settings import Settings
-from tests.connect.test_cdc import read, wait_running
+from tests.harness.connect import apply_connector, read
+from tests.harness.running import consume_until
 from tests.tracing.test_tracestate import STATE, upstream
 
 pytestmark = [pytest.mark.connect, pytest.mark.postgres, pytest.mark.kafka]
 
 
 def test_a_consumer_continues_the_trace_from_debezium_records(
-        cdc: dict[str, Any], database_url: str, kafka_bootstrap: str, connect_url: str,
+        cdc: dict[str, Any], database_url: str, kafka_bootstrap: str,
         memory_spans: InMemorySpanExporter) -> None:
-    result = CliRunner().invoke(main, ["connect", "apply", *cdc["args"]], env=cdc["env"])
-    assert result.exit_code == 0, result.output
-    wait_running(connect_url, cdc["name"])
-    time.sleep(2)  # the slot is created as the task starts streaming
+    apply_connector(cdc)
     # An upstream caller's context with vendor data (tracestate): the publishing span has it.
     with trace.get_tracer("test").start_as_current_span("POST /orders",
                                                         context=upstream()) as request, \
@@ -45,25 +38,13 @@ def test_a_consumer_continues_the_trace_from_debezium_records(
     assert record.header("tracestate") == b"shop=t7,vendor=abc"
 
     settings = Settings(database_url=database_url, kafka_bootstrap_servers=kafka_bootstrap)
-    engine = create_engine(settings.sqlalchemy_url(), pool_size=2)
-    app = Consumer(settings, f"g-{cdc['name']}", engine=engine,
-                   options=ConsumerOptions(poll_timeout=0.1))
     seen: list[Any] = []
 
     def handle(session: Session, incoming: IncomingEvent) -> None:
         seen.append(trace.get_current_span().get_span_context())
 
-    app.add_handler(topic, "OrderCreated", handle)
-    thread = threading.Thread(target=app.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        app.request_stop()
-        thread.join(30)
-        engine.dispose()
+    consume_until(settings, f"g-{cdc['name']}", topic, "OrderCreated", handle,
+                  lambda _: bool(seen))
     assert seen
     (process,) = [s for s in memory_spans.get_finished_spans() if s.kind is SpanKind.CONSUMER]
     ctx = request.get_span_context()

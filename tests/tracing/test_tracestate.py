@@ -3,7 +3,6 @@ sends it as a header, and a consumer's process span continues the context with i
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -13,10 +12,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.span import TraceState
-from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from consumers import Consumer, ConsumerOptions, IncomingEvent
+from consumers import IncomingEvent
 from outbox import migrate, tracing
 from outbox.errors import EventValidationError
 from outbox.publish import Event, publish
@@ -24,6 +22,7 @@ from outbox.settings import Settings
 from relay.queries import Queries
 from tests.core.test_migrations import empty_db
 from tests.harness.kafka import consume_all, create_topic
+from tests.harness.running import consume_until
 from tests.relay.conftest import relay_settings
 
 __all__ = ["empty_db"]  # a fixture: a database of its own
@@ -100,26 +99,13 @@ def test_tracestate_reaches_the_consumers_process_span(
     assert by_key[b"o-1"].header("tracestate") == b"shop=t7,vendor=abc"
     assert "tracestate" not in [k for k, _ in by_key[b"o-2"].headers]  # null: no header
 
-    engine = create_engine(Settings(database_url=outbox_url).sqlalchemy_url(), pool_size=2)
-    app = Consumer(settings, f"g-{prefix}", engine=engine,
-                   options=ConsumerOptions(poll_timeout=0.1))
     seen: list[Any] = []
 
     def handle(session: Session, incoming: IncomingEvent) -> None:
         if incoming.key == "o-1":
             seen.append(trace.get_current_span().get_span_context())
 
-    app.add_handler(topic, "OrderCreated", handle)
-    thread = threading.Thread(target=app.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 60
-        while not seen and time.monotonic() < deadline:
-            time.sleep(0.1)
-    finally:
-        app.request_stop()
-        thread.join(30)
-        engine.dispose()
+    consume_until(settings, f"g-{prefix}", topic, "OrderCreated", handle, lambda _: bool(seen))
     assert relay.stop() == 0
     assert seen and seen[0].trace_state == STATE  # current inside the handler
     (process,) = [s for s in memory_spans.get_finished_spans()
