@@ -22,7 +22,7 @@ from outbox.settings import Settings
 from relay.delivery import Batch
 from relay.queries import Queries
 from relay.reader import WindowReader
-from relay.rows import SEQ, SHARD, Row
+from relay.rows import SEQ, SHARD, WINDOW_SNAPSHOT, Row
 from relay.window import ShardCursor, Window, open_window, read_params
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -148,10 +148,10 @@ def read_window(group: ShardGroup, reader: WindowReader, conn: Connection, queri
             first = conn.execute(queries.first_window_batch, params).fetchall()
             if not first:
                 return []
-            window = group.window = open_window(shards, cursors, first[0][-1])
+            window = group.window = open_window(shards, cursors, first[0][WINDOW_SNAPSHOT])
             window.exhausted = len(first) <= limit
             group.backlogged = not window.exhausted
-            return advance(window, [cast(Row, r[:-1]) for r in first[:limit]])
+            return advance(window, [cast(Row, r[:WINDOW_SNAPSHOT]) for r in first[:limit]])
         if not reader.open:
             reader.start(shards, read_params(shards, cursors, None))
         rows = cast(list[Row], reader.fetch())

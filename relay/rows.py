@@ -34,6 +34,10 @@ ATTEMPTS: Final = 12
 
 COLUMNS: Final = (*RECORD_FIELDS, "seq", "shard", "attempts")
 
+# first_window_batch returns each row's columns, then the statement's snapshot (the window
+# of shards that had none).
+WINDOW_SNAPSHOT: Final = len(COLUMNS)
+
 # A row as the relay reads it (see the constants above).
 Row = tuple[str, str, str, str, str | None, int, str | None, str | None, str | None, str | None,
             int, int, int]
@@ -51,4 +55,5 @@ def aggregate(row: Row) -> AggregateKey:
 
 __all__ = ["AGGREGATEID", "AGGREGATETYPE", "ATTEMPTS", "CAUSATION_ID", "COLUMNS",
            "CORRELATION_ID", "CREATED_MS", "ID", "PAYLOAD", "RECORD_COLUMNS", "ROW_COLUMNS", "SEQ",
-           "SHARD", "TRACEPARENT", "TRACESTATE", "TYPE", "AggregateKey", "Row", "aggregate"]
+           "SHARD", "TRACEPARENT", "TRACESTATE", "TYPE", "WINDOW_SNAPSHOT", "AggregateKey", "Row",
+           "aggregate"]
