@@ -256,6 +256,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-seconds", type=float, default=20.0)
     parser.add_argument("--latency-warmup", type=float, default=3.0,
                         help="latency: seconds written first and not counted")
+    parser.add_argument("--latency-floor-seconds", type=float, default=10.0,
+                        help="latency: seconds of the dual-write floor, half before the "
+                             "relay's phase and half after (0: skip)")
     parser.add_argument("--latency-windows", type=int, default=4,
                         help="latency: figures per window of the run (its rounds)")
     parser.add_argument("--latency-size", type=int, default=1000,

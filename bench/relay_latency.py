@@ -12,30 +12,41 @@ The first ``--latency-warmup`` seconds of writing are a warm-up: every event of 
 acknowledged too, but its latencies are printed on a line of their own and left out of
 the figures (the producer's first record to a topic waits for the topic's metadata, and
 the first windows of a new table are read from a cold cache: 50-80 ms once).
+
+The floor, in the same run: the **dual write** the outbox replaces. A writer commits each
+event the same way, then produces it itself with the relay's producer configuration and
+waits for nothing else (``--latency-floor-seconds``, half before the relay's phase and half
+after, on a database and topic of their own). Its commit -> ack is what Kafka and this
+machine allow without a relay in between; unsafe (a crash between commit and produce
+loses the event), and the relay's figures read against it.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import statistics
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg.types.json import Jsonb
 
 from bench import common
 from bench.common import RunNames, Spread, percentile
 from outbox import migrate
+from outbox.kafka import producer_config
 from outbox.publish import Event, publish
 from outbox.settings import load_settings
 from relay.loop import Batch, Relay, RelayOptions
 from relay.queries import Queries
+from relay.rows import ID
 
 INSERT = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, correlation_id) "
           "values (%s, 'bench', %s, 'OrderUpdated', %s, %s)")
@@ -69,6 +80,84 @@ def steady_writer(url: str, rate: float, seconds: float, aggregates: int, size: 
     out.put(commits)
 
 
+def dual_writer(url: str, rate: float, seconds: float, aggregates: int, size: int, out: Any,
+                config: dict[str, str], topic: str) -> None:
+    """The floor: commit one event per transaction at ``rate``/s, then produce it from here
+    (the dual write); send {id: (commit time, ack time)} back."""
+    times: dict[str, tuple[float, float]] = {}
+    commits: dict[str, float] = {}
+    producer = Producer(config)
+
+    def acked(event_id: str) -> Callable[[Any, Any], None]:
+        def report(err: Any, _msg: Any) -> None:
+            if err is None:
+                times[event_id] = (commits[event_id], time.time())
+        return report
+
+    interval = 1.0 / rate
+    with psycopg.connect(url, autocommit=False) as conn:
+        start = time.perf_counter()
+        n = 0
+        while (now := time.perf_counter()) - start < seconds:
+            due = start + n * interval
+            while now < due:  # serve delivery reports while waiting
+                producer.poll(due - now)
+                now = time.perf_counter()
+            agg = f"order-{n % aggregates}"
+            body = common.payload(n, agg, size)
+            event = Event(aggregate_type="bench", aggregate_id=agg, event_type="OrderUpdated",
+                          payload=body, correlation_id=agg)
+            publish(conn, event)
+            conn.commit()
+            event_id = str(event.id)
+            commits[event_id] = time.time()
+            producer.produce(topic, json.dumps(body, separators=(",", ":")).encode(),
+                             key=agg.encode(), on_delivery=acked(event_id),
+                             headers=[("id", event_id.encode()),
+                                      ("eventType", b"OrderUpdated")])
+            producer.poll(0)
+            n += 1
+    producer.flush(30)
+    out.put(times)
+
+
+def floor_phase(names: RunNames, part: str, args: argparse.Namespace, extra: dict[str, str],
+                seconds: float) -> dict[str, tuple[float, float]]:
+    """One dual-write phase (warm-up included) on a database and topic of its own."""
+    admin = common.admin_url()
+    url = common.create_database(admin, names.database(f"latency-{part}"))
+    topic = names.topic("latency", part)
+    try:
+        migrate.upgrade(load_settings(database_url=url,
+                                      kafka_bootstrap_servers=common.bootstrap()))
+        common.create_topic(common.bootstrap(), topic, args.partitions)
+        config = producer_config({"bootstrap.servers": common.bootstrap(), **extra},
+                                 f"bench-dual-{part}")
+        ctx = mp.get_context("spawn")
+        queue: Any = ctx.Queue()
+        proc = ctx.Process(target=dual_writer, args=(
+            url, args.rate, args.latency_warmup + seconds, args.aggregates,
+            args.latency_size, queue, config, topic))
+        proc.start()
+        times: dict[str, tuple[float, float]] = queue.get(
+            timeout=args.latency_warmup + seconds + 120)
+        proc.join(30)
+    finally:
+        if not args.keep:
+            common.delete_topics(common.bootstrap(), [topic])
+            common.drop_database(admin, url)
+    start = min(c for c, _ in times.values())
+    return {i: t for i, t in times.items() if t[0] - start >= args.latency_warmup}
+
+
+def floor_summary(phases: list[dict[str, tuple[float, float]]]) -> dict[str, Any]:
+    """Pooled and per-phase commit -> ack of the dual write."""
+    per_phase = [summary([(a - c) * 1000 for c, a in p.values()]) for p in phases]
+    pooled = summary([(a - c) * 1000 for p in phases for c, a in p.values()])
+    return {"commit_to_ack": pooled, "phases": per_phase,
+            "events": sum(len(p) for p in phases)}
+
+
 class TimedRelay(Relay):
     """The relay, noting when each row was handed to the producer (latency breakdown)."""
 
@@ -83,7 +172,7 @@ class TimedRelay(Relay):
     def _produce(self, batch: Batch) -> None:
         now = time.time()
         for row in batch.rows:
-            self.produced_at[row[0]] = now
+            self.produced_at[row[ID]] = now
         super()._produce(batch)
 
 
@@ -113,6 +202,23 @@ def summary(values: list[float]) -> dict[str, float]:
 
 
 def bench(names: RunNames, args: argparse.Namespace, extra: dict[str, str]) -> dict[str, Any]:
+    half = args.latency_floor_seconds / 2
+    phases = [floor_phase(names, "floor1", args, extra, half)] if half > 0 else []
+    result = relay_phase(names, args, extra)
+    if half > 0:
+        phases.append(floor_phase(names, "floor2", args, extra, half))
+        floor = result["dual_write_floor"] = floor_summary(phases)
+        f, r = floor["commit_to_ack"], result["commit_to_ack"]
+        print(f"  floor: dual write    {floor['events']:,} events, p50 {f['p50_ms']:.1f} ms, p99 "
+              f"{f['p99_ms']:.1f} ms, max {f['max_ms']:.1f} ms (before / after the relay: "
+              + " / ".join(f"p99 {p['p99_ms']:.1f}" for p in floor["phases"]) + " ms)")
+        print(f"  relay - floor        p50 +{r['p50_ms'] - f['p50_ms']:.1f} ms, "
+              f"p99 +{r['p99_ms'] - f['p99_ms']:.1f} ms")
+    return result
+
+
+def relay_phase(names: RunNames, args: argparse.Namespace,
+                extra: dict[str, str]) -> dict[str, Any]:
     admin = common.admin_url()
     url = common.create_database(admin, names.database("latency"))
     prefix = names.topic("latency")
