@@ -85,6 +85,7 @@ class Relay:
         # shards named by NOTIFY (relay.hints), and whether commits send them at all
         self.hints = Hints()
         self.notified = False
+        self.old_trigger_noted = False
         self.stopping = threading.Event()
         self.next_rebalance = self.next_poll = self.next_stats = 0.0
         self.published_total = 0
@@ -303,7 +304,14 @@ class Relay:
         self.owned_now = tuple(sorted(self.shards.owned))
         # Commits wake the loop (LISTEN, and the trigger installed): a group whose window
         # was delivered whole waits for them instead of reading again at once.
-        self.notified = self.options.listen and self.queries.notify_installed(self.conn)
+        trigger = self.queries.notify_installed(self.conn) if self.options.listen else None
+        self.notified = trigger is not None
+        if trigger is False and not self.old_trigger_noted:
+            self.old_trigger_noted = True
+            log.info("the NOTIFY trigger of %s names no shards (installed by an earlier "
+                     "version): every notification reads every shard; run `outbox relay "
+                     "install-notify` again for cheaper wake-ups", self.queries.name,
+                     extra={"action": "notify_trigger_outdated"})
 
     # ------------------------------------------------------------------ claim + produce
     def _reader(self, group: ShardGroup) -> WindowReader:

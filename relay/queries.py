@@ -257,10 +257,12 @@ class Queries:
     def drop_notify_trigger(self) -> str:
         return self.sql("drop_notify_trigger")
 
-    def notify_installed(self, conn: psycopg.Connection[Any]) -> bool:
-        """Whether the NOTIFY trigger is installed and enabled on the outbox table."""
+    def notify_installed(self, conn: psycopg.Connection[Any]) -> bool | None:
+        """Whether the NOTIFY trigger is installed and enabled on the outbox table: True
+        for this version's (it names shards), False for an earlier version's statement
+        trigger (it does not), None when there is none."""
         row = conn.execute(self.sql("notify_installed")).fetchone()
-        return bool(row and row[0])
+        return None if row is None else bool(row[0])
 
 
 def read_backlog(conn: psycopg.Connection[Any], queries: Queries,

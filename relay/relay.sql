@@ -335,11 +335,13 @@ create or replace trigger {{trigger}} after insert on {{outbox}}
 for each row execute function {{trigger_function}}();
 
 -- name: notify_installed
--- Whether the NOTIFY trigger is installed and enabled on the outbox table.
-select exists (
-    select from pg_trigger
-    where tgrelid = to_regclass({{outbox_literal}}) and tgname = {{trigger_literal}}
-      and tgenabled <> 'D')
+-- The NOTIFY trigger of the outbox table, if installed and enabled: whether it is a row
+-- trigger (bit 0 of tgtype), which names shards, or the statement trigger of an earlier
+-- version, which does not.
+select (tgtype & 1) = 1
+from pg_trigger
+where tgrelid = to_regclass({{outbox_literal}}) and tgname = {{trigger_literal}}
+  and tgenabled <> 'D'
 
 -- name: drop_notify_trigger
 drop trigger if exists {{trigger}} on {{outbox}};

@@ -70,9 +70,9 @@ def test_the_trigger_sends_each_shard_of_a_transaction_once(outbox_url: str) -> 
             shards = {r[0] for r in conn.execute("select distinct shard from outbox")}
     assert sorted(payloads) == sorted(str(s) for s in shards)  # each once, none missing
     with psycopg.connect(outbox_url, autocommit=True) as conn:
-        assert QUERIES.notify_installed(conn)
+        assert QUERIES.notify_installed(conn) is True
         conn.execute(QUERIES.drop_notify_trigger)
-        assert not QUERIES.notify_installed(conn)
+        assert QUERIES.notify_installed(conn) is None
 
 
 def write_steadily(url: str, batches: int, per_batch: int, aggregates: int) -> None:
@@ -113,15 +113,25 @@ def test_a_stream_is_delivered_by_hints_alone_across_two_relays(
     assert elapsed < 5, f"rows waited for the 30 s poll ({elapsed:.1f}s)"
 
 
+# The trigger of the versions before hints: one '' per inserting statement.
+EARLIER_TRIGGER = (QUERIES.notify_trigger.replace("coalesce(new.shard::text, '')", "''")
+                   .replace("for each row", "for each statement"))
+
+
 def test_an_earlier_trigger_without_shards_still_wakes_every_shard(
         outbox_url: str, kafka_bootstrap: str, prefix: str, start_relay: Any) -> None:
-    install_notify(outbox_url)
-    with psycopg.connect(outbox_url, autocommit=True) as conn:  # the version before hints
-        conn.execute(f"""create or replace function public.outbox_notify_relay()
-            returns trigger language plpgsql as $$
-            begin perform pg_notify('{QUERIES.channel}', ''); return null; end $$""")
-    elapsed = deliver_stream(outbox_url, kafka_bootstrap, prefix, start_relay, relays=1)
+    with psycopg.connect(outbox_url, autocommit=True) as conn:
+        conn.execute(EARLIER_TRIGGER)
+        assert QUERIES.notify_installed(conn) is False  # installed, names no shards
+    relays: list[Any] = []
+
+    def start(*args: Any, **kwargs: Any) -> Any:
+        relays.append(start_relay(*args, **kwargs))
+        return relays[-1]
+
+    elapsed = deliver_stream(outbox_url, kafka_bootstrap, prefix, start, relays=1)
     assert elapsed < 5, f"rows waited for the 30 s poll ({elapsed:.1f}s)"
+    assert relays[0].relay.notified and relays[0].relay.old_trigger_noted  # said so, once
 
 
 def test_without_the_trigger_a_relay_does_not_count_on_notify(
