@@ -331,6 +331,7 @@ class Relay:
         shards = self._group_shards(index)
         if not shards:
             group.dirty = False
+            group.hinted.clear()  # of shards released since
             return
         limit = self.options.batch_size
         if group.retry_due:
