@@ -3,7 +3,11 @@ name the field without echoing what was sent.
 
 - :class:`BodyLimit` answers 413 to a body over the limit: at once when its
   ``Content-Length`` says so, and as soon as the bytes read pass the limit when it is
-  streamed without one — so a 200 MB request never takes 200 MB of memory.
+  streamed without one — so a 200 MB request never takes 200 MB of memory. Before the
+  connection closes, what the client is still sending is read and dropped (at most
+  :data:`DRAIN_BYTES`, for :data:`DRAIN_SECONDS`): closing a socket with unread data makes
+  the kernel reset the connection and throw away the response not sent yet, so the
+  client saw "connection reset" or a cut-off body instead of the 413 (seen in CI).
 - :data:`Text` refuses NUL, other control characters and unpaired surrogates: PostgreSQL
   cannot store NUL in text nor encode a lone surrogate (both were a 500), and no control
   character belongs in an id or a SKU.
@@ -14,7 +18,9 @@ name the field without echoing what was sent.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from typing import Annotated
 
 from fastapi import Request
@@ -27,6 +33,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 DEFAULT_MAX_BODY_BYTES = 64 * 1024  # an order of 100 lines is ~10 KB
 MAX_MESSAGE = 200
 MAX_ERRORS = 20
+# After a refused body: how much of the rest is read and dropped, and for how long, so the
+# connection closes without a reset (and a client that sends forever is cut off).
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 5.0
 _UNSTORABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 
 
@@ -65,14 +75,28 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        headers = dict(scope.get("headers", []))
+        declared = headers.get(b"content-length")
+        # the request has a body, and it has not been read to its end yet
+        unread = (declared not in (None, b"0")) or b"transfer-encoding" in headers
+
+        async def finish(message: Message) -> None:
+            """``send``, but the response's last part waits until the body is drained."""
+            if (unread and message["type"] == "http.response.body"
+                    and not message.get("more_body", False)):
+                await send({**message, "more_body": True})
+                await _drain(receive)
+                await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send)
+            await self._refuse(finish)
             return
         seen = 0
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, unread
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
@@ -80,9 +104,12 @@ class BodyLimit:
                     # FastAPI passes an HTTPException raised while reading the body on to
                     # its handler (any other exception would become a 400).
                     raise HTTPException(413, self._detail)
+                unread = bool(message.get("more_body", False))
+            else:
+                unread = False  # the client is gone
             return message
 
-        await self.app(scope, limited, send)
+        await self.app(scope, limited, finish)
 
     @property
     def _detail(self) -> str:
@@ -95,3 +122,20 @@ class BodyLimit:
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive) -> None:
+    """Read and drop the rest of a request body: at most DRAIN_BYTES, for DRAIN_SECONDS."""
+    deadline = time.monotonic() + DRAIN_SECONDS
+    dropped = 0
+    while dropped <= DRAIN_BYTES:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except TimeoutError:
+            return
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return
+        dropped += len(message.get("body", b""))
