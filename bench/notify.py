@@ -12,7 +12,10 @@ in rounds whose order rotates, after a warm-up round that is not counted:
   bulk random), committed one by one with the stack's durable commits: a service's write;
 - **bulk**: ``--bulk-transactions`` transactions of ``--bulk-rows`` events each, one
   ``publish()`` call per transaction (one multi-row statement): a batch job or a capture
-  trigger's burst, where the row trigger runs once per row and the statement trigger once.
+  trigger's burst, where the row trigger runs once per row and the statement trigger once;
+- **server**: the same rows inserted by one ``insert … select generate_series`` per
+  transaction, payloads made by PostgreSQL: no Python in the clock, so the trigger's own
+  cost per row is not hidden behind ``publish()``'s.
 
 Reported per variant: µs per transaction (single) and per row (bulk), per round and as
 medians with spread, and each trigger's median ratio to no trigger over the rounds.
@@ -84,6 +87,26 @@ def bulk(conn: psycopg.Connection[Any], transactions: int, rows: int, size: int)
     return (time.perf_counter() - started) / (transactions * rows) * 1e6
 
 
+SERVER_INSERT = """
+insert into {table} (id, aggregatetype, aggregateid, type, payload, correlation_id)
+select gen_random_uuid(), 'bench', 'order-' || (n %% 1000), 'OrderUpdated',
+       jsonb_build_object('n', n, 'data', repeat(md5(n::text), %(repeat)s)),
+       'order-' || (n %% 1000)
+from generate_series(1, %(rows)s) as n
+"""
+
+
+def server(conn: psycopg.Connection[Any], table: str, transactions: int, rows: int,
+           size: int) -> float:
+    """µs per row of multi-row inserts made by PostgreSQL."""
+    sql = SERVER_INSERT.format(table=table)
+    started = time.perf_counter()
+    for _ in range(transactions):
+        conn.execute(sql, {"rows": rows, "repeat": max(1, size // 32)})
+        conn.commit()
+    return (time.perf_counter() - started) / (transactions * rows) * 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--rounds", type=int, default=6, help="measured rounds (+1 warm-up)")
@@ -105,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
               f"and round, {args.size} B payloads; load {common.machine_load()} (a shared "
               "machine: development figures)")
         results: dict[str, dict[str, list[float]]] = {
-            v: {"single": [], "bulk": []} for v in VARIANTS}
+            v: {"single": [], "bulk": [], "server": []} for v in VARIANTS}
         with psycopg.connect(url) as conn:
             conn.autocommit = True
             for r in range(args.rounds + 1):
@@ -115,21 +138,25 @@ def main(argv: list[str] | None = None) -> int:
                     conn.autocommit = False
                     one = single(conn, args.transactions, args.size)
                     many = bulk(conn, args.bulk_transactions, args.bulk_rows, args.size)
+                    made = server(conn, queries.qualified, args.bulk_transactions,
+                                  args.bulk_rows * 5, args.size)
                     conn.autocommit = True
                     conn.execute(f"truncate {queries.qualified}")
                     if r:
                         results[variant]["single"].append(one)
                         results[variant]["bulk"].append(many)
-                    line.append(f"{variant} {one:,.0f} µs/tx, {many:.1f} µs/row")
+                        results[variant]["server"].append(made)
+                    line.append(f"{variant} {one:,.0f} µs/tx, {many:.1f} / {made:.1f} µs/row")
                 label = "warm-up" if r == 0 else f"round {r}"
                 print(f"{label:>8}: " + "; ".join(line) + f"  (load {common.machine_load()})",
                       flush=True)
         for variant in VARIANTS:
             print(f"  {variant:<10} single µs/tx  {Spread.of(results[variant]['single']).show()}")
-            print(f"  {'':<10} bulk µs/row  "
-                  f"{Spread.of(results[variant]['bulk']).show('.1f')}")
+            for kind in ("bulk", "server"):
+                print(f"  {'':<10} {kind} µs/row  "
+                      f"{Spread.of(results[variant][kind]).show('.1f')}")
         for variant in VARIANTS[1:]:
-            for kind in ("single", "bulk"):
+            for kind in ("single", "bulk", "server"):
                 ratios = [a / b for a, b in zip(results[variant][kind], results["none"][kind],
                                                 strict=True)]
                 print(f"  {variant} ÷ none, {kind:<6} {Spread.of(ratios).show('.2f')}")
