@@ -391,8 +391,9 @@ class Relay:
                 continue
             group.in_flight = None
             self._settle(batch)
-            # More to read, rows to read again, or (without NOTIFY) rows committed meanwhile.
-            group.dirty = not (self.notified and batch.completes_window)
+            # More to read, rows to read again, or (without NOTIFY) rows committed meanwhile;
+            # and a poll while it was in flight still reads every shard.
+            group.dirty = group.dirty or not (self.notified and batch.completes_window)
         if self.conn is not None:
             self.progress.save(self.conn)
 

@@ -12,12 +12,15 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.cli import relay as relay_group
+from relay.delivery import Batch
 from relay.hints import Hints, parse
+from relay.loop import Relay
 from relay.queries import Queries
 from tests.harness.kafka import create_topic
 from tests.relay.conftest import (
@@ -149,3 +152,23 @@ def test_without_the_trigger_a_relay_does_not_count_on_notify(
         time.sleep(0.05)
     assert handle.relay.notified is True
     assert handle.stop() == 0
+
+
+@pytest.mark.parametrize(("notified", "completes", "poll_meanwhile", "dirty_after"), [
+    (True, True, False, False),   # delivered whole: wait for the next NOTIFY
+    (True, True, True, True),     # a poll came while it was in flight: it still reads all
+    (True, False, False, True),   # more of the window to read (or rows to read again)
+    (False, True, False, True),   # no trigger: rows committed meanwhile are read at once
+])
+def test_a_settled_group_reads_again_unless_notify_will_tell_it(
+        notified: bool, completes: bool, poll_meanwhile: bool, dirty_after: bool) -> None:
+    """The loop's rule after a batch settles (pure: no connection, settling stubbed)."""
+    relay = Relay(relay_settings("postgresql://unused/db", "unused:9092", "rt"))
+    relay.notified = notified
+    relay._settle = lambda batch: None  # type: ignore[method-assign]
+    group = relay.groups[0]
+    group.in_flight = Batch(group=0, rows=[], ends_window=True, completes_window=completes)
+    group.dirty = poll_meanwhile
+    relay._settle_completed()
+    assert group.in_flight is None
+    assert group.dirty is dirty_after
