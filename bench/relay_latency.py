@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -52,18 +52,27 @@ INSERT = ("insert into outbox (id, aggregatetype, aggregateid, type, payload, co
           "values (%s, 'bench', %s, 'OrderUpdated', %s, %s)")
 
 
+def paced(rate: float, seconds: float, wait: Callable[[float], None]) -> Iterator[int]:
+    """0, 1, 2 ... at ``rate`` a second for ``seconds``, each when it is due (``wait``
+    sleeps, or serves delivery reports, until then); late ones follow at once."""
+    interval = 1.0 / rate
+    start = time.perf_counter()
+    n = 0
+    while (now := time.perf_counter()) - start < seconds:
+        due = start + n * interval
+        while now < due:
+            wait(due - now)
+            now = time.perf_counter()
+        yield n
+        n += 1
+
+
 def steady_writer(url: str, rate: float, seconds: float, aggregates: int, size: int,
                   out: Any, writer: str) -> None:
     """Commit one event per transaction at ``rate``/s; send {id: commit time} back."""
     commits: dict[str, float] = {}
-    interval = 1.0 / rate
     with psycopg.connect(url, autocommit=False) as conn:
-        start = time.perf_counter()
-        n = 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = start + n * interval
-            if now < due:
-                time.sleep(due - now)
+        for n in paced(rate, seconds, time.sleep):
             agg = f"order-{n % aggregates}"
             body = common.payload(n, agg, size)
             if writer == "publish":
@@ -76,7 +85,6 @@ def steady_writer(url: str, rate: float, seconds: float, aggregates: int, size: 
                 conn.execute(INSERT, (event_id, agg, Jsonb(body), agg))
             conn.commit()
             commits[str(event_id)] = time.time()
-            n += 1
     out.put(commits)
 
 
@@ -94,15 +102,11 @@ def dual_writer(url: str, rate: float, seconds: float, aggregates: int, size: in
                 times[event_id] = (commits[event_id], time.time())
         return report
 
-    interval = 1.0 / rate
+    def serve(left: float) -> None:  # delivery reports while waiting
+        producer.poll(left)
+
     with psycopg.connect(url, autocommit=False) as conn:
-        start = time.perf_counter()
-        n = 0
-        while (now := time.perf_counter()) - start < seconds:
-            due = start + n * interval
-            while now < due:  # serve delivery reports while waiting
-                producer.poll(due - now)
-                now = time.perf_counter()
+        for n in paced(rate, seconds, serve):
             agg = f"order-{n % aggregates}"
             body = common.payload(n, agg, size)
             event = Event(aggregate_type="bench", aggregate_id=agg, event_type="OrderUpdated",
@@ -116,7 +120,6 @@ def dual_writer(url: str, rate: float, seconds: float, aggregates: int, size: in
                              headers=[("id", event_id.encode()),
                                       ("eventType", b"OrderUpdated")])
             producer.poll(0)
-            n += 1
     producer.flush(30)
     out.put(times)
 

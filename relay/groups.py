@@ -124,6 +124,25 @@ class ShardGroup:
             reader.shutdown()
 
 
+def mark_all(groups: list[ShardGroup], retry: bool) -> None:
+    """Every group may have rows to read (and, with ``retry``, to retry)."""
+    for group in groups:
+        group.dirty = True
+        group.retry_due = group.retry_due or retry
+
+
+def mark_hinted(groups: list[ShardGroup], owned: set[int],
+                shards: frozenset[int] | None) -> None:
+    """NOTIFY named these shards (None: any shard, relay.hints): the groups of those owned
+    read them next."""
+    if shards is None:
+        mark_all(groups, retry=False)
+        return
+    for shard in shards:
+        if shard in owned:
+            groups[shard % len(groups)].hinted.add(shard)
+
+
 def read_window(group: ShardGroup, reader: WindowReader, conn: Connection, queries: Queries,
                 progress: Progress, shards: list[int], limit: int) -> list[Row]:
     """The next rows of the group's window, opening a window if none is open.

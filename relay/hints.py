@@ -16,9 +16,12 @@ payload that names no shard (a trigger installed by an earlier version, which se
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from outbox.names import SHARD_COUNT
+
+log = logging.getLogger("outbox.relay")
 
 
 def parse(payload: str) -> frozenset[int] | None:
@@ -59,3 +62,10 @@ class Hints:
             shards, self._shards = self._shards, set()
             any_shard, self._any = self._any, False
         return None if any_shard else frozenset(shards)
+
+
+def note_outdated_trigger(table: str) -> None:
+    """Say (once per relay, the caller's part) that ``table``'s trigger names no shards."""
+    log.info("the NOTIFY trigger of %s names no shards (installed by an earlier version): "
+             "every notification reads every shard; run `outbox relay install-notify` again "
+             "for cheaper wake-ups", table, extra={"action": "notify_trigger_outdated"})

@@ -34,8 +34,15 @@ from relay import background
 from relay.connections import Connection, connect, first_line
 from relay.delivery import Batch
 from relay.failures import FailureLane
-from relay.groups import Progress, ShardGroup, prefetch, read_window
-from relay.hints import Hints
+from relay.groups import (
+    Progress,
+    ShardGroup,
+    mark_all,
+    mark_hinted,
+    prefetch,
+    read_window,
+)
+from relay.hints import Hints, note_outdated_trigger
 from relay.metrics import Health, RelayMetrics
 from relay.options import RelayOptions
 from relay.produce import AckHook, Sender
@@ -238,11 +245,11 @@ class Relay:
             self.next_rebalance = now + self.options.rebalance_interval
         if now >= self.next_poll:
             # Polling is the guarantee, NOTIFY a hint; `outbox relay retry-failed` un-parks.
-            self._mark_all(retry=True)
+            mark_all(self.groups, retry=True)
             self.next_poll = now + self.options.poll_interval
         if self.wake.is_set():
             self.wake.clear()
-            self._mark_hinted(self.hints.take())
+            mark_hinted(self.groups, self.shards.owned, self.hints.take())
         self.producer.poll(0)
         self._settle_completed()
         if now >= self.kafka.retry_at:
@@ -265,22 +272,6 @@ class Relay:
                 wake_at = min(wake_at, self.kafka.retry_at)
             self.wake.wait(max(0.0, wake_at - time.monotonic()))
 
-    def _mark_all(self, retry: bool) -> None:
-        """Every group may have rows to read (and, with ``retry``, to retry)."""
-        for group in self.groups:
-            group.dirty = True
-            group.retry_due = group.retry_due or retry
-
-    def _mark_hinted(self, shards: frozenset[int] | None) -> None:
-        """NOTIFY named these shards (None: any shard): their groups read them next."""
-        if shards is None:
-            self._mark_all(retry=False)
-            return
-        owned = self.shards.owned
-        for shard in shards:
-            if shard in owned:
-                self.groups[shard % self.depth].hinted.add(shard)
-
     def _group_shards(self, index: int) -> list[int]:
         return [s for s in sorted(self.shards.owned) if s % self.depth == index]
 
@@ -297,7 +288,7 @@ class Relay:
                      extra={"action": "shards_released", "shards": len(released)})
         if acquired:
             self.failures.load(self.conn, acquired)
-            self._mark_all(retry=True)
+            mark_all(self.groups, retry=True)
             log.info("acquired %d shards (now %d)", len(acquired), len(self.shards.owned),
                      extra={"action": "shards_acquired", "shards": len(acquired)})
         self.metrics.owned_shards.set(len(self.shards.owned))
@@ -308,10 +299,7 @@ class Relay:
         self.notified = trigger is not None
         if trigger is False and not self.old_trigger_noted:
             self.old_trigger_noted = True
-            log.info("the NOTIFY trigger of %s names no shards (installed by an earlier "
-                     "version): every notification reads every shard; run `outbox relay "
-                     "install-notify` again for cheaper wake-ups", self.queries.name,
-                     extra={"action": "notify_trigger_outdated"})
+            note_outdated_trigger(self.queries.name)
 
     # ------------------------------------------------------------------ claim + produce
     def _reader(self, group: ShardGroup) -> WindowReader:
@@ -363,7 +351,6 @@ class Relay:
         keep, park, wait = self.failures.divert(rows, fast_path)
         self.settler.hold(self.conn, park, wait)
         return keep
-
 
     def _start(self, batch: Batch) -> None:
         assert self.producer is not None
