@@ -19,8 +19,9 @@ help:
 	@echo "make lint          ruff + mypy --strict"
 	@echo "make rules-check   promtool: check and unit-test deploy/prometheus's rules"
 
-# The virtualenv is rebuilt when pyproject.toml changes.
-$(VENV)/.installed: pyproject.toml
+# The virtualenv is rebuilt when pyproject.toml changes, or the C extension's sources
+# (outbox/_speedups.c, built by the editable install: it needs cc and Python's headers).
+$(VENV)/.installed: pyproject.toml setup.py outbox/_speedups.c
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[dev]'

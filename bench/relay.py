@@ -22,6 +22,8 @@ after a warm-up round that is not counted, each contender delivers the same reco
   ack leaves at that append), so start-up, shard locks and the first window all count.
   Also printed: the rate from its first record to its last ("steady").
 - **relay1** (not by default): the same with ``--processes 1``, one relay process.
+- **relaypy** (not by default): the same with ``OUTBOX_SPEEDUPS=0``: the Python versions
+  of the record's JSON compacting instead of outbox/_speedups.c.
 - **floor**: the database alone: one server-side cursor reading the same rows in ``seq``
   order, nothing else. The relay cannot read faster than this on the same machine.
 
@@ -64,7 +66,7 @@ from outbox.settings import Settings  # noqa: E402
 from relay.loop import RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
 
-CONTENDERS = ("native", "raw", "relay", "relay1", "floor")
+CONTENDERS = ("native", "raw", "relay", "relay1", "relaypy", "floor")
 DEFAULT_CONTENDERS = ("native", "raw", "relay", "floor")
 
 
@@ -111,7 +113,9 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
                 return run_raw(records, topic, warm, config)
             if contender.startswith("relay"):
                 return run_relay(url, offsets, topic, config, events, args,
-                                 processes=1 if contender == "relay1" else None)
+                                 processes=1 if contender == "relay1" else None,
+                                 env=({"OUTBOX_SPEEDUPS": "0"} if contender == "relaypy"
+                                      else None))
             return run_floor(url, args.batch_size)
 
         for r in range(args.rounds + 1):
@@ -202,7 +206,7 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
     for codec in codecs:
         for a, b in (("relay", "native"), ("relay", "raw"), ("raw", "native"),
                      ("relay", "floor"), ("floor", "native"), ("relay1", "native"),
-                     ("relay", "relay1")):
+                     ("relay", "relay1"), ("relay", "relaypy")):
             ra = results.get((a, codec if a != "floor" else ""))
             rb = results.get((b, codec if b != "floor" else ""))
             if not ra or not rb:
@@ -239,7 +243,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "relay's default)")
     parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                         help=f"subset of {','.join(CONTENDERS)} (relay1: the relay with "
-                             "--processes 1)")
+                             "--processes 1; relaypy: with OUTBOX_SPEEDUPS=0)")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (+1 warm-up)")
     parser.add_argument("--aggregates", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=6)

@@ -137,12 +137,14 @@ def run_raw(records: list[Record], topic: str, warm: str, config: dict[str, str]
 def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, str],
               events: int, args: argparse.Namespace, py_spy: list[str] | None = None,
               command: list[str] | None = None, cursor_done: str | None = None,
-              processes: int | None = None) -> dict[str, Any]:
+              processes: int | None = None, env: dict[str, str] | None = None
+              ) -> dict[str, Any]:
     """``outbox relay run`` (or ``command``) on the backlog, clocked from its spawn to the
     last append. Before it, every shard's cursor is reset: deleted (every row pending
     again), or with ``cursor_done`` (a snapshot) set to it, as the relay leaves a shard
     after a complete window (rows committed before that snapshot stay delivered).
-    ``processes``: ``--processes`` (None: the relay's default, one per CPU)."""
+    ``processes``: ``--processes`` (None: the relay's default, one per CPU); ``env``: more
+    environment for the relay."""
     cursors = Queries.for_settings(Settings(database_url=url)).cursor_table
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(f"delete from {cursors}")  # every row pending again
@@ -152,7 +154,7 @@ def run_relay(url: str, offsets: Offsets, topic_prefix: str, config: dict[str, s
                          (cursor_done, SHARD_COUNT - 1))
     topic = f"{topic_prefix}-bench"
     before = offsets.ends(topic)
-    env = {**os.environ, "OUTBOX_DATABASE_URL": url,
+    env = {**os.environ, **(env or {}), "OUTBOX_DATABASE_URL": url,
            "OUTBOX_TOPIC_TEMPLATE": topic_prefix + "-{aggregatetype}",
            "OUTBOX_KAFKA_CONFIG": json.dumps(config)}
     cmd = [*(command or outbox_command()), "relay", "run", "--batch-size", str(args.batch_size),

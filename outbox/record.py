@@ -23,11 +23,15 @@ Everything here is pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import ModuleType
 from typing import Any, NamedTuple
 
 from outbox.rows import (
@@ -125,7 +129,7 @@ def encode_value(payload: Any) -> bytes | None:
     return _ENCODE(payload).encode()
 
 
-def compact_json(text: str) -> str:
+def compact_json_python(text: str) -> str:
     """JSON text without whitespace between tokens; strings and numbers untouched.
 
     For PostgreSQL's jsonb output (``", "`` and ``": "`` between tokens) this is the
@@ -158,7 +162,7 @@ def compact_json(text: str) -> str:
 LONG_TEXT = 1000
 
 
-def compact_json_many(texts: list[str]) -> list[str]:
+def compact_json_many_python(texts: list[str]) -> list[str]:
     """:func:`compact_json` of each text, in a handful of C-level string operations for
     the whole list instead of a Python loop per text (the relay's batch path).
 
@@ -178,7 +182,7 @@ def compact_json_many(texts: list[str]) -> list[str]:
     joined = "\x01".join(texts)
     if ("\\" in joined or "\n" in joined or "\t" in joined or "\r" in joined
             or "\x00" in joined or joined.count("\x01") != len(texts) - 1):
-        return [compact_json(text) for text in texts]
+        return [compact_json_python(text) for text in texts]
     parts = joined.split('"')
     parts[::2] = "\x00".join(parts[::2]).replace(" ", "").split("\x00")
     return '"'.join(parts).split("\x01")
@@ -187,7 +191,7 @@ def compact_json_many(texts: list[str]) -> list[str]:
 def _compact_long(text: str) -> str:
     """compact_json_many's per-text path: the same conditions as its joined path."""
     if "\\" in text or "\n" in text or "\t" in text or "\r" in text:
-        return compact_json(text)
+        return compact_json_python(text)
     parts = text.split('"')
     parts[::2] = [part.replace(" ", "") for part in parts[::2]]
     return '"'.join(parts)
@@ -228,6 +232,28 @@ def stored_headers(row: StoredRow) -> list[tuple[str, str]]:
     return headers
 
 
+def _speedups() -> ModuleType | None:
+    """The C versions of the two compacting functions above (outbox/_speedups.c), unless
+    the extension was not built (no compiler at install) or ``OUTBOX_SPEEDUPS=0``."""
+    if os.environ.get("OUTBOX_SPEEDUPS", "1") == "0":
+        return None
+    try:
+        return importlib.import_module("outbox._speedups")
+    except ImportError:
+        return None
+
+
+# The relay's compacting: the C functions when built (the same results, checked by
+# tests/relay/test_speedups.py; at 200 B payloads 3.3 against 0.45 µs a payload), else the
+# Python ones.
+SPEEDUPS = _speedups()
+compact_json: Callable[[str], str] = compact_json_python
+compact_json_many: Callable[[list[str]], list[str]] = compact_json_many_python
+if SPEEDUPS is not None:
+    compact_json = SPEEDUPS.compact_json
+    compact_json_many = SPEEDUPS.compact_json_many
+
+
 def stored_record_parts(row: StoredRow) -> RecordParts:
     """Key, value, headers and timestamp of a stored row."""
     payload = row[PAYLOAD]
@@ -254,6 +280,7 @@ def to_record(row: OutboxRow, topic_template: str = DEFAULT_TOPIC_TEMPLATE) -> K
     )
 
 
-__all__ = ["DEFAULT_TOPIC_TEMPLATE", "KafkaRecord", "OutboxRow", "RecordParts", "StoredRow",
-           "compact_json", "encode_value", "headers_for", "invalid_topic_reason",
+__all__ = ["DEFAULT_TOPIC_TEMPLATE", "SPEEDUPS", "KafkaRecord", "OutboxRow", "RecordParts",
+           "StoredRow", "compact_json", "compact_json_many", "compact_json_many_python",
+           "compact_json_python", "encode_value", "headers_for", "invalid_topic_reason",
            "stored_record", "stored_record_parts", "timestamp_ms", "to_record", "topic_for"]
