@@ -24,6 +24,9 @@ after a warm-up round that is not counted, each contender delivers the same reco
 - **relay1** (not by default): the same with ``--processes 1``, one relay process.
 - **relaypy** (not by default): the same with ``OUTBOX_SPEEDUPS=0``: the Python versions
   of the record's JSON compacting instead of outbox/_speedups.c.
+- **relaybase** (not by default): the relay of another checkout (``--base PATH``, e.g. a
+  ``git worktree`` of an earlier commit), run by this interpreter: a code change against
+  the code before it, in the same run.
 - **floor**: the database alone: one server-side cursor reading the same rows in ``seq``
   order, nothing else. The relay cannot read faster than this on the same machine.
 
@@ -66,7 +69,7 @@ from outbox.settings import Settings  # noqa: E402
 from relay.loop import RelayOptions  # noqa: E402
 from relay.producer import producer_config  # noqa: E402
 
-CONTENDERS = ("native", "raw", "relay", "relay1", "relaypy", "floor")
+CONTENDERS = ("native", "raw", "relay", "relay1", "relaypy", "relaybase", "floor")
 DEFAULT_CONTENDERS = ("native", "raw", "relay", "floor")
 
 
@@ -115,7 +118,9 @@ def bench_size(names: RunNames, size: int, events: int, args: argparse.Namespace
                 return run_relay(url, offsets, topic, config, events, args,
                                  processes=1 if contender == "relay1" else None,
                                  env=({"OUTBOX_SPEEDUPS": "0"} if contender == "relaypy"
-                                      else None))
+                                      else None),
+                                 command=base_command(args.base) if contender == "relaybase"
+                                 else None)
             return run_floor(url, args.batch_size)
 
         for r in range(args.rounds + 1):
@@ -206,7 +211,7 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
     for codec in codecs:
         for a, b in (("relay", "native"), ("relay", "raw"), ("raw", "native"),
                      ("relay", "floor"), ("floor", "native"), ("relay1", "native"),
-                     ("relay", "relay1"), ("relay", "relaypy")):
+                     ("relay", "relay1"), ("relay", "relaypy"), ("relay", "relaybase")):
             ra = results.get((a, codec if a != "floor" else ""))
             rb = results.get((b, codec if b != "floor" else ""))
             if not ra or not rb:
@@ -229,6 +234,14 @@ def summarise(size: int, events: int, results: dict[tuple[str, str], list[dict[s
     return out
 
 
+def base_command(path: str | None) -> list[str]:
+    """``outbox`` of the checkout at ``path``, by this interpreter (its packages first)."""
+    assert path is not None, "relaybase needs --base"
+    code = (f"import sys; sys.path.insert(0, {str(Path(path).resolve())!r}); "
+            "from outbox.cli import main; sys.exit(main())")
+    return [sys.executable, "-c", code]
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else "")
     parser.add_argument("--events", type=int, default=100_000,
@@ -243,7 +256,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "relay's default)")
     parser.add_argument("--contenders", default=",".join(DEFAULT_CONTENDERS),
                         help=f"subset of {','.join(CONTENDERS)} (relay1: the relay with "
-                             "--processes 1; relaypy: with OUTBOX_SPEEDUPS=0)")
+                             "--processes 1; relaypy: with OUTBOX_SPEEDUPS=0; relaybase: "
+                             "the relay of --base)")
+    parser.add_argument("--base", metavar="PATH",
+                        help="relaybase: a checkout of the project (e.g. a git worktree of an "
+                             "earlier commit) whose relay to run")
     parser.add_argument("--rounds", type=int, default=3, help="measured rounds (+1 warm-up)")
     parser.add_argument("--aggregates", type=int, default=1000)
     parser.add_argument("--partitions", type=int, default=6)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from outbox.record import compact_json
-from relay.rows import AGGREGATEID, AGGREGATETYPE, PAYLOAD, SEQ, AggregateKey, Row
+from relay.rows import AGGREGATEID, AGGREGATETYPE, PAYLOAD, SEQ, SHARD, AggregateKey, Row
 
 log = logging.getLogger("outbox.relay")
 
@@ -89,9 +89,9 @@ class Outcome:
     followers: list[Row] = field(default_factory=list)
     # aggregate -> True if its first failed row's failure is recorded (``failures``)
     heads: dict[AggregateKey, bool] = field(default_factory=dict)
-    # fast path: seq from which the window must be read again (a transient failure or a
-    # suspect), None if none
-    reread: int | None = None
+    # fast path: position (shard, seq) from which the window must be read again (a
+    # transient failure or a suspect; relay.window), None if none
+    reread: tuple[int, int] | None = None
 
 
 def classify(batch: Batch) -> Outcome:
@@ -120,7 +120,8 @@ def classify(batch: Batch) -> Outcome:
             out.transient.append(row)
             out.transient_messages.append(error.message)
         if batch.fast_path:
-            out.reread = row[SEQ] if out.reread is None else min(out.reread, row[SEQ])
+            position = (row[SHARD], row[SEQ])
+            out.reread = position if out.reread is None else min(out.reread, position)
         heads[key] = False
     return out
 

@@ -23,7 +23,7 @@ from relay.delivery import Batch
 from relay.queries import Queries
 from relay.reader import WindowReader
 from relay.rows import SEQ, SHARD, WINDOW_SNAPSHOT, Row
-from relay.window import ShardCursor, Window, open_window, read_params
+from relay.window import ShardCursor, Window, in_stream_order, open_window, read_params
 
 Connection = psycopg.Connection[tuple[Any, ...]]
 
@@ -185,7 +185,7 @@ def read_window(group: ShardGroup, reader: WindowReader, conn: Connection, queri
         rows = cast(list[Row], reader.fetch())
     if not reader.open:
         window.exhausted = True
-        if window.read_upto == 0:  # the whole window fitted one batch
+        if window.read_upto is None:  # the whole window fitted one batch
             group.backlogged = False
     if not rows and not window.touched:
         group.window = None  # an empty window: nothing to record
@@ -203,8 +203,15 @@ def prefetch(group: ShardGroup, reader: WindowReader, conn: Connection, progress
 
 
 def advance(window: Window, rows: list[Row]) -> list[Row]:
-    """Note rows handed out of the window."""
+    """Note rows handed out of the window (after checking their order)."""
     if rows:
-        window.read_upto = rows[-1][SEQ]
+        if not in_stream_order(rows, window.read_upto):
+            raise WindowOrderError("a window read returned rows out of (shard, seq) order; "
+                                   "the relay stops rather than reorder an aggregate")
+        window.read_upto = (rows[-1][SHARD], rows[-1][SEQ])
         window.touched |= {row[SHARD] for row in rows}
     return rows
+
+
+class WindowOrderError(RuntimeError):
+    """A window statement's plan returned rows out of stream order (relay.window)."""

@@ -13,8 +13,9 @@
 -- tracestate), then seq, shard and attempts.
 --
 -- The window reads (first_window_batch, declare_window) and the backlog take, per shard,
--- an index scan of ix_<table>_window from txid `lo`, skipping what `done` sees, plus one
--- lookup per `probe_*` entry (relay.window.scan_bounds). `offset 0` keeps each subquery
+-- an index scan of ix_<table>_window from txid `lo`, skipping what `done` sees, plus a
+-- lookup of the shard's `probes` (the window reads) or of each `probe_*` entry (the
+-- backlog) (relay.window.scan_bounds). `offset 0` keeps each subquery
 -- per shard: pulled up, the planner may prefer to read the whole table in seq order and
 -- hash-join the shards (fine on a fresh table, ruinous on one holding days of delivered
 -- rows). The per-shard lists are single delimited strings (relay.window.read_params).
@@ -43,100 +44,99 @@ set done = excluded.done, win = excluded.win, upto = excluded.upto,
 select pg_current_snapshot()::text
 
 -- name: first_window_batch
--- The first %(limit)s rows of a new window of the given shards, in seq order, each with
--- the statement's snapshot (the window of shards that had none) as last column: rows not
--- seen by `done`, visible in `win` (no window yet: the statement's own snapshot), seq
--- above `upto`, and still on the fast path (no last_error). Used on its own while the
--- relay keeps up; a larger window is read on with declare_window. The rows are sorted as
--- stored (a large payload is a TOAST pointer) and turned into text after the sort (the
--- subquery `u`): sorting the text made the first rows of a 10 KB backlog wait for a sort
--- of every payload spilled to disk (0.46 s for 10,000 rows against 0.12-0.19 s).
+-- The first %(limit)s rows of a new window of the given shards, in (shard, seq) order,
+-- each with the statement's snapshot (the window of shards that had none) as last column:
+-- rows not seen by `done`, visible in `win` (no window yet: the statement's own snapshot),
+-- seq above `upto`, and still on the fast path (no last_error). Used on its own while the
+-- relay keeps up; a larger window is read on with declare_window.
+-- Each shard's rows are sorted on their own (the rows as stored: a large payload is a
+-- TOAST pointer; turned into text after the sort, in the outer select) and the shards
+-- follow one another in the order given (relay.window.read_params: ascending). Nothing
+-- sorts the whole window: the first rows come after the first shard's sort, not after a
+-- sort of every row of the window (spilled to disk under a backlog). The relay checks the
+-- order of what it reads (relay.window.in_stream_order).
 select o.id::text, o.aggregatetype, o.aggregateid, o.type, o.payload::text,
        floor(extract(epoch from o.created_at) * 1000)::int8,
        o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.seq, o.shard,
        o.attempts,
        pg_current_snapshot()::text
 from (
-    select u.* from (
-        select r.*
-        from unnest(string_to_array(%(shards)s, ',')::smallint[],
-                    string_to_array(%(done)s, ';', '')::pg_snapshot[],
-                    string_to_array(%(win)s, ';', '')::pg_snapshot[],
-                    string_to_array(%(upto)s, ',')::int8[],
-                    string_to_array(%(lo)s, ',')::xid8[]) as s(shard, done, win, upto, lo)
-        cross join lateral (
-            select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id,
-                   causation_id, traceparent, tracestate, seq, shard, attempts
-            from {{outbox}}
-            where shard = s.shard and txid >= s.lo and not pg_visible_in_snapshot(txid, s.done)
-              and (s.win is null or pg_visible_in_snapshot(txid, s.win))
-              and seq > s.upto and last_error is null
-            offset 0) as r
-        union all
-        select r.*
-        from unnest(string_to_array(%(probe_shards)s, ',')::smallint[],
-                    string_to_array(%(probe_xids)s, ',')::xid8[],
-                    string_to_array(%(probe_wins)s, ';', '')::pg_snapshot[],
-                    string_to_array(%(probe_upto)s, ',')::int8[]) as s(shard, xip, win, upto)
-        cross join lateral (
-            select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id,
-                   causation_id, traceparent, tracestate, seq, shard, attempts
-            from {{outbox}}
-            where shard = s.shard and txid = s.xip
-              and (s.win is null or pg_visible_in_snapshot(txid, s.win))
-              and seq > s.upto and last_error is null
-            offset 0) as r
-    ) as u
-    order by u.seq
+    select r.*
+    from unnest(string_to_array(%(shards)s, ',')::smallint[],
+                string_to_array(%(done)s, ';', '')::pg_snapshot[],
+                string_to_array(%(win)s, ';', '')::pg_snapshot[],
+                string_to_array(%(upto)s, ',')::int8[],
+                string_to_array(%(lo)s, ',')::xid8[],
+                string_to_array(%(probes)s, ';')) as s(shard, done, win, upto, lo, probes)
+    cross join lateral (
+        select u.* from (
+            (select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id,
+                    causation_id, traceparent, tracestate, seq, shard, attempts
+             from {{outbox}}
+             where shard = s.shard and txid >= s.lo
+               and not pg_visible_in_snapshot(txid, s.done)
+               and (s.win is null or pg_visible_in_snapshot(txid, s.win))
+               and seq > s.upto and last_error is null
+             offset 0)
+            union all
+            (select p.*
+             from unnest(string_to_array(s.probes, ' ')::xid8[]) as x(xip)
+             cross join lateral (
+                 select id, aggregatetype, aggregateid, type, payload, created_at,
+                        correlation_id, causation_id, traceparent, tracestate, seq, shard,
+                        attempts
+                 from {{outbox}}
+                 where shard = s.shard and txid = x.xip
+                   and (s.win is null or pg_visible_in_snapshot(txid, s.win))
+                   and seq > s.upto and last_error is null
+                 offset 0) as p)
+        ) as u
+        order by u.seq) as r
     limit %(limit)s
 ) as o
-order by o.seq
 
 -- name: declare_window
--- A server-side cursor ({{name}}) over the rest of a large window: sorted once (the rows as
--- stored, turned into text after the sort, as in first_window_batch; `offset 0` keeps
--- the subquery), fetched in batches (relay.reader). Every shard's window is given
--- explicitly.
+-- A server-side cursor ({{name}}) over the rest of a large window: the rows of
+-- first_window_batch, in the same (shard, seq) order, fetched in batches (relay.reader).
+-- Every shard's window is given explicitly.
 declare {{name}} no scroll cursor for
 select o.id::text, o.aggregatetype, o.aggregateid, o.type, o.payload::text,
        floor(extract(epoch from o.created_at) * 1000)::int8,
        o.correlation_id, o.causation_id, o.traceparent, o.tracestate, o.seq, o.shard,
        o.attempts
 from (
-    select u.* from (
-        select r.*
-        from unnest(string_to_array(%(shards)s, ',')::smallint[],
-                    string_to_array(%(done)s, ';', '')::pg_snapshot[],
-                    string_to_array(%(win)s, ';', '')::pg_snapshot[],
-                    string_to_array(%(upto)s, ',')::int8[],
-                    string_to_array(%(lo)s, ',')::xid8[]) as s(shard, done, win, upto, lo)
-        cross join lateral (
-            select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id,
-                   causation_id, traceparent, tracestate, seq, shard, attempts
-            from {{outbox}}
-            where shard = s.shard and txid >= s.lo and not pg_visible_in_snapshot(txid, s.done)
-              and (s.win is null or pg_visible_in_snapshot(txid, s.win))
-              and seq > s.upto and last_error is null
-            offset 0) as r
-        union all
-        select r.*
-        from unnest(string_to_array(%(probe_shards)s, ',')::smallint[],
-                    string_to_array(%(probe_xids)s, ',')::xid8[],
-                    string_to_array(%(probe_wins)s, ';', '')::pg_snapshot[],
-                    string_to_array(%(probe_upto)s, ',')::int8[]) as s(shard, xip, win, upto)
-        cross join lateral (
-            select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id,
-                   causation_id, traceparent, tracestate, seq, shard, attempts
-            from {{outbox}}
-            where shard = s.shard and txid = s.xip
-              and (s.win is null or pg_visible_in_snapshot(txid, s.win))
-              and seq > s.upto and last_error is null
-            offset 0) as r
-    ) as u
-    order by u.seq
-    offset 0
+    select r.*
+    from unnest(string_to_array(%(shards)s, ',')::smallint[],
+                string_to_array(%(done)s, ';', '')::pg_snapshot[],
+                string_to_array(%(win)s, ';', '')::pg_snapshot[],
+                string_to_array(%(upto)s, ',')::int8[],
+                string_to_array(%(lo)s, ',')::xid8[],
+                string_to_array(%(probes)s, ';')) as s(shard, done, win, upto, lo, probes)
+    cross join lateral (
+        select u.* from (
+            (select id, aggregatetype, aggregateid, type, payload, created_at, correlation_id,
+                    causation_id, traceparent, tracestate, seq, shard, attempts
+             from {{outbox}}
+             where shard = s.shard and txid >= s.lo
+               and not pg_visible_in_snapshot(txid, s.done)
+               and (s.win is null or pg_visible_in_snapshot(txid, s.win))
+               and seq > s.upto and last_error is null
+             offset 0)
+            union all
+            (select p.*
+             from unnest(string_to_array(s.probes, ' ')::xid8[]) as x(xip)
+             cross join lateral (
+                 select id, aggregatetype, aggregateid, type, payload, created_at,
+                        correlation_id, causation_id, traceparent, tracestate, seq, shard,
+                        attempts
+                 from {{outbox}}
+                 where shard = s.shard and txid = x.xip
+                   and (s.win is null or pg_visible_in_snapshot(txid, s.win))
+                   and seq > s.upto and last_error is null
+                 offset 0) as p)
+        ) as u
+        order by u.seq) as r
 ) as o
-order by o.seq
 
 -- name: claim_retry
 -- Rows taken off the fast path and not delivered or parked, in seq order.

@@ -22,7 +22,7 @@ from relay.groups import Progress, ShardGroup
 from relay.metrics import Health, RelayMetrics
 from relay.queries import Queries
 from relay.rows import AGGREGATEID, AGGREGATETYPE, ATTEMPTS, CREATED_MS, SEQ, SHARD, Row
-from relay.window import progress
+from relay.window import last_seqs, progress
 
 log = logging.getLogger("outbox.relay")
 
@@ -121,20 +121,20 @@ class Settler:
                        failed: dict[tuple[str, str], bool]) -> None:
         """Followers of failed rows leave the fast path; the window's progress moves up to
         the first row to read again (all of it when there is none)."""
-        reread = outcome.reread
+        reread = outcome.reread  # a position in the window's stream order (relay.window)
         park = [r[SEQ] for r in outcome.followers if failed[(r[AGGREGATETYPE], r[AGGREGATEID])]]
         wait = [r[SEQ] for r in outcome.followers
                 if not failed[(r[AGGREGATETYPE], r[AGGREGATEID])]
-                and (reread is None or r[SEQ] < reread)]
+                and (reread is None or (r[SHARD], r[SEQ]) < reread)]
         self.hold(conn, park, wait)
         group = self.groups[batch.group]
         window = group.window
         assert window is not None
-        settled = batch.read if reread is None else [r for r in batch.read if r[SEQ] < reread]
+        settled = (batch.read if reread is None
+                   else [r for r in batch.read if (r[SHARD], r[SEQ]) < reread])
         complete = batch.completes_window = reread is None and batch.ends_window
-        self.progress.moved(progress(self.progress.cursors, window,
-                                     {row[SHARD] for row in settled},
-                                     settled[-1][SEQ] if settled else None, complete))
+        self.progress.moved(progress(self.progress.cursors, window, last_seqs(settled),
+                                     complete))
         if complete or reread is not None:
             group.close_window()
 

@@ -13,11 +13,14 @@ from outbox.publish import Event, publish
 from relay.cli import collect_status
 from relay.queries import Queries, prefer_index_scans
 from relay.window import (
+    MAX_SEQ,
     NOTHING,
     PROBED_XIDS,
     RANGE_XIDS,
     ShardCursor,
     Window,
+    in_stream_order,
+    last_seqs,
     progress,
     read_params,
     scan_bounds,
@@ -34,24 +37,58 @@ from tests.relay.conftest import (
 )
 
 
-def test_progress_inside_a_window_records_the_last_seq_of_the_shards_in_the_batch() -> None:
+def test_progress_inside_a_window_records_each_shards_last_seq_in_the_batch() -> None:
     cursors = {1: ShardCursor(), 2: ShardCursor("5:9:7"), 3: ShardCursor()}
     window = Window(wins={1: "9:12:", 2: "9:12:", 3: "9:12:"}, touched={1, 2})
-    changed = progress(cursors, window, {1, 2}, 14, complete=False)
-    assert changed == {1: ShardCursor(NOTHING, "9:12:", 14), 2: ShardCursor("5:9:7", "9:12:", 14)}
+    changed = progress(cursors, window, {1: 14, 2: 9}, complete=False)
+    assert changed == {1: ShardCursor(NOTHING, "9:12:", 14), 2: ShardCursor("5:9:7", "9:12:", 9)}
 
 
 def test_a_complete_window_becomes_done_for_every_shard_it_touched() -> None:
     cursors = {1: ShardCursor(), 2: ShardCursor("5:9:7", "8:9:", 3), 3: ShardCursor()}
     # shard 2 came with a window of its own (a previous owner's), shard 3 had no rows
     window = Window(wins={1: "9:12:", 2: "8:9:", 3: "9:12:"}, touched={1, 2})
-    changed = progress(cursors, window, {1}, 20, complete=True)
+    changed = progress(cursors, window, {1: 20}, complete=True)
     assert changed == {1: ShardCursor("9:12:"), 2: ShardCursor("8:9:")}
 
 
 def test_nothing_settled_changes_nothing() -> None:
     window = Window(wins={1: "9:12:"}, touched={1})
-    assert progress({1: ShardCursor()}, window, set(), None, complete=False) == {}
+    assert progress({1: ShardCursor()}, window, {}, complete=False) == {}
+
+
+def _row(shard: int, seq: int) -> tuple[Any, ...]:
+    return ("id", "order", "a", "T", "{}", 0, None, None, None, None, seq, shard, 0)
+
+
+def test_the_last_seq_of_each_shard_is_its_last_row_in_stream_order() -> None:
+    rows = [_row(1, 5), _row(1, 9), _row(3, 2), _row(3, 7), _row(4, 1)]
+    assert last_seqs(rows) == {1: 9, 3: 7, 4: 1}
+    assert last_seqs([]) == {}
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.integers(1, 50)), unique=True),
+       st.none() | st.tuples(st.integers(0, 5), st.integers(0, 50)))
+def test_stream_order_is_rising_shard_then_seq_after_the_last_position(
+        positions: list[tuple[int, int]], after: tuple[int, int] | None) -> None:
+    rows = [_row(shard, seq) for shard, seq in positions]
+    expected = positions == sorted(positions) and (
+        after is None or not positions or positions[0] > after)
+    assert in_stream_order(rows, after) == expected
+
+
+def test_reading_on_after_a_position_skips_the_shards_read_and_the_rows_handed_out() -> None:
+    cursors = {s: ShardCursor(upto=4) for s in (7, 2, 5)}
+    params = read_params([7, 2, 5], cursors, None, after=(5, 10))
+    assert params["shards"] == "2,5,7"  # ascending: the stream order
+    assert params["upto"] == f"{MAX_SEQ},10,4"  # 2 read whole, 5 up to seq 10, 7 not yet
+    assert read_params([7, 2, 5], cursors, None)["upto"] == "4,4,4"
+
+
+def test_each_shard_is_given_its_probes() -> None:
+    cursors = {1: ShardCursor("10:500:11,12,13,14"), 2: ShardCursor()}
+    params = read_params([2, 1], cursors, None)
+    assert params["probes"] == "11 12;"  # PROBED_XIDS of shard 1's in-progress ids
 
 
 def same_shard_ids(url: str, count: int) -> list[str]:
