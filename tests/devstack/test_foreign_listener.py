@@ -54,6 +54,7 @@ if kind == "connect":
     server.serve_forever()
 else:
     s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a stopped server's TIME_WAIT
     s.bind(("127.0.0.1", port))
     s.listen()
     print("listening", flush=True)
