@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import json
 import os
 import pwd
@@ -62,6 +63,11 @@ def fast_mode() -> bool:
     """``OUTBOX_STACK_FAST=1``: PostgreSQL without fsync and synchronous commits, for the
     edit-test loop. A crash of the server (or of the machine) can then lose commits."""
     return os.environ.get("OUTBOX_STACK_FAST", "").lower() in ("1", "true", "yes", "on")
+
+
+# What `status` says of a service: FOREIGN is a port that answers from a process this
+# stack did not start.
+HEALTHY, DOWN, FOREIGN = "healthy", "DOWN", "FOREIGN"
 
 
 class StackError(Exception):
@@ -134,6 +140,130 @@ def stop_pid(name: str, pidfile: Path, timeout: float = 30.0) -> None:
         say(f"{name} did not stop in {timeout:.0f}s; killing it")
         os.kill(pid, signal.SIGKILL)
     pidfile.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------- port owners
+# A server answering on our port is only ours if it is the process in our pidfile: a worker
+# left over from another clone's killed run answers just as well, with another config and
+# plugin path, and adopting it fails every test that relies on it much later.
+
+
+def _proc_address(hexaddr: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """An address as /proc/net/tcp{,6} writes it: 32-bit words in host byte order."""
+    raw = bytes.fromhex(hexaddr)
+    words = (raw[i:i + 4] for i in range(0, len(raw), 4))
+    ordered = b"".join(w[::-1] if sys.byteorder == "little" else w for w in words)
+    return ipaddress.ip_address(ordered)
+
+
+def _accepts_loopback(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    loopback = ipaddress.IPv4Address(HOST)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped == loopback
+    return addr.is_unspecified or addr == loopback
+
+
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes listening on ``port`` where a connection to ``HOST`` lands."""
+    inodes: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            addr, _, hexport = local.partition(":")
+            if state == "0A" and int(hexport, 16) == port and _accepts_loopback(
+                    _proc_address(addr)):
+                inodes.add(inode)
+    return inodes
+
+
+def listener_pids(port: int) -> set[int]:
+    """The processes listening on ``port`` (empty when this user cannot see them)."""
+    sockets = {f"socket:[{inode}]" for inode in _listening_inodes(port)}
+    pids: set[int] = set()
+    if sockets:
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                fds = list((proc / "fd").iterdir())
+            except OSError:  # another user's process, or gone
+                continue
+            for fd in fds:
+                try:
+                    if os.readlink(fd) in sockets:
+                        pids.add(int(proc.name))
+                        break
+                except OSError:
+                    continue
+    if not pids and shutil.which("ss"):
+        out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True,
+                             text=True).stdout
+        for part in out.replace(",", " ").split():
+            if part.startswith("pid="):
+                pids.add(int(part[4:]))
+    return pids
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return raw.decode(errors="replace").split("\0")
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+    return False
+
+
+def describe_pid(pid: int) -> str:
+    """``pid 123 (java, cwd /other/.stack)``: enough to tell which clone started it."""
+    try:
+        name = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return f"pid {pid}"
+    try:
+        return f"pid {pid} ({name}, cwd {os.readlink(f'/proc/{pid}/cwd')})"
+    except OSError:
+        return f"pid {pid} ({name})"
+
+
+def foreign_listener(service: str, port: int, owner: int | None, pidfile: Path,
+                     started_with: Path, variable: str) -> str | None:
+    """Why ``port`` answers but not from this stack's ``service``, in one line; None when
+    the port is free or held by ``owner`` (the pid in ``pidfile``, alive, and started with
+    ``started_with`` as an argument: not a recycled pid) or one of its children."""
+    if not port_open(port):
+        return None
+    listeners = listener_pids(port)
+    ours = owner is not None and pid_alive(owner) and str(started_with) in _argv(owner)
+    if ours and owner is not None and all(_descends_from(p, owner) for p in listeners):
+        return None  # an empty set: nobody visible holds it but our live process
+    if listeners:
+        who = ", ".join(describe_pid(p) for p in sorted(listeners))
+    else:
+        who = f"a process this user cannot see (`ss -ltnp 'sport = :{port}'` as root names it)"
+    if owner is None or not pid_alive(owner):
+        mine = f"{pidfile} names no live process"
+    elif not ours:
+        mine = f"{pidfile} names pid {owner}, which was not started with {started_with}"
+    else:
+        mine = f"this stack's {service} is pid {owner}"
+    return (f"port {port} answers, but not from this stack's {service}: {who} listens there "
+            f"and {mine}; stop that process, or choose other ports with {variable} (and the "
+            "other OUTBOX_STACK_*_PORT variables)")
 
 
 # --------------------------------------------------------------------------- jars
@@ -369,7 +499,15 @@ log_line_prefix = '%m [%p] %d '
             return "durability unknown"
         return "durable" if settings.count("=on") == 3 else f"FAST, not durable ({settings})"
 
+    def foreign(self) -> str | None:
+        """Why the port answers but not from this stack's server (None: free or ours)."""
+        return foreign_listener("postgres", self.port, self.running_pid(),
+                                self.data / "postmaster.pid", self.data, "OUTBOX_STACK_PG_PORT")
+
     def up(self) -> None:
+        foreign = self.foreign()
+        if foreign is not None:
+            raise StackError(foreign)
         if self.ready():
             running = self.durability()
             say(f"postgres already running on {HOST}:{self.port} ({running})")
@@ -380,9 +518,6 @@ log_line_prefix = '%m [%p] %d '
         if self.ready("postgres"):  # our server is up but the database is missing
             self.ensure_database()
             return
-        if port_open(self.port):
-            raise StackError(f"port {self.port} is taken by another process; set "
-                             "OUTBOX_STACK_PG_PORT to a free port")
         self._prepare_home()
         self.init()
         self.write_conf()
@@ -402,10 +537,13 @@ log_line_prefix = '%m [%p] %d '
         self.run_as([str(self.bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w",
                      "stop"])
 
-    def status(self) -> tuple[bool, str]:
+    def status(self) -> tuple[str, str]:
+        foreign = self.foreign()
+        if foreign is not None:
+            return FOREIGN, foreign
         ok = self.ready()
         detail = f"pid {self.running_pid()}, {HOST}:{self.port}, wal_level=logical"
-        return ok, detail + (f", {self.durability()}" if ok else "")
+        return (HEALTHY if ok else DOWN), detail + (f", {self.durability()}" if ok else "")
 
 
 # --------------------------------------------------------------------------- kafka
@@ -499,15 +637,25 @@ message.max.bytes=1048588
     def ready(self) -> bool:
         return kafka_metadata_ok(self.port)
 
+    def foreign(self) -> str | None:
+        """Why a port answers but not from this stack's broker (None: free or ours)."""
+        owner = read_pid(self.pidfile)
+        props = self.home / "server.properties"
+        for port, variable in ((self.port, "OUTBOX_STACK_KAFKA_PORT"),
+                               (self.controller_port, "OUTBOX_STACK_CONTROLLER_PORT")):
+            foreign = foreign_listener(self.name, port, owner, self.pidfile, props, variable)
+            if foreign is not None:
+                return foreign
+        return None
+
     def up(self) -> None:
+        foreign = self.foreign()
+        if foreign is not None:
+            raise StackError(foreign)
         if self.ready():
             say(f"{self.name} already running on {HOST}:{self.port}")
             return
         if read_pid(self.pidfile) is None:
-            for port in (self.port, self.controller_port):
-                if port_open(port):
-                    raise StackError(f"port {port} is taken by another process; set "
-                                     "OUTBOX_STACK_KAFKA_PORT / OUTBOX_STACK_CONTROLLER_PORT")
             ensure_jars("kafka", kafka_lib())
             self.home.mkdir(parents=True, exist_ok=True)
             props = self.home / "server.properties"
@@ -528,8 +676,12 @@ message.max.bytes=1048588
     def down(self) -> None:
         stop_pid(self.name, self.pidfile)
 
-    def status(self) -> tuple[bool, str]:
-        return self.ready(), f"pid {read_pid(self.pidfile)}, {HOST}:{self.port} (KRaft)"
+    def status(self) -> tuple[str, str]:
+        foreign = self.foreign()
+        if foreign is not None:
+            return FOREIGN, foreign
+        return ((HEALTHY if self.ready() else DOWN),
+                f"pid {read_pid(self.pidfile)}, {HOST}:{self.port} (KRaft)")
 
 
 # --------------------------------------------------------------------------- connect
@@ -602,14 +754,20 @@ connector.client.config.override.policy=All
         plugins = self.plugins()
         return POSTGRES_CONNECTOR in plugins and EVENT_ROUTER in plugins
 
+    def foreign(self) -> str | None:
+        """Why the port answers but not from this stack's worker (None: free or ours)."""
+        return foreign_listener(self.name, self.port, read_pid(self.pidfile), self.pidfile,
+                                self.home / "connect-distributed.properties",
+                                "OUTBOX_STACK_CONNECT_PORT")
+
     def up(self) -> None:
+        foreign = self.foreign()
+        if foreign is not None:
+            raise StackError(foreign)
         if self.ready():
             say(f"{self.name} already running on {self.url}")
             return
         if read_pid(self.pidfile) is None:
-            if port_open(self.port):
-                raise StackError(f"port {self.port} is taken by another process; set "
-                                 "OUTBOX_STACK_CONNECT_PORT to a free port")
             ensure_jars("kafka", kafka_lib())
             ensure_jars("debezium", plugin_path() / "debezium-postgres")
             self.home.mkdir(parents=True, exist_ok=True)
@@ -630,10 +788,14 @@ connector.client.config.override.policy=All
     def down(self) -> None:
         stop_pid(self.name, self.pidfile)
 
-    def status(self) -> tuple[bool, str]:
+    def status(self) -> tuple[str, str]:
+        foreign = self.foreign()
+        if foreign is not None:
+            return FOREIGN, foreign
         plugins = self.plugins()
         ok = POSTGRES_CONNECTOR in plugins and EVENT_ROUTER in plugins
-        return ok, f"pid {read_pid(self.pidfile)}, {self.url}, {len(plugins)} plugins"
+        return ((HEALTHY if ok else DOWN),
+                f"pid {read_pid(self.pidfile)}, {self.url}, {len(plugins)} plugins")
 
 
 # --------------------------------------------------------------------------- the stack
@@ -689,9 +851,9 @@ def cmd_down(names: list[str]) -> int:
 def cmd_status() -> int:
     healthy = True
     for name, svc in services().items():
-        ok, detail = svc.status()
-        healthy &= ok
-        print(f"{name:<9} {'healthy' if ok else 'DOWN':<8} {detail}")
+        state, detail = svc.status()
+        healthy &= state == HEALTHY
+        print(f"{name:<9} {state:<8} {detail}")
     if env_file().exists():
         print(f"settings: {env_file()}  (source it: set -a; . {env_file()}; set +a)")
     return 0 if healthy else 1
