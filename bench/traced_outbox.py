@@ -39,8 +39,10 @@ class DropExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        print(f"traced_outbox: {self.count} spans exported (pid {os.getpid()})",
-              file=sys.stderr)
+        # One write, newline included: print() writes the text and the newline apart, and
+        # relay processes stopping together interleaved their reports on a shared stderr.
+        sys.stderr.write(f"traced_outbox: {self.count} spans exported (pid {os.getpid()})\n")
+        sys.stderr.flush()
 
 
 def install() -> tuple[TracerProvider, DropExporter]:
