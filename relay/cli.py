@@ -130,7 +130,7 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
 
     def child(index: int, stop_fd: int) -> int:
         port = None if metrics_port is None else metrics_port + index if metrics_port else 0
-        own = replace(options, instance_id=uuid.uuid4().hex[:8])
+        own = replace(options, instance_id=uuid.uuid4().hex[:8], siblings=count)
         return _run_relay(settings, own, metrics_host, port, None, stop_fd)
 
     sys.exit(Supervisor(count, child).run())

@@ -37,8 +37,8 @@ def connect(settings: Settings, application_name: str, *, reads_outbox: bool = F
                            connect_timeout=CONNECT_TIMEOUT, **extra)
     if reads_outbox:
         prefer_index_scans(conn)
-        # A backlog's window is sorted by seq (relay.sql, declare_window): in memory, not
-        # spilled to disk (100,000 rows of 200 B: ~39 MB).
+        # Each shard's rows of a window are sorted by seq (relay.sql, declare_window): in
+        # memory, not spilled to disk (a shard of a 25-million-row backlog: ~39 MB).
         conn.execute(f"set work_mem = '{SORT_MEMORY}'")
         if not autocommit:
             conn.commit()

@@ -74,7 +74,7 @@ class Relay:
         # Unix time of the loop's last turn, read at scrape time (no cost in the loop).
         self.metrics.last_loop.set_function(
             lambda: time.time() - (time.monotonic() - self.health.last_loop))
-        self.shards = ShardOwnership(self.queries)
+        self.shards = ShardOwnership(self.queries, siblings=self.options.siblings)
         self.depth = max(1, self.options.pipeline_depth)
         self.groups = [ShardGroup(i) for i in range(self.depth)]
         self.progress = Progress(self.queries, self.options.progress_interval)

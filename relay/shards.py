@@ -4,7 +4,8 @@ Each shard (``outbox.shard``, 0..255) is owned by at most one relay: the one who
 database session holds ``pg_try_advisory_lock(RELAY_SHARD_LOCK_NAMESPACE, shard)``. A relay
 that dies loses its session and with it its locks, so the others take its shards over at
 their next rebalance (every couple of seconds). Each relay aims at ``ceil(256 / live
-relays)`` shards, counting live relays by their sessions' ``application_name``.
+relays)`` shards, counting live relays by their sessions' ``application_name``, and at
+least the processes started together with it (``siblings``: ``--processes``).
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ log = logging.getLogger("outbox.relay")
 class ShardOwnership:
     """The shards held by one relay session, and the rules for taking and giving them."""
 
-    def __init__(self, queries: Queries, shard_count: int = SHARD_COUNT) -> None:
+    def __init__(self, queries: Queries, shard_count: int = SHARD_COUNT,
+                 siblings: int = 1) -> None:
         self.queries = queries
         self.shard_count = shard_count
+        # relays started together with this one (this one included): counted as live
+        # before their sessions are up
+        self.siblings = siblings
         self.owned: set[int] = set()
 
     def target(self, live_relays: int) -> int:
@@ -44,7 +49,7 @@ class ShardOwnership:
         pattern = self.queries.application_name + ":%"
         row = conn.execute(self.queries.live_relays, {"pattern": pattern}).fetchone()
         live = int(row[0]) if row else 1  # type: ignore[call-overload]
-        target = self.target(live)
+        target = self.target(max(live, self.siblings))
         acquired: list[int] = []
         released: list[int] = []
         if len(self.owned) > target:

@@ -18,6 +18,8 @@ import pytest
 
 from outbox.exit_codes import EXIT_OK, EXIT_WORKER_DIED
 from outbox.locks import RELAY_SHARD_LOCK_NAMESPACE
+from relay.queries import Queries
+from relay.shards import ShardOwnership
 from tests.harness.kafka import create_topic
 from tests.relay.conftest import (
     check_kafka_order,
@@ -186,3 +188,40 @@ def test_the_default_is_one_process_per_cpu_up_to_four(monkeypatch: pytest.Monke
     for cpus, expected in ((1, 1), (2, 2), (3, 3), (64, 4)):
         monkeypatch.setattr(os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
         assert supervisor.default_processes() == expected, cpus
+
+
+def test_a_relay_started_with_siblings_takes_only_its_share_while_it_is_alone(
+        outbox_url: str) -> None:
+    """relay.shards: with ``siblings`` (``--processes``) the fair share counts the
+    processes started together, not only the sessions already up."""
+    queries = Queries("public", "outbox")
+    with psycopg.connect(outbox_url, autocommit=True,
+                         application_name=f"{queries.application_name}:t") as conn:
+        for siblings, share in ((2, 128), (3, 86), (1, 256)):
+            shards = ShardOwnership(queries, siblings=siblings)
+            acquired, released = shards.rebalance(conn, lambda _shard: True)
+            assert (len(acquired), released) == (share, [])
+            shards.release_all(conn)
+
+
+def test_processes_started_together_each_take_their_share_from_the_start(
+        outbox_url: str, kafka_bootstrap: str, prefix: str, tmp_path: Path) -> None:
+    """Two processes: each takes 128 shards when it starts, none takes all 256 and gives
+    half back at the next rebalance (which left the other idle for its first 2 s)."""
+    log = tmp_path / "relay.log"
+    parent = started(spawn_relay(outbox_url, kafka_bootstrap, prefix, "--processes", "2",
+                                 log=log))
+    children(log, 1)
+    try:
+        deadline = time.monotonic() + 30
+        while sorted((owners := shard_owners(outbox_url)).values()) != [128, 128]:
+            assert time.monotonic() < deadline, f"shards not split 128/128: {owners}"
+            time.sleep(0.1)
+        time.sleep(3.0)  # past the first rebalance (--rebalance-interval 2 s)
+    finally:
+        assert stop(parent) == EXIT_OK, log.read_text()[-3000:]
+    events = [json.loads(line) for line in log.read_text().splitlines()
+              if line.startswith("{")]
+    acquired = [e["shards"] for e in events if e.get("action") == "shards_acquired"]
+    assert acquired == [128, 128], acquired
+    assert not [e for e in events if e.get("action") == "shards_released"]
