@@ -98,6 +98,8 @@ class Relay:
         self.published_total = 0
         # the owned shards as the stats thread sees them (replaced, never mutated)
         self.owned_now: tuple[int, ...] = ()
+        # each group's owned shards, ascending (kept with owned_now: read on every claim)
+        self.owned_by_group: list[list[int]] = [[] for _ in range(self.depth)]
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -192,7 +194,7 @@ class Relay:
             log.warning("lost %d shards with the database session (%d rows unrecorded)",
                         len(self.shards.owned), dropped, extra={"action": "shards_lost"})
         self.shards.forget()
-        self.owned_now = ()
+        self._owned_changed()
         self.failures.clear()
         self.progress.clear()  # lost with the session: those rows are sent again
         self._close_readers()
@@ -273,7 +275,12 @@ class Relay:
             self.wake.wait(max(0.0, wake_at - time.monotonic()))
 
     def _group_shards(self, index: int) -> list[int]:
-        return [s for s in sorted(self.shards.owned) if s % self.depth == index]
+        return self.owned_by_group[index]
+
+    def _owned_changed(self) -> None:
+        self.owned_now = tuple(sorted(self.shards.owned))
+        self.owned_by_group = [[s for s in self.owned_now if s % self.depth == index]
+                               for index in range(self.depth)]
 
     def _rebalance(self) -> None:
         assert self.conn is not None
@@ -292,7 +299,7 @@ class Relay:
             log.info("acquired %d shards (now %d)", len(acquired), len(self.shards.owned),
                      extra={"action": "shards_acquired", "shards": len(acquired)})
         self.metrics.owned_shards.set(len(self.shards.owned))
-        self.owned_now = tuple(sorted(self.shards.owned))
+        self._owned_changed()
         # Commits wake the loop (LISTEN, and the trigger installed): a group whose window
         # was delivered whole waits for them instead of reading again at once.
         trigger = self.queries.notify_installed(self.conn) if self.options.listen else None
