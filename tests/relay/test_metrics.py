@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from relay.background import STATS_DUTY, stats_wait
 from relay.metrics import HotHistogram
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -25,3 +27,18 @@ def test_observe_ages_counts_like_one_observe_per_value(ages_ms: list[int]) -> N
     batch.observe_ages(now, created)
     assert batch.counts == one.counts
     assert abs(batch.sum - one.sum) < 1e-3 or any(a < 0 for a in ages_ms)
+
+
+def test_the_backlog_count_waits_its_interval_or_longer_when_counting_is_slow() -> None:
+    assert stats_wait(5.0, 0.0) == 5.0
+    assert stats_wait(5.0, 0.2) == 5.0  # a quick count: the interval
+    # 10 million rows counted in ~9 s: counting takes 5 % of the time
+    assert stats_wait(5.0, 9.0) == pytest.approx(171.0)
+
+
+@given(st.floats(0.1, 60), st.floats(0, 600))
+def test_counting_never_takes_more_than_its_share_of_the_time(interval: float,
+                                                               took: float) -> None:
+    wait = stats_wait(interval, took)
+    assert wait >= interval
+    assert took <= STATS_DUTY * (took + wait) * (1 + 1e-9)
