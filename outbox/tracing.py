@@ -238,18 +238,22 @@ class RelaySpans:
         self.topic_of = topic_of
         self.open: dict[int, tuple[Any, int]] = {}  # id(batch) -> (span, row count)
 
-    def started(self, batch: object, rows: Sequence[Sequence[Any]]) -> bool:
+    def started(self, batch: object, rows: Sequence[Sequence[Any]],
+                written: Callable[[Sequence[Any]], Any] | None = None) -> bool:
         """Open the ``send`` span of ``batch``; False (nothing opened) unless spans are
-        recorded and a row carries a ``traceparent``."""
+        recorded and a row carries a ``traceparent``. ``written``: the sort key that puts
+        rows in the order their events were written, when ``rows`` are in another (the
+        relay's batches: shard, then seq); the span's parent and links follow it."""
         if not rows or not enabled():
             return False
+        traced = [row for row in rows if row[TRACEPARENT] is not None]
+        if written is not None:
+            traced.sort(key=written)
         links: list[Any] = []
         # One parse per distinct traceparent: a transaction's rows share their span's.
         contexts: dict[str, Any] = {}
-        for row in rows:
+        for row in traced:
             value = row[TRACEPARENT]
-            if value is None:
-                continue
             remote = contexts.get(value, False)
             if remote is False:
                 remote = contexts[value] = parse_traceparent(value, row[TRACESTATE])

@@ -49,7 +49,7 @@ from relay.produce import AckHook, Sender
 from relay.producer import make_producer, producer_config
 from relay.queries import Queries
 from relay.reader import WindowReader
-from relay.rows import Row
+from relay.rows import BY_SEQ, Row
 from relay.settle import KafkaBackoff, Settler
 from relay.shards import ShardOwnership
 
@@ -362,7 +362,7 @@ class Relay:
     def _start(self, batch: Batch) -> None:
         assert self.producer is not None
         self.groups[batch.group].in_flight = batch
-        if self.spans.started(batch, batch.rows):
+        if self.spans.started(batch, batch.rows, written=BY_SEQ):
             batch.partitions = set()  # collected for the span's partition attribute
         self._produce(batch)
         self.producer.poll(0)

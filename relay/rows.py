@@ -10,6 +10,7 @@ by :mod:`outbox.rows` and re-exported here; the relay's bookkeeping follows them
 
 from __future__ import annotations
 
+import operator
 from typing import Final
 
 from outbox.rows import (
@@ -48,12 +49,17 @@ AggregateKey = tuple[str, str]
 ROW_COLUMNS: Final = RECORD_COLUMNS + ", o.seq, o.shard, o.attempts"
 
 
+# A row's seq, as a sort key: the order the events were written (batches are in a window's
+# stream order, shard then seq: relay.window).
+BY_SEQ: Final = operator.itemgetter(SEQ)
+
+
 def aggregate(row: Row) -> AggregateKey:
     """The row's aggregate."""
     return (row[AGGREGATETYPE], row[AGGREGATEID])
 
 
-__all__ = ["AGGREGATEID", "AGGREGATETYPE", "ATTEMPTS", "CAUSATION_ID", "COLUMNS",
+__all__ = ["AGGREGATEID", "AGGREGATETYPE", "ATTEMPTS", "BY_SEQ", "CAUSATION_ID", "COLUMNS",
            "CORRELATION_ID", "CREATED_MS", "ID", "PAYLOAD", "RECORD_COLUMNS", "ROW_COLUMNS", "SEQ",
            "SHARD", "TRACEPARENT", "TRACESTATE", "TYPE", "WINDOW_SNAPSHOT", "AggregateKey", "Row",
            "aggregate"]
