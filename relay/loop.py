@@ -74,8 +74,9 @@ class Relay:
         # Unix time of the loop's last turn, read at scrape time (no cost in the loop).
         self.metrics.last_loop.set_function(
             lambda: time.time() - (time.monotonic() - self.health.last_loop))
-        self.shards = ShardOwnership(self.queries, siblings=self.options.siblings)
         self.depth = max(1, self.options.pipeline_depth)
+        self.shards = ShardOwnership(self.queries, siblings=self.options.siblings,
+                                     groups=self.depth)
         self.groups = [ShardGroup(i) for i in range(self.depth)]
         self.progress = Progress(self.queries, self.options.progress_interval)
         self.failures = FailureLane(self.queries, self.metrics, self.options.max_attempts)
@@ -96,10 +97,6 @@ class Relay:
         self.stopping = threading.Event()
         self.next_rebalance = self.next_poll = self.next_stats = 0.0
         self.published_total = 0
-        # the owned shards as the stats thread sees them (replaced, never mutated)
-        self.owned_now: tuple[int, ...] = ()
-        # each group's owned shards, ascending (kept with owned_now: read on every claim)
-        self.owned_by_group: list[list[int]] = [[] for _ in range(self.depth)]
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self) -> None:
@@ -166,7 +163,7 @@ class Relay:
                 stopping))
         background.start("relay-stats", lambda: background.stats(
             self.settings, self.queries, opts.instance_id, opts.stats_interval, self.metrics,
-            lambda: self.owned_now, stopping))
+            lambda: self.shards.sorted, stopping))
         retention = opts.retention_seconds
         if retention is not None:
             background.start("relay-purge", lambda: background.purge(
@@ -194,7 +191,6 @@ class Relay:
             log.warning("lost %d shards with the database session (%d rows unrecorded)",
                         len(self.shards.owned), dropped, extra={"action": "shards_lost"})
         self.shards.forget()
-        self._owned_changed()
         self.failures.clear()
         self.progress.clear()  # lost with the session: those rows are sent again
         self._close_readers()
@@ -274,14 +270,6 @@ class Relay:
                 wake_at = min(wake_at, self.kafka.retry_at)
             self.wake.wait(max(0.0, wake_at - time.monotonic()))
 
-    def _group_shards(self, index: int) -> list[int]:
-        return self.owned_by_group[index]
-
-    def _owned_changed(self) -> None:
-        self.owned_now = tuple(sorted(self.shards.owned))
-        self.owned_by_group = [[s for s in self.owned_now if s % self.depth == index]
-                               for index in range(self.depth)]
-
     def _rebalance(self) -> None:
         assert self.conn is not None
         self.progress.save(self.conn, force=True)  # a released shard leaves with its progress
@@ -299,7 +287,6 @@ class Relay:
             log.info("acquired %d shards (now %d)", len(acquired), len(self.shards.owned),
                      extra={"action": "shards_acquired", "shards": len(acquired)})
         self.metrics.owned_shards.set(len(self.shards.owned))
-        self._owned_changed()
         # Commits wake the loop (LISTEN, and the trigger installed): a group whose window
         # was delivered whole waits for them instead of reading again at once.
         trigger = self.queries.notify_installed(self.conn) if self.options.listen else None
@@ -318,12 +305,12 @@ class Relay:
                 and group.dirty):
             assert self.conn is not None
             prefetch(group, self._reader(group), self.conn, self.progress,
-                     self._group_shards(group.index))
+                     self.shards.by_group[group.index])
 
     def _claim_and_produce(self, index: int) -> None:
         assert self.conn is not None and self.producer is not None
         group = self.groups[index]
-        shards = self._group_shards(index)
+        shards = self.shards.by_group[index]
         if not shards:
             group.dirty = False
             group.hinted.clear()  # of shards released since
@@ -395,7 +382,7 @@ class Relay:
         """All delivery reports are in: record failures, then the progress they allow."""
         assert self.conn is not None
         self.published_total += self.settler.settle(self.conn, batch,
-                                                    self._group_shards(batch.group))
+                                                    self.shards.by_group[batch.group])
         if batch.fatal:
             # A fatal idempotent-producer state (e.g. fenced epoch) cannot be retried on the
             # same producer: start a fresh one; unrecorded rows are simply read again.

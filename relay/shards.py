@@ -27,13 +27,24 @@ class ShardOwnership:
     """The shards held by one relay session, and the rules for taking and giving them."""
 
     def __init__(self, queries: Queries, shard_count: int = SHARD_COUNT,
-                 siblings: int = 1) -> None:
+                 siblings: int = 1, groups: int = 1) -> None:
         self.queries = queries
         self.shard_count = shard_count
         # relays started together with this one (this one included): counted as live
         # before their sessions are up
         self.siblings = siblings
         self.owned: set[int] = set()
+        # Kept with ``owned`` (read on every claim, and by the stats thread, which only
+        # ever sees a replaced tuple): the owned shards ascending, and those of each of
+        # ``groups`` shard groups (``shard % groups``).
+        self.groups = groups
+        self.sorted: tuple[int, ...] = ()
+        self.by_group: list[list[int]] = [[] for _ in range(groups)]
+
+    def _changed(self) -> None:
+        self.sorted = tuple(sorted(self.owned))
+        self.by_group = [[s for s in self.sorted if s % self.groups == group]
+                         for group in range(self.groups)]
 
     def target(self, live_relays: int) -> int:
         """How many shards one of ``live_relays`` relays should own."""
@@ -74,6 +85,8 @@ class ShardOwnership:
                 if got and got[0]:
                     self.owned.add(shard)
                     acquired.append(shard)
+        if acquired or released:
+            self._changed()
         return acquired, released
 
     def release_all(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
@@ -81,7 +94,9 @@ class ShardOwnership:
         for shard in sorted(self.owned):
             conn.execute(self.queries.shard_unlock, {"shard": shard})
         self.owned.clear()
+        self._changed()
 
     def forget(self) -> None:
         """The session is gone, and its locks with it."""
         self.owned.clear()
+        self._changed()
