@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from outbox.record import compact_json
-from relay.rows import AGGREGATEID, AGGREGATETYPE, PAYLOAD, SEQ, SHARD, AggregateKey, Row
+from relay.rows import AGGREGATEID, AGGREGATETYPE, PAYLOAD, POSITION, AggregateKey, Row
 
 log = logging.getLogger("outbox.relay")
 
@@ -120,7 +120,7 @@ def classify(batch: Batch) -> Outcome:
             out.transient.append(row)
             out.transient_messages.append(error.message)
         if batch.fast_path:
-            position = (row[SHARD], row[SEQ])
+            position = POSITION(row)
             out.reread = position if out.reread is None else min(out.reread, position)
         heads[key] = False
     return out

@@ -22,7 +22,7 @@ from outbox.settings import Settings
 from relay.delivery import Batch
 from relay.queries import Queries
 from relay.reader import WindowReader
-from relay.rows import SEQ, SHARD, WINDOW_SNAPSHOT, Row
+from relay.rows import POSITION, SHARD, WINDOW_SNAPSHOT, Row
 from relay.window import ShardCursor, Window, in_stream_order, open_window, read_params
 
 Connection = psycopg.Connection[tuple[Any, ...]]
@@ -208,7 +208,7 @@ def advance(window: Window, rows: list[Row]) -> list[Row]:
         if not in_stream_order(rows, window.read_upto):
             raise WindowOrderError("a window read returned rows out of (shard, seq) order; "
                                    "the relay stops rather than reorder an aggregate")
-        window.read_upto = (rows[-1][SHARD], rows[-1][SEQ])
+        window.read_upto = POSITION(rows[-1])
         window.touched |= {row[SHARD] for row in rows}
     return rows
 

@@ -52,6 +52,8 @@ ROW_COLUMNS: Final = RECORD_COLUMNS + ", o.seq, o.shard, o.attempts"
 # A row's seq, as a sort key: the order the events were written (batches are in a window's
 # stream order, shard then seq: relay.window).
 BY_SEQ: Final = operator.itemgetter(SEQ)
+# A row's position in that stream order, (shard, seq) (C-level: taken of every row read).
+POSITION: Final = operator.itemgetter(SHARD, SEQ)
 
 
 def aggregate(row: Row) -> AggregateKey:
@@ -60,6 +62,6 @@ def aggregate(row: Row) -> AggregateKey:
 
 
 __all__ = ["AGGREGATEID", "AGGREGATETYPE", "ATTEMPTS", "BY_SEQ", "CAUSATION_ID", "COLUMNS",
-           "CORRELATION_ID", "CREATED_MS", "ID", "PAYLOAD", "RECORD_COLUMNS", "ROW_COLUMNS", "SEQ",
-           "SHARD", "TRACEPARENT", "TRACESTATE", "TYPE", "WINDOW_SNAPSHOT", "AggregateKey", "Row",
-           "aggregate"]
+           "CORRELATION_ID", "CREATED_MS", "ID", "PAYLOAD", "POSITION", "RECORD_COLUMNS",
+           "ROW_COLUMNS", "SEQ", "SHARD", "TRACEPARENT", "TRACESTATE", "TYPE", "WINDOW_SNAPSHOT",
+           "AggregateKey", "Row", "aggregate"]

@@ -21,7 +21,7 @@ from relay.failures import FailureLane
 from relay.groups import Progress, ShardGroup
 from relay.metrics import Health, RelayMetrics
 from relay.queries import Queries
-from relay.rows import AGGREGATEID, AGGREGATETYPE, ATTEMPTS, CREATED_MS, SEQ, SHARD, Row
+from relay.rows import AGGREGATEID, AGGREGATETYPE, ATTEMPTS, CREATED_MS, POSITION, SEQ, SHARD, Row
 from relay.window import last_seqs, progress
 
 log = logging.getLogger("outbox.relay")
@@ -125,13 +125,13 @@ class Settler:
         park = [r[SEQ] for r in outcome.followers if failed[(r[AGGREGATETYPE], r[AGGREGATEID])]]
         wait = [r[SEQ] for r in outcome.followers
                 if not failed[(r[AGGREGATETYPE], r[AGGREGATEID])]
-                and (reread is None or (r[SHARD], r[SEQ]) < reread)]
+                and (reread is None or POSITION(r) < reread)]
         self.hold(conn, park, wait)
         group = self.groups[batch.group]
         window = group.window
         assert window is not None
         settled = (batch.read if reread is None
-                   else [r for r in batch.read if (r[SHARD], r[SEQ]) < reread])
+                   else [r for r in batch.read if POSITION(r) < reread])
         complete = batch.completes_window = reread is None and batch.ends_window
         self.progress.moved(progress(self.progress.cursors, window, last_seqs(settled),
                                      complete))

@@ -41,12 +41,11 @@ failed row of the aggregate) get ``last_error`` set; from then on their own colu
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.rows import SEQ, SHARD
+from relay.rows import POSITION
 
 # A snapshot in which no transaction is visible: nothing delivered yet.
 NOTHING = "1:1:"
@@ -60,8 +59,6 @@ PROBED_XIDS = 2
 Position = tuple[int, int]
 # The largest seq: ``upto`` of a shard every row of which was read already.
 MAX_SEQ = 2**63 - 1
-# row -> its Position (C-level: the relay takes it of every row it reads)
-_position = operator.itemgetter(SHARD, SEQ)
 
 
 @dataclass
@@ -179,7 +176,7 @@ def progress(cursors: dict[int, ShardCursor], window: Window, last: dict[int, in
 
 def last_seqs(rows: Sequence[Sequence[Any]]) -> dict[int, int]:
     """Each shard's last seq among ``rows`` (in stream order: its largest)."""
-    return dict(map(_position, rows))
+    return dict(map(POSITION, rows))
 
 
 def in_stream_order(rows: Sequence[Sequence[Any]], after: Position | None) -> bool:
@@ -187,7 +184,7 @@ def in_stream_order(rows: Sequence[Sequence[Any]], after: Position | None) -> bo
     return (relay.sql). Checked on every batch read, so that a plan that returned another
     order would stop the relay rather than reorder an aggregate. (Positions are unique:
     seq is. Comparing with the sorted list costs ~0.1 µs a row; a pairwise loop, 0.2.)"""
-    positions = list(map(_position, rows))
+    positions = list(map(POSITION, rows))
     if after is not None and positions and positions[0] <= after:
         return False
     return positions == sorted(positions)

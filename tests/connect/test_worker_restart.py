@@ -65,8 +65,8 @@ def test_worker_kill_9_and_restart_loses_nothing(
         wait_for_topic(kafka_bootstrap, f"{topic}-order", 60)
         os.kill(int(private_worker.pidfile.read_text()), signal.SIGKILL)
         write(40)  # committed while no worker runs: must not be lost
-        # Gone before it is started again: a killed JVM frees its heap before it closes its
-        # sockets, and up() took the dying worker still answering for "already running".
+        # Gone before it is started again: up() took the dying worker, still answering on
+        # its port, for "already running" (it then died; in CI, 2026-12-02).
         stack = load_stack_module()
         deadline = time.monotonic() + 30
         while stack.port_open(private_worker.port):
