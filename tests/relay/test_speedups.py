@@ -46,6 +46,25 @@ def test_compact_json_equals_the_python_version_on_any_text(text: str) -> None:
     assert _native().compact_json(text) == compact_json_python(text)
 
 
+# One-byte strings (ASCII, Latin-1) take their own path, which finds a string's end with
+# memchr: long texts of only such characters, quotes and backslashes among them.
+_narrow = st.text(alphabet=st.sampled_from(list('ab "\\,:{} \t\n\x85\xa0\xe9\x00')),
+                  max_size=300)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(_narrow)
+def test_compact_json_of_one_byte_text_equals_the_python_version(text: str) -> None:
+    assert _native().compact_json(text) == compact_json_python(text)
+
+
+def test_a_long_string_of_escapes_is_compacted_in_one_pass() -> None:
+    """Every escape of a 2 MB string is found without searching its closing quote again
+    (a search from each escape would take minutes here)."""
+    text = '{"a": "' + '\\n' * 1_000_000 + '", "b": 1}'
+    assert _native().compact_json(text) == compact_json_python(text)
+
+
 @settings(max_examples=500, deadline=None)
 @given(_json, st.sampled_from([None, 2]), st.booleans())
 def test_compact_json_of_json_text_is_the_compact_dump(value: object, indent: int | None,
