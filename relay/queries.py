@@ -202,8 +202,8 @@ class Queries:
         return self.sql("blocked_aggregates")
 
     @functools.cached_property
-    def shard_lock(self) -> str:
-        return self.sql("shard_lock")
+    def shard_locks(self) -> str:
+        return self.sql("shard_locks")
 
     @functools.cached_property
     def shard_unlock(self) -> str:

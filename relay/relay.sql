@@ -184,8 +184,12 @@ from {{outbox}}
 where shard = any(%(shards)s::smallint[]) and last_error is not null and published_at is null
 group by aggregatetype, aggregateid
 
--- name: shard_lock
-select pg_try_advisory_lock({{lock_namespace}}, ({{shard_key_base}} | %(shard)s))
+-- name: shard_locks
+-- Try the lock of each given shard, once each; the shards whose lock this session took.
+-- (No LIMIT: with one, the condition may be evaluated on rows that are not returned, and
+-- a lock taken there would be held without the relay knowing.)
+select u.shard from unnest(%(shards)s::int[]) as u(shard)
+where pg_try_advisory_lock({{lock_namespace}}, ({{shard_key_base}} | u.shard))
 
 -- name: shard_unlock
 select pg_advisory_unlock({{lock_namespace}}, ({{shard_key_base}} | %(shard)s))

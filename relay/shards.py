@@ -78,13 +78,15 @@ class ShardOwnership:
             free = [s for s in range(self.shard_count) if s not in taken]
             # Random order: relays starting together do not fight over the same shards.
             random.shuffle(free)
-            for shard in free:
-                if len(self.owned) >= target:
-                    break
-                got = conn.execute(self.queries.shard_lock, {"shard": shard}).fetchone()
-                if got and got[0]:
-                    self.owned.add(shard)
-                    acquired.append(shard)
+            # As many tries as shards wanted, in one statement; those another relay took
+            # meanwhile are made up from the next free ones: a round trip per attempt, not
+            # per shard (a second `--processes` child took 0.34 s for its 128 that way).
+            while free and len(self.owned) < target:
+                tries, free = free[:target - len(self.owned)], free[target - len(self.owned):]
+                got = [int(r[0]) for r in  # type: ignore[call-overload]
+                       conn.execute(self.queries.shard_locks, {"shards": tries}).fetchall()]
+                self.owned.update(got)
+                acquired.extend(got)
         if acquired or released:
             self._changed()
         return acquired, released

@@ -225,3 +225,27 @@ def test_processes_started_together_each_take_their_share_from_the_start(
     acquired = [e["shards"] for e in events if e.get("action") == "shards_acquired"]
     assert acquired == [128, 128], acquired
     assert not [e for e in events if e.get("action") == "shards_released"]
+
+
+def test_shards_another_relay_holds_are_made_up_from_the_free_ones(outbox_url: str) -> None:
+    """relay.shards tries as many locks as it wants shards, in one statement; a shard
+    another relay took meanwhile (here: one it cannot see) is made up from the next free
+    ones, and no lock is taken beyond what it reports."""
+    queries = Queries("public", "outbox")
+    blind = Queries("public", "outbox")
+    blind.__dict__["shard_owners"] = "select 1 where false"  # sees no owner at all
+    app = queries.application_name
+    with psycopg.connect(outbox_url, autocommit=True, application_name=f"{app}:a") as a, \
+            psycopg.connect(outbox_url, autocommit=True, application_name=f"{app}:b") as b:
+        first, second = ShardOwnership(queries), ShardOwnership(blind)
+        taken_a, _ = first.rebalance(a, lambda _shard: True)
+        taken_b, _ = second.rebalance(b, lambda _shard: True)
+        try:
+            assert (len(taken_a), len(taken_b)) == (128, 128)
+            assert sorted(taken_a + taken_b) == list(range(256))
+            held = b.execute("select count(*) from pg_locks where pid = pg_backend_pid() "
+                             "and locktype = 'advisory'").fetchone()
+            assert held == (128,)
+        finally:
+            first.release_all(a)
+            second.release_all(b)
