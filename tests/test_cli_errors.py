@@ -121,6 +121,30 @@ def test_every_command_is_described_here_and_has_help() -> None:
         assert "--log-level" in result.output, f"{command}: no --log-level"
 
 
+def test_the_top_level_help_lists_each_command_as_click_would_without_importing_it() -> None:
+    """outbox.cli.SUMMARIES: each command's own short help, at any width; and ``outbox
+    --help`` imports none of the commands' modules (they took 1.3 s)."""
+    import importlib
+
+    from outbox.cli import COMMANDS, SUMMARIES
+
+    assert sorted(SUMMARIES) == sorted(COMMANDS)
+    for name, target in COMMANDS.items():
+        module, _, attr = target.partition(":")
+        command = getattr(importlib.import_module(module), attr)
+        for limit in (20, 45, 74, 10_000):
+            assert (click.Command(name, help=SUMMARIES[name]).get_short_help_str(limit)
+                    == command.get_short_help_str(limit)), f"SUMMARIES[{name!r}]: {limit}"
+    modules = sorted({target.partition(":")[0] for target in COMMANDS.values()})
+    probe = ("import sys; from outbox.cli import main\n"
+             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+             f"print([m for m in {modules!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout
+    assert "Commands:" in out and "relay    The relay daemon" in out, out
+    assert out.strip().splitlines()[-1] == "[]", out
+
+
 @dataclass(frozen=True)
 class Bad:
     """One bad input: what it changes, which service it concerns, what must happen."""
