@@ -206,8 +206,8 @@ class Queries:
         return self.sql("shard_locks")
 
     @functools.cached_property
-    def shard_unlock(self) -> str:
-        return self.sql("shard_unlock")
+    def shard_unlocks(self) -> str:
+        return self.sql("shard_unlocks")
 
     @functools.cached_property
     def live_relays(self) -> str:

@@ -191,8 +191,10 @@ group by aggregatetype, aggregateid
 select u.shard from unnest(%(shards)s::int[]) as u(shard)
 where pg_try_advisory_lock({{lock_namespace}}, ({{shard_key_base}} | u.shard))
 
--- name: shard_unlock
-select pg_advisory_unlock({{lock_namespace}}, ({{shard_key_base}} | %(shard)s))
+-- name: shard_unlocks
+-- Give up the locks of the given shards (each held by this session).
+select pg_advisory_unlock({{lock_namespace}}, ({{shard_key_base}} | u.shard))
+from unnest(%(shards)s::int[]) as u(shard)
 
 -- name: live_relays
 -- Relay sessions of this table connected to this database, this one included.

@@ -65,13 +65,9 @@ class ShardOwnership:
         released: list[int] = []
         if len(self.owned) > target:
             # Give back the highest shards first: deterministic, easy to read in status.
-            for shard in sorted(self.owned, reverse=True):
-                if len(self.owned) <= target:
-                    break
-                if can_release(shard):
-                    conn.execute(self.queries.shard_unlock, {"shard": shard})
-                    self.owned.discard(shard)
-                    released.append(shard)
+            excess = len(self.owned) - target
+            released = [s for s in sorted(self.owned, reverse=True) if can_release(s)][:excess]
+            self._unlock(conn, released)
         elif len(self.owned) < target:
             taken = {int(r[0]) for r in  # type: ignore[call-overload]
                      conn.execute(self.queries.shard_owners).fetchall()}
@@ -82,7 +78,8 @@ class ShardOwnership:
             # meanwhile are made up from the next free ones: a round trip per attempt, not
             # per shard (a second `--processes` child took 0.34 s for its 128 that way).
             while free and len(self.owned) < target:
-                tries, free = free[:target - len(self.owned)], free[target - len(self.owned):]
+                wanted = target - len(self.owned)
+                tries, free = free[:wanted], free[wanted:]
                 got = [int(r[0]) for r in  # type: ignore[call-overload]
                        conn.execute(self.queries.shard_locks, {"shards": tries}).fetchall()]
                 self.owned.update(got)
@@ -93,10 +90,14 @@ class ShardOwnership:
 
     def release_all(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         """Unlock every owned shard (graceful shutdown)."""
-        for shard in sorted(self.owned):
-            conn.execute(self.queries.shard_unlock, {"shard": shard})
-        self.owned.clear()
+        self._unlock(conn, sorted(self.owned))
         self._changed()
+
+    def _unlock(self, conn: psycopg.Connection[tuple[object, ...]], shards: list[int]) -> None:
+        """Give up ``shards`` (owned ones), in one statement."""
+        if shards:
+            conn.execute(self.queries.shard_unlocks, {"shards": shards})
+            self.owned.difference_update(shards)
 
     def forget(self) -> None:
         """The session is gone, and its locks with it."""
