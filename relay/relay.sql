@@ -186,8 +186,9 @@ group by aggregatetype, aggregateid
 
 -- name: shard_locks
 -- Try the lock of each given shard, once each; the shards whose lock this session took.
--- (No LIMIT: with one, the condition may be evaluated on rows that are not returned, and
--- a lock taken there would be held without the relay knowing.)
+-- The caller passes only as many shards as it wants. No LIMIT: PostgreSQL does not promise
+-- that a LIMIT stops before the locking function ran on rows it does not return (its
+-- documentation on advisory locks), and such a lock would be held unknown to the relay.
 select u.shard from unnest(%(shards)s::int[]) as u(shard)
 where pg_try_advisory_lock({{lock_namespace}}, ({{shard_key_base}} | u.shard))
 

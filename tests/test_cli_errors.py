@@ -122,7 +122,7 @@ def test_every_command_is_described_here_and_has_help() -> None:
 
 
 def test_the_top_level_help_lists_each_command_as_click_would_without_importing_it() -> None:
-    """outbox.cli.SUMMARIES: each command's own short help, at any width; and ``outbox
+    """outbox.cli.SUMMARIES: each command's own short help, at several widths; and ``outbox
     --help`` imports none of the commands' modules (they took 1.3 s)."""
     import importlib
 
