@@ -285,7 +285,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latency-size", type=int, default=1000,
                         help="latency: payload bytes")
     parser.add_argument("--writer", choices=["publish", "insert"], default="publish")
-    parser.add_argument("--latency-dump", metavar="FILE")
+    parser.add_argument("--latency-dump", metavar="FILE",
+                        help="latency: one line per event: seconds since the first commit, "
+                             "commit -> ack, commit -> produce, produce -> ack (ms), its id, "
+                             "its commit's Unix time")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--py-spy", metavar="FILE",

@@ -309,7 +309,7 @@ def measure(url: str, settings: Any, topic: str, args: argparse.Namespace) -> di
             for i in order:
                 f.write(f"{commits[i] - first:.4f} {(acks[i] - commits[i]) * 1000:.3f} "
                         f"{(relay.produced_at[i] - commits[i]) * 1000:.3f} "
-                        f"{(acks[i] - relay.produced_at[i]) * 1000:.3f}\n")
+                        f"{(acks[i] - relay.produced_at[i]) * 1000:.3f} {i} {commits[i]:.6f}\n")
     c, w = result["commit_to_ack"], result["warmup"]
     print(f"\n== latency: {len(commits):,} events at {result['achieved_rate']:,.0f}/s "
           f"({args.writer}, {args.latency_size} B payloads; load {common.machine_load()})")
