@@ -79,6 +79,21 @@ def ordered_producer(settings: Settings, fixed: Mapping[str, Any] | None = None,
     return Producer(client_config(settings, {**ORDERING, **(fixed or {})}, defaults))
 
 
+def _same(key: str, value: object, kept: str) -> bool:
+    text = str(value).strip().lower()
+    if key in ("acks", "request.required.acks"):
+        return text in ("all", "-1") and kept in ("all", "-1")
+    return text == kept.lower()
+
+
+def replaced(user: Mapping[str, object], kept: Mapping[str, str] = REQUIRED) -> list[str]:
+    """The user's properties that ``kept`` replaces with another value, each as
+    ``key=value -> kept value`` (``acks=-1`` is ``acks=all``): what the relay does not use
+    of ``--kafka-config``, to say so at start rather than ignore it silently."""
+    return [f"{key}={user[key]} -> {value}" for key, value in kept.items()
+            if key in user and not _same(key, user[key], value)]
+
+
 def producer_config(base: dict[str, str], client_id: str) -> dict[str, str]:
     """The relay's librdkafka configuration: tuning < user's properties (``base``) < order
     guarantees."""

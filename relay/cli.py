@@ -15,7 +15,7 @@ from typing import Any
 import click
 import psycopg
 
-from outbox import preflight
+from outbox import kafka, preflight
 from outbox.cli_options import DURATION, format_duration, settings_options
 from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
@@ -107,6 +107,10 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
         purge_interval=purge_interval)
     log.info("database %s, Kafka %s", redact_url(settings.require_database_url()),
              settings.kafka_bootstrap_servers, extra={"action": "relay_config"})
+    if kept := kafka.replaced(settings.producer_config()):
+        log.warning("Kafka properties replaced by the relay's own (per-aggregate order and "
+                    "acknowledged meaning durable need them): %s", ", ".join(kept),
+                    extra={"action": "kafka_config_replaced"})
     if count == 1:
         sys.exit(_run_relay(settings, options, metrics_host, metrics_port, startup_timeout))
     # Several: every check here, once, before any process starts (one line if one fails);

@@ -115,3 +115,25 @@ def test_librdkafka_logs_through_the_toolkit_logger_as_json(
     assert any(r["action"] == "relay_start" for r in parsed if "action" in r)
     assert any(r["logger"] == "outbox.librdkafka" and kafka_bootstrap in r["message"]
                for r in parsed), stderr[-3000:]
+
+
+def test_kafka_properties_the_relay_replaces_are_named_at_start(
+        outbox_url: str, kafka_bootstrap: str) -> None:
+    """--kafka-config acks=0 is not silently ignored: one warning names what the relay
+    keeps instead (acks=all, idempotence), and the relay runs."""
+    proc = relay(outbox_url, kafka_bootstrap, "--processes", "1", "--kafka-config", "acks=0",
+                 "--kafka-config", "enable.idempotence=false", "--kafka-config", "linger.ms=1")
+    try:
+        time.sleep(4)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_OK, stderr
+    parsed = records(stderr)
+    assert any(r.get("action") == "relay_start" for r in parsed)
+    warned = [r for r in parsed if r.get("action") == "kafka_config_replaced"]
+    assert len(warned) == 1, stderr[-3000:]
+    assert warned[0]["level"] == "warning"
+    message = warned[0]["message"]
+    assert "acks=0 -> all" in message and "enable.idempotence=false -> true" in message
+    assert "linger.ms" not in message
