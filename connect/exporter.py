@@ -35,7 +35,7 @@ from prometheus_client.registry import Collector
 from connect.client import ConnectClient, ConnectError
 from connect.config import CONNECTOR_CLASS, CdcOptions, render
 from outbox import http
-from outbox.cli_options import DURATION, CliError, settings_options
+from outbox.cli_options import DURATION, PORT, CliError, settings_options
 from outbox.errors import ServiceUnavailableError, first_line
 from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_WORKER_DIED
 from outbox.preflight import check_database
@@ -253,7 +253,7 @@ def _preflight(settings: Settings, names: list[str]) -> None:
 @click.option("--name", "names", multiple=True,
               help="connector to report on (repeatable; one that is missing is reported "
                    "MISSING); default: every Debezium PostgreSQL connector on this database")
-@click.option("--port", type=click.IntRange(0, 65535), default=9102, show_default=True)
+@click.option("--port", type=PORT, default=9102, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="address to listen on (0.0.0.0 in a container)")
 @click.option("--timeout", type=DURATION, default=5.0, show_default=True,

@@ -24,7 +24,7 @@ import click
 import psycopg
 
 from consumers.forward_config import ForwardConfig, build_config, read_file
-from outbox.cli_options import DURATION, cli_error, settings_options
+from outbox.cli_options import DURATION, PORT, cli_error, settings_options
 from outbox.errors import ConfigurationError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
 from outbox.preflight import check_database, check_kafka
@@ -151,7 +151,7 @@ def forward() -> None:
 @settings_options(log_format="json", log_level="info", daemon=True)
 @click.option("--startup-timeout", type=DURATION, default=10.0, show_default=True,
               help="how long the start-up checks wait for the database and for the broker")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+@click.option("--metrics-port", type=PORT, default=None,
               help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--instance-id", default=None,

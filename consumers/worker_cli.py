@@ -22,7 +22,7 @@ import click
 
 from consumers.handlers import HandlerSignatureError
 from consumers.runtime import Consumer
-from outbox.cli_options import settings_options
+from outbox.cli_options import PORT, settings_options
 from outbox.errors import ConfigurationError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR
 from outbox.settings import Settings
@@ -93,7 +93,7 @@ def run_worker(app: Consumer, metrics_port: int | None = None,
 
 @click.command("worker")
 @click.argument("app_path", metavar="MODULE:APP")
-@click.option("--metrics-port", type=int, default=None, envvar="OUTBOX_METRICS_PORT",
+@click.option("--metrics-port", type=PORT, default=None, envvar="OUTBOX_METRICS_PORT",
               help="serve Prometheus /metrics and /health on this port "
                    "[env OUTBOX_METRICS_PORT]")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True,

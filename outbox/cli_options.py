@@ -47,6 +47,11 @@ _FLAGS: list[tuple[str, str, str]] = [
 ]
 
 
+# A TCP port to listen on (0: any free one); a value outside is a usage error (exit 2), not
+# a bind() failure at start.
+PORT = click.IntRange(0, 65535)
+
+
 # --------------------------------------------------------------------------- durations
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")

@@ -16,7 +16,7 @@ import click
 import psycopg
 
 from outbox import kafka, preflight
-from outbox.cli_options import DURATION, format_duration, settings_options
+from outbox.cli_options import DURATION, PORT, format_duration, settings_options
 from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
 from outbox.names import SHARD_COUNT
@@ -57,7 +57,7 @@ def relay() -> None:
               help="time to wait for in-flight deliveries on SIGTERM/SIGINT")
 @click.option("--startup-timeout", type=DURATION, default=10.0, show_default=True,
               help="how long the start-up checks wait for the database and for the broker")
-@click.option("--metrics-port", type=click.IntRange(0, 65535), default=None,
+@click.option("--metrics-port", type=PORT, default=None,
               help="serve /metrics and /health on this port (off by default)")
 @click.option("--metrics-host", default="127.0.0.1", show_default=True)
 @click.option("--retention", type=DURATION, default=None,

@@ -30,7 +30,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from consumers.worker_cli import run_worker
 from outbox import http
-from outbox.cli_options import settings_options
+from outbox.cli_options import PORT, settings_options
 from outbox.errors import ConfigurationError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
 from outbox.logs import configure_logging
@@ -115,7 +115,7 @@ def setup(settings: Settings) -> None:
     click.echo(f"saga schemas ready: {', '.join(SCHEMAS)}")
 
 
-METRICS_PORT = click.option("--metrics-port", type=int, default=None,
+METRICS_PORT = click.option("--metrics-port", type=PORT, default=None,
                             help="serve Prometheus /metrics and /health on this port")
 METRICS_HOST = click.option("--metrics-host", default="127.0.0.1", show_default=True,
                             envvar="OUTBOX_METRICS_HOST",
@@ -190,7 +190,7 @@ def shipping(settings: Settings, metrics_port: int | None, metrics_host: str) ->
 
 @main.command("order-api")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True)
+@click.option("--port", type=PORT, default=8000, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=None,
               help="larger request bodies are refused with 413  [default: 65536]")
 @METRICS_PORT

@@ -22,7 +22,7 @@ from types import FrameType
 
 import click
 
-from outbox.cli_options import settings_options
+from outbox.cli_options import PORT, settings_options
 from outbox.logs import configure_logging
 from outbox.settings import Settings
 from services import events as ev
@@ -59,7 +59,7 @@ def main() -> None:
 @click.argument("functions", nargs=-1, required=True,
                 type=click.Choice(list(steps.FUNCTIONS)))
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, required=True)
+@click.option("--port", type=PORT, required=True)
 @click.option("--mode", type=click.Choice(["fetch", "kafka", "outbox"]), default="fetch",
               show_default=True, help="how a step tells the next one after its commit")
 @click.option("--call", "calls", multiple=True, metavar="STEP=URL",
