@@ -25,9 +25,18 @@ from relay.queries import Queries, read_backlog
 log = logging.getLogger("outbox.relay")
 
 
-def start(name: str, target: Callable[[], None]) -> threading.Thread:
-    """A daemon thread running ``target``."""
-    thread = threading.Thread(target=target, name=name, daemon=True)
+def start(name: str, target: Callable[[], None],
+          died: Callable[[str, Exception], None]) -> threading.Thread:
+    """A daemon thread running ``target``; if ``target`` raises (anything it does not
+    handle itself: a bug, a privilege revoked), ``died(name, exception)`` is called, so
+    the relay can stop instead of running on without it."""
+    def run() -> None:
+        try:
+            target()
+        except Exception as exc:  # reported: the relay stops, not runs on without it
+            died(name, exc)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
 

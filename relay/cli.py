@@ -127,7 +127,8 @@ def run(*, settings: Settings, batch_size: int, poll_interval: float, listen: bo
             _metrics_port_error(metrics_host, metrics_port, exc)
         for index in range(1, count if metrics_port else 1):
             _check_port(metrics_host, metrics_port + index)
-    _start_up_checks(settings, startup_timeout, schema=True)
+    _start_up_checks(settings, startup_timeout, schema=True,
+                     deletes=options.retention_seconds is not None)
     if server is not None:
         server.shutdown()  # before the fork: no thread of it left in the children
         server.server_close()
@@ -161,16 +162,20 @@ def _run_relay(settings: Settings, options: RelayOptions, metrics_host: str,
         return EXIT_ERROR
 
 
-def _start_up_checks(settings: Settings, timeout: float, schema: bool = False) -> None:
+def _start_up_checks(settings: Settings, timeout: float, schema: bool = False,
+                     deletes: bool = False) -> None:
     """The database lets us in and the broker answers (and, with ``schema``, the relay's
-    tables exist); else one line and the exit code."""
+    tables exist and its role may use them, ``deletes``: delete from the outbox too); else
+    one line and the exit code."""
     try:
         preflight.check_database(settings, timeout=timeout)
         preflight.check_kafka(settings, timeout=timeout)
         if schema:
             with psycopg.connect(settings.libpq_url(), autocommit=True,
                                  connect_timeout=max(1, int(timeout))) as conn:
-                problem = Queries.for_settings(settings).schema_problem(conn)
+                queries = Queries.for_settings(settings)
+                problem = (queries.schema_problem(conn)
+                           or queries.privilege_problem(conn, deletes))
             if problem is not None:
                 raise ConfigurationError(problem)
     except ConfigurationError as exc:

@@ -26,7 +26,7 @@ import psycopg
 from confluent_kafka import KafkaException, Producer
 
 from outbox.backoff import compute_backoff
-from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SHUTDOWN_INCOMPLETE
+from outbox.exit_codes import EXIT_CONFIG, EXIT_OK, EXIT_SHUTDOWN_INCOMPLETE, EXIT_WORKER_DIED
 from outbox.record import topic_for
 from outbox.settings import Settings
 from outbox.tracing import RelaySpans
@@ -95,6 +95,8 @@ class Relay:
         self.notified = False
         self.old_trigger_noted = False
         self.stopping = threading.Event()
+        # the side thread that ended by an exception, if one did: the relay stops (exit 7)
+        self.thread_died: str | None = None
         self.next_rebalance = self.next_poll = self.next_stats = 0.0
         self.published_total = 0
 
@@ -118,8 +120,8 @@ class Relay:
             "action": "relay_start", "instance": opts.instance_id,
             "table": self.queries.name, "batch_size": opts.batch_size,
             "listen": opts.listen, "poll_interval": opts.poll_interval})
-        self._start_side_threads()
         db_failures = 0
+        side_threads = False
         while not self.stopping.is_set():
             try:
                 # The producer first: its idempotent producer id is fetched meanwhile.
@@ -136,11 +138,17 @@ class Relay:
                         self._lose_connection()
                         return EXIT_CONFIG
                 if self.conn is None:
-                    problem = self.queries.schema_problem(self._connect())
+                    conn = self._connect()
+                    problem = (self.queries.schema_problem(conn)
+                               or self.queries.privilege_problem(
+                                   conn, deletes=opts.retention_seconds is not None))
                     if problem is not None:
                         log.error("%s", problem, extra={"action": "config_error"})
                         self._lose_connection()
                         return EXIT_CONFIG
+                    if not side_threads:  # they rely on the same tables and grants
+                        self._start_side_threads()
+                        side_threads = True
                 self._tick()
                 db_failures = 0
             except psycopg.OperationalError as exc:
@@ -153,21 +161,37 @@ class Relay:
                                                     "attempt": db_failures})
                 self._lose_connection()
                 self.stopping.wait(delay)
-        return self._shutdown()
+        code = self._shutdown()
+        return EXIT_WORKER_DIED if self.thread_died is not None else code
 
     def _start_side_threads(self) -> None:
-        opts, stopping = self.options, self.stopping
+        opts, stopping, died = self.options, self.stopping, self._side_thread_died
         if opts.listen:
             background.start("relay-listen", lambda: background.listen(
                 self.settings, self.queries, opts.instance_id, self.hints, self.wake,
-                stopping))
+                stopping), died)
         background.start("relay-stats", lambda: background.stats(
             self.settings, self.queries, opts.instance_id, opts.stats_interval, self.metrics,
-            lambda: self.shards.sorted, stopping))
+            lambda: self.shards.sorted, stopping), died)
         retention = opts.retention_seconds
         if retention is not None:
             background.start("relay-purge", lambda: background.purge(
-                self.settings, retention, opts.purge_batch, opts.purge_interval, stopping))
+                self.settings, retention, opts.purge_batch, opts.purge_interval, stopping),
+                died)
+
+    def _side_thread_died(self, name: str, exc: Exception) -> None:
+        """A side thread ended by an exception: unhealthy at once, then a drained stop and
+        exit 7, rather than running on without wake-ups, statistics or retention."""
+        if self.stopping.is_set() and isinstance(exc, psycopg.Error):
+            return  # its connection closed under it during shutdown: nothing lost
+        self.thread_died = name
+        self.health.threads_ok = False
+        self.health.detail = f"the {name} thread stopped: {first_line(exc)}"
+        log.error("the %s thread stopped (%s: %s); stopping the relay", name,
+                  type(exc).__name__, first_line(exc),
+                  extra={"action": "thread_died", "side_thread": name,
+                         "exit_code": EXIT_WORKER_DIED})
+        self.request_stop()
 
     def _connect(self) -> Connection:
         app = f"{self.queries.application_name}:{self.options.instance_id}"

@@ -108,13 +108,15 @@ class Health:
     def __init__(self, stale_after: float = 30.0) -> None:
         self.database_ok = False
         self.kafka_ok = True
+        # False once a side thread (NOTIFY, statistics, retention) ended by an exception
+        self.threads_ok = True
         self.last_loop = time.monotonic()
         self.stale_after = stale_after
         self.detail = "starting"
 
     def snapshot(self) -> tuple[bool, dict[str, object]]:
         age = time.monotonic() - self.last_loop
-        ok = self.database_ok and self.kafka_ok and age < self.stale_after
+        ok = self.database_ok and self.kafka_ok and self.threads_ok and age < self.stale_after
         return ok, {"status": "ok" if ok else "unhealthy", "database": self.database_ok,
                     "kafka": self.kafka_ok, "loop_age_seconds": round(age, 3),
                     "detail": self.detail}

@@ -152,6 +152,17 @@ class Queries:
                     "schema is older than this toolkit; run `outbox db upgrade`")
         return None
 
+    def privilege_problem(self, conn: psycopg.Connection[Any], deletes: bool) -> str | None:
+        """What the session's role lacks to relay this table (``deletes``: with retention),
+        as one line saying what to grant, or None. Call after :meth:`schema_problem`."""
+        missing = [str(row[0]) for row in conn.execute(self.missing_privileges,
+                                                       {"deletes": deletes})]
+        if not missing:
+            return None
+        user = conn.info.user
+        return (f"role {user} may not do what the relay does with {self.name}: grant it "
+                f"{'; '.join(missing)} (the relay role of `outbox db roles --sql` has them)")
+
     def declare_window(self, name: str) -> str:
         """A server-side cursor ``name`` over the rest of a large window."""
         return self.sql("declare_window", name=name)
@@ -160,6 +171,10 @@ class Queries:
     @functools.cached_property
     def schema_check(self) -> str:
         return self.sql("schema_check")
+
+    @functools.cached_property
+    def missing_privileges(self) -> str:
+        return self.sql("missing_privileges")
 
     @functools.cached_property
     def load_cursors(self) -> str:

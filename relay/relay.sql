@@ -27,6 +27,27 @@ select to_regclass({{outbox_literal}}) is not null, to_regclass({{cursor_literal
        exists (select from pg_attribute where attrelid = to_regclass({{outbox_literal}})
                and attname = 'tracestate' and not attisdropped)
 
+-- name: missing_privileges
+-- What the session's role may not do of what the relay does (no row: everything): read
+-- the outbox and record failures and deliveries on it, keep its cursors, and with
+-- retention (%(deletes)s) delete delivered rows. The grants of `outbox db roles`.
+select what
+from (values
+    ('SELECT on the outbox table', has_table_privilege({{outbox_literal}}, 'SELECT')),
+    ('UPDATE (published_at, attempts, last_error, failed_at) on the outbox table',
+     has_column_privilege({{outbox_literal}}, 'published_at', 'UPDATE')
+     and has_column_privilege({{outbox_literal}}, 'attempts', 'UPDATE')
+     and has_column_privilege({{outbox_literal}}, 'last_error', 'UPDATE')
+     and has_column_privilege({{outbox_literal}}, 'failed_at', 'UPDATE')),
+    ('SELECT, INSERT, UPDATE on ' || {{cursor_literal}},
+     has_table_privilege({{cursor_literal}}, 'SELECT')
+     and has_table_privilege({{cursor_literal}}, 'INSERT')
+     and has_table_privilege({{cursor_literal}}, 'UPDATE')),
+    ('DELETE on the outbox table (--retention)',
+     not %(deletes)s or has_table_privilege({{outbox_literal}}, 'DELETE'))
+) as needed(what, granted)
+where not granted
+
 -- name: load_cursors
 -- The relay cursor of each given shard that has one: (shard, done, win, upto).
 select shard, done, win, upto from {{cursor}} where shard = any(%(shards)s::smallint[])
