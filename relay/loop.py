@@ -151,6 +151,14 @@ class Relay:
                         side_threads = True
                 self._tick()
                 db_failures = 0
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # A grant revoked while it runs (the start checked them): not an outage to
+                # retry, nor a crash with a traceback.
+                log.error("the database refused the relay: %s; grant its role what `outbox db "
+                          "roles --sql` grants the relay role", first_line(exc),
+                          extra={"action": "config_error"})
+                self._lose_connection()
+                return EXIT_CONFIG
             except psycopg.OperationalError as exc:
                 db_failures += 1
                 self.health.database_ok = False

@@ -124,3 +124,34 @@ def test_a_side_thread_that_stops_stops_the_relay_with_exit_7(
     assert not ok and "relay-purge" in str(body["detail"])
     died = [r for r in caplog.records if getattr(r, "action", None) == "thread_died"]
     assert len(died) == 1 and "permission denied" in died[0].getMessage()
+
+
+def test_a_grant_the_loop_needs_revoked_while_it_runs_is_one_line_and_exit_3(
+        outbox_url: str, login: Callable[[list[str]], str], kafka_bootstrap: str,
+        prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    url = login(RELAY_GRANTS)
+    relay = Relay(relay_settings(url, kafka_bootstrap, prefix),
+                  RelayOptions(listen=False, poll_interval=0.2, progress_interval=0.0))
+    codes: list[int] = []
+    thread = threading.Thread(target=lambda: codes.append(relay.run()))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not relay.health.snapshot()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        role = url.split("//", 1)[1].split(":", 1)[0]
+        with psycopg.connect(outbox_url, autocommit=True) as conn:
+            conn.execute(f"revoke insert, update on outbox_relay_cursor from {role}")
+        with psycopg.connect(outbox_url) as conn:  # progress to write: the revoked grant
+            publish(conn, Event(aggregate_type="priv", aggregate_id="a-2", event_type="Made",
+                                payload={"n": 2}))
+            conn.commit()
+        thread.join(30)
+    finally:
+        relay.request_stop()
+        thread.join(60)
+    assert codes == [EXIT_CONFIG]
+    refused = [r for r in caplog.records if r.getMessage().startswith(
+        "the database refused the relay: permission denied for table outbox_relay_cursor")]
+    assert len(refused) == 1
+    assert not [r for r in caplog.records if getattr(r, "action", None) == "relay_crash"]
