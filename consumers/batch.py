@@ -35,7 +35,7 @@ from consumers.dlq import Failure
 from consumers.errors import Rewind, is_connection_lost, is_transient
 from consumers.handlers import call_async, call_sync
 from consumers.health import ConsumerHealth
-from consumers.inbox import InboxStore
+from consumers.inbox import InboxStore, InboxUnusableError
 from consumers.message import Received
 from consumers.metrics import ConsumerMetrics
 from consumers.options import ConsumerOptions
@@ -144,6 +144,8 @@ class BatchApplier:
         return fresh, len(routed) - len(fresh)
 
     def _fast_failed(self, exc: Exception) -> bool:
+        if isinstance(exc, InboxUnusableError):
+            raise exc  # the consumer's configuration: it stops (exit 3), nothing settled
         if is_connection_lost(exc):
             raise self._database_lost(exc) from exc
         return False  # rolled back as a whole; the careful path finds the culprit
@@ -235,7 +237,7 @@ class BatchApplier:
         return None
 
     def _handler_failed(self, exc: Exception, msg: Received) -> Failure:
-        if is_connection_lost(exc):
+        if is_connection_lost(exc) or isinstance(exc, InboxUnusableError):
             raise exc
         where = position(msg)
         attempts = self.attempts.get(where, 0) + 1
@@ -248,6 +250,8 @@ class BatchApplier:
         self.attempts.pop(position(msg), None)
 
     def _careful_failed(self, exc: Exception) -> Rewind:
+        if isinstance(exc, InboxUnusableError):
+            raise exc
         if is_connection_lost(exc):
             return self._database_lost(exc)
         # The commit itself failed (a serialization failure, a deferred constraint):

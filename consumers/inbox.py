@@ -10,14 +10,24 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import psycopg.errors
+import sqlalchemy.exc
 from sqlalchemy import CursorResult, Engine, TextClause, text
 from sqlalchemy.orm import Session
 
 from consumers.message import IncomingEvent
+from outbox.errors import ConfigurationError
 from outbox.settings import Settings, qualified
 from outbox.sql import render, statements_in
 
 SQL_FILE = Path(__file__).with_name("inbox.sql")
+HOW = "the consumer role of `outbox db roles --sql` has them"
+
+
+class InboxUnusableError(ConfigurationError):
+    """The inbox table is missing or the role may not use it: the consumer's configuration,
+    never a message's fault (nothing is retried or dead-lettered for it; the consumer
+    stops with exit 3 and the messages wait for it, uncommitted)."""
 
 
 class InboxStore:
@@ -25,18 +35,44 @@ class InboxStore:
 
     def __init__(self, settings: Settings) -> None:
         # Settings checked both names (check_identifier); qualified() quotes them.
-        name = qualified(settings.db_schema, settings.inbox_table)
+        name = self.name = qualified(settings.db_schema, settings.inbox_table)
         self.sql: dict[str, TextClause] = {
             key: text(render(body, inbox=name)) for key, body in statements_in(SQL_FILE).items()}
+
+    def problem(self, engine: Engine) -> str | None:
+        """Why this group cannot dedupe in the inbox as the engine's role, or None."""
+        with engine.connect() as conn:
+            why = conn.execute(self.sql["unusable"], {"name": self.name}).scalar()
+            user = conn.exec_driver_sql("select current_user").scalar()
+        if why == "missing":
+            return f"no inbox table {self.name}: run `outbox db upgrade` (same --schema) first"
+        if why == "denied":
+            return (f"role {user} may not use the inbox {self.name}: grant it SELECT, INSERT "
+                    f"({HOW})")
+        return None
+
+    def _unusable(self, exc: sqlalchemy.exc.DBAPIError) -> InboxUnusableError | None:
+        driver = exc.orig
+        said = str(driver).splitlines()[0] if str(driver) else type(driver).__name__
+        if isinstance(driver, psycopg.errors.UndefinedTable):
+            return InboxUnusableError(f"the inbox {self.name} is gone: {said}; run "
+                                      "`outbox db upgrade` (same --schema)")
+        if isinstance(driver, psycopg.errors.InsufficientPrivilege):
+            return InboxUnusableError(f"the inbox {self.name} refused this consumer: {said}; "
+                                      f"grant it SELECT, INSERT ({HOW})")
+        return None
 
     def claim(self, session: Session, group: str, event: IncomingEvent) -> bool:
         """Insert the dedupe row; False if this group already applied the event.
 
         Runs in the handler's transaction: if the handler fails, the row goes with it.
         """
-        row = session.execute(self.sql["claim"], {
-            "group": group, "event_id": event.id, "topic": event.topic,
-            "partition": event.partition, "offset": event.offset}).first()
+        try:
+            row = session.execute(self.sql["claim"], {
+                "group": group, "event_id": event.id, "topic": event.topic,
+                "partition": event.partition, "offset": event.offset}).first()
+        except sqlalchemy.exc.ProgrammingError as exc:
+            raise self._unusable(exc) or exc from exc
         return row is not None
 
     def claim_many(self, session: Session, group: str,
@@ -47,10 +83,15 @@ class InboxStore:
         """
         if not events:
             return set()
-        rows = session.execute(self.sql["claim_many"], {
-            "group": group, "ids": [e.id for e in events], "topics": [e.topic for e in events],
-            "partitions": [e.partition for e in events], "offsets": [e.offset for e in events],
-        }).scalars().all()
+        try:
+            rows = session.execute(self.sql["claim_many"], {
+                "group": group, "ids": [e.id for e in events],
+                "topics": [e.topic for e in events],
+                "partitions": [e.partition for e in events],
+                "offsets": [e.offset for e in events],
+            }).scalars().all()
+        except sqlalchemy.exc.ProgrammingError as exc:
+            raise self._unusable(exc) or exc from exc
         return set(rows)
 
     def purge(self, engine: Engine, older_than: dt.timedelta, group: str | None = None,

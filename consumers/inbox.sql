@@ -29,3 +29,13 @@ using (select consumer_group, event_id from {{inbox}}
          and (cast(:group as text) is null or consumer_group = cast(:group as text))
        limit :batch) as victims
 where i.consumer_group = victims.consumer_group and i.event_id = victims.event_id
+
+-- name: unusable
+-- Why this session's role cannot dedupe in the inbox (:name, the table's quoted name as
+-- text), or null: 'missing' (no such table), 'denied' (a claim inserts rows and reads the
+-- ids they return: INSERT and SELECT, what `outbox db roles` grants the consumer role).
+select case
+    when to_regclass(:name) is null then 'missing'
+    when not (has_table_privilege(:name, 'INSERT') and has_table_privilege(:name, 'SELECT'))
+        then 'denied'
+  end as problem

@@ -49,7 +49,7 @@ from consumers.dlq_writer import DeadLetterWriter
 from consumers.errors import Rewind
 from consumers.handlers import Handler, resolve
 from consumers.health import ConsumerHealth, serve
-from consumers.inbox import InboxStore
+from consumers.inbox import InboxStore, InboxUnusableError
 from consumers.message import IncomingEvent, Received
 from consumers.metrics import ConsumerMetrics
 from consumers.options import ConsumerOptions, static_member_id
@@ -194,6 +194,12 @@ class Consumer:
                                                 "topics": self.topics})
             self.state.phase = "consuming"
             self._loop()
+        except InboxUnusableError as exc:
+            # The inbox went away or its grants did while running: the batch in hand is
+            # not committed (its messages come again once this is fixed), nothing of it
+            # dead-lettered.
+            log.error("%s", exc, extra={"action": "config_error", "group": self.group})
+            return EXIT_CONFIG
         except _Fatal as exc:
             # librdkafka cannot go on with this consumer (e.g. fenced: another process
             # joined with the same group.instance.id); polling on would only repeat it.
@@ -213,6 +219,8 @@ class Consumer:
         try:
             if self.settings.database_url:
                 check_database(self.settings, timeout=bound)
+                if self.options.dedupe and (problem := self.inbox.problem(self.engine)):
+                    raise ConfigurationError(problem)
             check_kafka(self.settings, timeout=bound)
         except ConfigurationError as exc:
             log.error("%s", exc, extra={"action": "config_error", "group": self.group})
