@@ -48,7 +48,9 @@ def login(database_url: str) -> Iterator[Callable[[list[str]], str]]:
             conn.execute(f"drop role {role}")
 
 
-def app_of(url: str, bootstrap: str, topic: str, seen: list[int]) -> Consumer:
+def app_of(url: str, bootstrap: str, topic: str, seen: list[int],
+           kind: str = "sync") -> Consumer:
+    """A consumer noting the ``n`` of each Thing; ``kind``: its handler sync or async."""
     app = Consumer(Settings(database_url=url, kafka_bootstrap_servers=bootstrap), "g-inbox",
                    options=ConsumerOptions(backoff_base=0.05, backoff_cap=0.2, poll_timeout=0.2,
                                            max_attempts=2))
@@ -56,7 +58,10 @@ def app_of(url: str, bootstrap: str, topic: str, seen: list[int]) -> Consumer:
     def handle(event: IncomingEvent) -> None:
         seen.append(int(event.payload["n"]))
 
-    app.add_handler(topic, "Thing", handle)
+    async def handle_async(event: IncomingEvent) -> None:
+        seen.append(int(event.payload["n"]))
+
+    app.add_handler(topic, "Thing", handle if kind == "sync" else handle_async)
     return app
 
 
@@ -103,11 +108,11 @@ def test_a_role_that_may_not_write_the_inbox_is_one_line_and_exit_3(
 
 def test_the_inbox_refused_while_running_stops_it_and_nothing_is_lost(
         database_url: str, login: Callable[[list[str]], str], kafka_bootstrap: str,
-        topic_ready: str, caplog: pytest.LogCaptureFixture) -> None:
+        topic_ready: str, caplog: pytest.LogCaptureFixture, kind: str) -> None:
     url = login(CONSUMER_GRANTS)
     role = url.split("//", 1)[1].split(":", 1)[0]
     seen: list[int] = []
-    app = app_of(url, kafka_bootstrap, topic_ready, seen)
+    app = app_of(url, kafka_bootstrap, topic_ready, seen, kind)
     codes: list[int] = []
     thread = threading.Thread(target=lambda: codes.append(app.run()))
     thread.start()
@@ -128,7 +133,7 @@ def test_the_inbox_refused_while_running_stops_it_and_nothing_is_lost(
     # Granted again, the same group applies what waited, in order, once.
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"grant insert on inbox to {role}")
-    again = app_of(url, kafka_bootstrap, topic_ready, seen)
+    again = app_of(url, kafka_bootstrap, topic_ready, seen, kind)
     thread = threading.Thread(target=again.run)
     thread.start()
     try:
