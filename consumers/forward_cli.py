@@ -12,7 +12,6 @@ Route flags define one more route (named by ``--route-name``) next to the file's
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ import click
 import psycopg
 
 from consumers.forward_config import ForwardConfig, build_config, read_file
-from outbox.cli_options import DURATION, PORT, cli_error, settings_options
+from outbox.cli_options import DURATION, PORT, cannot_serve_metrics, cli_error, settings_options
 from outbox.errors import ConfigurationError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
 from outbox.preflight import check_database, check_kafka
@@ -191,9 +190,7 @@ def run(settings: Settings, startup_timeout: float, metrics_port: int | None,
             serve(forwarder.consumer.metrics.registry, forwarder.health, metrics_port,
                   metrics_host)
         except OSError as exc:
-            why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-            _stop(EXIT_CONFIG, f"cannot serve /metrics on {metrics_host}:{metrics_port}: "
-                               f"{why}; choose another --metrics-port (or --metrics-host)")
+            _stop(EXIT_CONFIG, cannot_serve_metrics(metrics_host, metrics_port, exc))
     forwarder.consumer.install_signal_handlers()
     sys.exit(forwarder.run())
 

@@ -22,7 +22,7 @@ import click
 
 from consumers.handlers import HandlerSignatureError
 from consumers.runtime import Consumer
-from outbox.cli_options import PORT, settings_options
+from outbox.cli_options import PORT, cannot_serve_metrics, settings_options
 from outbox.errors import ConfigurationError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR
 from outbox.settings import Settings
@@ -77,8 +77,8 @@ def run_worker(app: Consumer, metrics_port: int | None = None,
         try:
             app.serve_metrics(metrics_port, metrics_host)
         except OSError as exc:
-            log.error("--metrics-port %d: %s; choose another port", metrics_port,
-                      exc.strerror or exc, extra={"action": "config_error"})
+            log.error("%s", cannot_serve_metrics(metrics_host, metrics_port, exc),
+                      extra={"action": "config_error"})
             return EXIT_CONFIG
     app.install_signal_handlers()
     try:

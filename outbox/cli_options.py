@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
@@ -50,6 +51,13 @@ _FLAGS: list[tuple[str, str, str]] = [
 # A TCP port to listen on (0: any free one); a value outside is a usage error (exit 2), not
 # a bind() failure at start.
 PORT = click.IntRange(0, 65535)
+
+
+def cannot_serve_metrics(host: str, port: int, exc: OSError) -> str:
+    """The one line for a /metrics endpoint that cannot listen: where, why, what to change."""
+    why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror or str(exc)
+    return (f"cannot serve /metrics on {host}:{port}: {why}; choose another --metrics-port "
+            "(or --metrics-host)")
 
 
 # --------------------------------------------------------------------------- durations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import socket
@@ -16,7 +15,13 @@ import click
 import psycopg
 
 from outbox import kafka, preflight
-from outbox.cli_options import DURATION, PORT, format_duration, settings_options
+from outbox.cli_options import (
+    DURATION,
+    PORT,
+    cannot_serve_metrics,
+    format_duration,
+    settings_options,
+)
 from outbox.errors import ConfigurationError, OutboxError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_ERROR, EXIT_UNAVAILABLE
 from outbox.names import SHARD_COUNT
@@ -202,9 +207,7 @@ def _stop(code: int, message: str) -> None:
 
 
 def _metrics_port_error(host: str, port: int, exc: OSError) -> None:
-    why = "it is already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-    _stop(EXIT_CONFIG, f"cannot serve /metrics on {host}:{port}: {why}; choose another "
-                       "--metrics-port (or --metrics-host)")
+    _stop(EXIT_CONFIG, cannot_serve_metrics(host, port, exc))
 
 
 def _serve_metrics(daemon: Relay, host: str, port: int) -> None:

@@ -3,13 +3,14 @@ and refuses anything else as a usage error, before anything starts: no bind() tr
 
 from __future__ import annotations
 
+import socket
 import subprocess
 
 import click
 
 from outbox.cli import main as outbox_main
 from outbox.cli_options import PORT
-from outbox.exit_codes import EXIT_USAGE
+from outbox.exit_codes import EXIT_CONFIG, EXIT_USAGE
 from services.cli import main as saga_main
 from services.legacy.cli import main as legacy_main
 from tests.test_cli_errors import COMMAND
@@ -56,3 +57,21 @@ def test_a_port_out_of_range_is_a_usage_error_of_one_line() -> None:
         assert result.returncode == EXIT_USAGE, result.stderr
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and "is not in the range 0<=x<=65535" in lines[0], lines
+
+
+def test_a_metrics_port_in_use_is_the_same_one_line_for_every_daemon() -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        for args in (["worker", "services.inventory:consumer"], ["relay", "run"]):
+            result = subprocess.run([*COMMAND, *args, "--metrics-port", str(port)],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == EXIT_CONFIG, result.stderr
+            errors = [line for line in result.stderr.splitlines() if '"error"' in line]
+            assert len(errors) == 1, result.stderr
+            assert (f"cannot serve /metrics on 127.0.0.1:{port}: it is already in use; "
+                    "choose another --metrics-port (or --metrics-host)") in errors[0]
+    finally:
+        busy.close()
