@@ -128,4 +128,5 @@ def test_a_metrics_port_in_use_is_one_line_and_exit_code_3(
                      "--metrics-port", str(port))
         assert proc.wait(60) == EXIT_CONFIG
     log = (tmp_path / "w.log").read_text().strip().splitlines()
-    assert len(log) == 1 and f"--metrics-port {port}" in log[0], log
+    assert len(log) == 1, log
+    assert f"cannot serve /metrics on 127.0.0.1:{port}: it is already in use" in log[0], log
