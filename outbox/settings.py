@@ -86,6 +86,19 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return value
 
+    @field_validator("topic_template")
+    @classmethod
+    def _topic_template(cls, value: str) -> str:
+        # A typo here would route every event to a topic Kafka refuses (the relay would
+        # park every row): refused at start instead. Not a secret: it is shown.
+        sample = value.replace("{aggregatetype}", "order")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", sample) or sample in (".", ".."):
+            raise ValueError(
+                f"{value!r} makes topic names Kafka refuses ({sample!r} for the aggregate "
+                "type 'order'): a topic name is 1 to 249 characters of [A-Za-z0-9._-]; "
+                "write the placeholder as {aggregatetype}, e.g. {aggregatetype}-events")
+        return value
+
     @field_validator("db_schema", "outbox_table", "inbox_table")
     @classmethod
     def _identifier(cls, value: str, info: ValidationInfo) -> str:
