@@ -27,7 +27,7 @@ from outbox.cli_options import DURATION, PORT, cannot_serve_metrics, cli_error, 
 from outbox.errors import ConfigurationError, ServiceUnavailableError
 from outbox.exit_codes import EXIT_CONFIG, EXIT_UNAVAILABLE
 from outbox.preflight import check_database, check_kafka
-from outbox.settings import Settings, qualified, redact_url, scrub
+from outbox.settings import Settings, scrub
 
 log = logging.getLogger("outbox.forward")
 
@@ -125,12 +125,18 @@ def _header(text: str) -> tuple[str, str]:
 
 
 def _check_inbox(settings: Settings) -> None:
-    table = qualified(settings.db_schema, settings.inbox_table)
-    with psycopg.connect(settings.libpq_url(), connect_timeout=5) as conn:
-        row = conn.execute("select to_regclass(%s)", (table,)).fetchone()
-    if row is None or row[0] is None:
-        raise ConfigurationError(f"no inbox table {table} in {redact_url(settings.database_url)}:"
-                                 " run `outbox db upgrade` (with the same --schema) first")
+    """The inbox exists and this role may use it (consumers.inbox), or the one line."""
+    from sqlalchemy import create_engine
+
+    from consumers.inbox import InboxStore
+
+    engine = create_engine(settings.sqlalchemy_url(), connect_args={"connect_timeout": 5})
+    try:
+        problem = InboxStore(settings).problem(engine)
+    finally:
+        engine.dispose()
+    if problem is not None:
+        raise ConfigurationError(problem)
 
 
 def _stop(code: int, message: str) -> NoReturn:
