@@ -16,10 +16,12 @@ from typing import Any
 import psycopg
 
 from outbox.backoff import compute_backoff
+from outbox.exit_codes import EXIT_WORKER_DIED
 from outbox.settings import Settings
 from relay.connections import connect, first_line
 from relay.hints import Hints
-from relay.metrics import RelayMetrics
+from relay.metrics import Health, RelayMetrics
+from relay.options import RelayOptions
 from relay.queries import Queries, read_backlog
 
 log = logging.getLogger("outbox.relay")
@@ -39,6 +41,36 @@ def start(name: str, target: Callable[[], None],
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def failed(name: str, exc: Exception, health: Health, stopping: threading.Event) -> bool:
+    """A side thread ended by an exception: unhealthy at once and True (the relay drains
+    and exits 7 rather than running on without it); False during shutdown, when its
+    connection closing under it lost nothing."""
+    if stopping.is_set() and isinstance(exc, psycopg.Error):
+        return False
+    health.threads_ok = False
+    health.detail = f"the {name} thread stopped: {first_line(exc)}"
+    log.error("the %s thread stopped (%s: %s); stopping the relay", name, type(exc).__name__,
+              first_line(exc), extra={"action": "thread_died", "side_thread": name,
+                                      "exit_code": EXIT_WORKER_DIED})
+    return True
+
+
+def start_all(settings: Settings, queries: Queries, options: RelayOptions, hints: Hints,
+              wake: threading.Event, metrics: RelayMetrics,
+              owned: Callable[[], tuple[int, ...]], stopping: threading.Event,
+              died: Callable[[str, Exception], None]) -> None:
+    """The relay's side threads its options ask for: NOTIFY, statistics, retention."""
+    if options.listen:
+        start("relay-listen", lambda: listen(settings, queries, options.instance_id, hints,
+                                             wake, stopping), died)
+    start("relay-stats", lambda: stats(settings, queries, options.instance_id,
+                                       options.stats_interval, metrics, owned, stopping), died)
+    retention = options.retention_seconds
+    if retention is not None:
+        start("relay-purge", lambda: purge(settings, retention, options.purge_batch,
+                                           options.purge_interval, stopping), died)
 
 
 def listen(settings: Settings, queries: Queries, instance_id: str, hints: Hints,

@@ -178,9 +178,7 @@ def _start_up_checks(settings: Settings, timeout: float, schema: bool = False,
         if schema:
             with psycopg.connect(settings.libpq_url(), autocommit=True,
                                  connect_timeout=max(1, int(timeout))) as conn:
-                queries = Queries.for_settings(settings)
-                problem = (queries.schema_problem(conn)
-                           or queries.privilege_problem(conn, deletes))
+                problem = Queries.for_settings(settings).relay_problem(conn, deletes)
             if problem is not None:
                 raise ConfigurationError(problem)
     except ConfigurationError as exc:

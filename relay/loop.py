@@ -95,8 +95,7 @@ class Relay:
         self.notified = False
         self.old_trigger_noted = False
         self.stopping = threading.Event()
-        # the side thread that ended by an exception, if one did: the relay stops (exit 7)
-        self.thread_died: str | None = None
+        self.thread_died: str | None = None  # a side thread that raised: exit 7
         self.next_rebalance = self.next_poll = self.next_stats = 0.0
         self.published_total = 0
 
@@ -139,21 +138,21 @@ class Relay:
                         return EXIT_CONFIG
                 if self.conn is None:
                     conn = self._connect()
-                    problem = (self.queries.schema_problem(conn)
-                               or self.queries.privilege_problem(
-                                   conn, deletes=opts.retention_seconds is not None))
+                    problem = self.queries.relay_problem(
+                        conn, deletes=opts.retention_seconds is not None)
                     if problem is not None:
                         log.error("%s", problem, extra={"action": "config_error"})
                         self._lose_connection()
                         return EXIT_CONFIG
                     if not side_threads:  # they rely on the same tables and grants
-                        self._start_side_threads()
+                        background.start_all(
+                            self.settings, self.queries, opts, self.hints, self.wake,
+                            self.metrics, lambda: self.shards.sorted, self.stopping,
+                            self._side_thread_died)
                         side_threads = True
                 self._tick()
                 db_failures = 0
-            except psycopg.errors.InsufficientPrivilege as exc:
-                # A grant revoked while it runs (the start checked them): not an outage to
-                # retry, nor a crash with a traceback.
+            except psycopg.errors.InsufficientPrivilege as exc:  # a grant revoked meanwhile
                 log.error("the database refused the relay: %s; grant its role what `outbox db "
                           "roles --sql` grants the relay role", first_line(exc),
                           extra={"action": "config_error"})
@@ -172,34 +171,10 @@ class Relay:
         code = self._shutdown()
         return EXIT_WORKER_DIED if self.thread_died is not None else code
 
-    def _start_side_threads(self) -> None:
-        opts, stopping, died = self.options, self.stopping, self._side_thread_died
-        if opts.listen:
-            background.start("relay-listen", lambda: background.listen(
-                self.settings, self.queries, opts.instance_id, self.hints, self.wake,
-                stopping), died)
-        background.start("relay-stats", lambda: background.stats(
-            self.settings, self.queries, opts.instance_id, opts.stats_interval, self.metrics,
-            lambda: self.shards.sorted, stopping), died)
-        retention = opts.retention_seconds
-        if retention is not None:
-            background.start("relay-purge", lambda: background.purge(
-                self.settings, retention, opts.purge_batch, opts.purge_interval, stopping),
-                died)
-
     def _side_thread_died(self, name: str, exc: Exception) -> None:
-        """A side thread ended by an exception: unhealthy at once, then a drained stop and
-        exit 7, rather than running on without wake-ups, statistics or retention."""
-        if self.stopping.is_set() and isinstance(exc, psycopg.Error):
-            return  # its connection closed under it during shutdown: nothing lost
-        self.thread_died = name
-        self.health.threads_ok = False
-        self.health.detail = f"the {name} thread stopped: {first_line(exc)}"
-        log.error("the %s thread stopped (%s: %s); stopping the relay", name,
-                  type(exc).__name__, first_line(exc),
-                  extra={"action": "thread_died", "side_thread": name,
-                         "exit_code": EXIT_WORKER_DIED})
-        self.request_stop()
+        if background.failed(name, exc, self.health, self.stopping):
+            self.thread_died = name
+            self.request_stop()
 
     def _connect(self) -> Connection:
         app = f"{self.queries.application_name}:{self.options.instance_id}"

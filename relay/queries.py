@@ -152,6 +152,10 @@ class Queries:
                     "schema is older than this toolkit; run `outbox db upgrade`")
         return None
 
+    def relay_problem(self, conn: psycopg.Connection[Any], deletes: bool) -> str | None:
+        """:meth:`schema_problem`, then :meth:`privilege_problem`: why a relay cannot start."""
+        return self.schema_problem(conn) or self.privilege_problem(conn, deletes)
+
     def privilege_problem(self, conn: psycopg.Connection[Any], deletes: bool) -> str | None:
         """What the session's role lacks to relay this table (``deletes``: with retention),
         as one line saying what to grant, or None. Call after :meth:`schema_problem`."""
