@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -19,6 +18,7 @@ from consumers import Consumer, ConsumerOptions, IncomingEvent
 from outbox.exit_codes import EXIT_CONFIG
 from outbox.settings import Settings
 from tests.consumers.support import thing, wait_for
+from tests.harness import db
 from tests.harness.kafka import produce
 
 pytestmark = [pytest.mark.postgres, pytest.mark.kafka]
@@ -31,21 +31,7 @@ CONSUMER_GRANTS = ["grant usage on schema public to {role}",
 @pytest.fixture
 def login(database_url: str) -> Iterator[Callable[[list[str]], str]]:
     """A login role of this test given ``grants``; its URL."""
-    role = f"t_inbox_{uuid.uuid4().hex[:10]}"
-    host = database_url.split("@", 1)[1]
-
-    def make(grants: list[str]) -> str:
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute(f"create role {role} login password '{PASSWORD}'")
-            for grant in grants:
-                conn.execute(grant.format(role=role))
-        return f"postgresql://{role}:{PASSWORD}@{host}"
-
-    yield make
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        if conn.execute("select from pg_roles where rolname = %s", (role,)).fetchone():
-            conn.execute(f"drop owned by {role}")
-            conn.execute(f"drop role {role}")
+    yield from db.login_roles(database_url, PASSWORD, "t_inbox")
 
 
 def app_of(url: str, bootstrap: str, topic: str, seen: list[int],

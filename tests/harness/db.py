@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -98,3 +98,23 @@ def drop_database(url: str, name: str) -> None:
     with admin_connect(url) as conn:
         conn.execute(sql.SQL("drop database if exists {} with (force)").format(
             sql.Identifier(name)))
+
+
+def login_roles(url: str, password: str, prefix: str) -> Iterator[Callable[[list[str]], str]]:
+    """For a fixture: ``make(grants)`` creates a login role of the test in database ``url``
+    with ``grants`` (``{role}`` filled in) and returns its URL; dropped afterwards."""
+    role = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    host = url.split("@", 1)[1]
+
+    def make(grants: list[str]) -> str:
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"create role {role} login password '{password}'")
+            for grant in grants:
+                conn.execute(grant.format(role=role))
+        return f"postgresql://{role}:{password}@{host}"
+
+    yield make
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("select from pg_roles where rolname = %s", (role,)).fetchone():
+            conn.execute(f"drop owned by {role}")
+            conn.execute(f"drop role {role}")

@@ -8,7 +8,6 @@ import os
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 
 import psycopg
@@ -17,6 +16,7 @@ import pytest
 from outbox.exit_codes import EXIT_CONFIG, EXIT_WORKER_DIED
 from outbox.publish import Event, publish
 from relay.loop import Relay, RelayOptions
+from tests.harness import db
 from tests.relay.conftest import relay_settings
 from tests.relay.test_startup import records
 from tests.test_cli_errors import COMMAND
@@ -36,21 +36,7 @@ RELAY_GRANTS = [
 @pytest.fixture
 def login(outbox_url: str) -> Iterator[Callable[[list[str]], str]]:
     """A login role of this test given ``grants``; its URL."""
-    role = f"t_priv_{uuid.uuid4().hex[:10]}"
-    host = outbox_url.split("@", 1)[1]
-
-    def make(grants: list[str]) -> str:
-        with psycopg.connect(outbox_url, autocommit=True) as conn:
-            conn.execute(f"create role {role} login password '{PASSWORD}'")
-            for grant in grants:
-                conn.execute(grant.format(role=role))
-        return f"postgresql://{role}:{PASSWORD}@{host}"
-
-    yield make
-    with psycopg.connect(outbox_url, autocommit=True) as conn:
-        if conn.execute("select from pg_roles where rolname = %s", (role,)).fetchone():
-            conn.execute(f"drop owned by {role}")
-            conn.execute(f"drop role {role}")
+    yield from db.login_roles(outbox_url, PASSWORD, "t_priv")
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
